@@ -77,6 +77,11 @@ class TokenizeConfig(Section):
     out: Path | None = Field(None, description="Token shard directory (default: <workdir>/tokens).")
     workers: int = Field(2, ge=1, description="Parallel encoder processes.")
     batch_docs: int = Field(256, ge=1, description="Documents encoded per batch.")
+    backend: Literal["auto", "threads", "processes"] = Field(
+        "auto",
+        description="threads: one process, the tokenizer library's own thread pool (RAYON_NUM_THREADS caps it); "
+        "processes: `workers` spawned encoder processes, each single-threaded; auto: processes when workers > 1.",
+    )
 
 
 class ModelConfig(Section):

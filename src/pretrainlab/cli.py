@@ -1,0 +1,260 @@
+"""The `pretrainlab` command: subcommands only parse arguments and delegate.
+
+Every subcommand reads the same ProjectConfig: `-c FILE` (YAML), then
+`--set section.key=value` overrides, then the flags derived from the fields of
+the subcommand's own config section (so `data build --min-chars 100` is
+`--set data.min_chars=100`). User mistakes print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from pretrainlab import __version__
+from pretrainlab.config import ProjectConfig, load_config
+from pretrainlab.errors import UserError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+_SCALARS = (int, float, str, bool, Path)
+
+
+def _scalar_kind(annotation: Any):
+    """The scalar type behind an annotation (unwrapping Optional), or None for lists/dicts/models."""
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return "literal"
+    if origin is not None:
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return _scalar_kind(args[0])
+        return None
+    return annotation if annotation in _SCALARS else None
+
+
+def add_section_flags(parser: argparse.ArgumentParser, section: str) -> None:
+    """One --flag per scalar field of ProjectConfig.<section>, help text from its description."""
+    model = ProjectConfig.model_fields[section].annotation
+    group = parser.add_argument_group(f"{section} options (same as --set {section}.KEY=VALUE)")
+    for name, field in model.model_fields.items():
+        kind = _scalar_kind(field.annotation)
+        if kind is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        dest = f"cfg__{section}__{name}"
+        help_text = field.description or ""
+        if kind is bool:
+            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif kind == "literal":
+            choices = [str(c) for c in get_args(field.annotation)] if get_origin(field.annotation) is Literal else None
+            if choices is None:
+                inner = [a for a in get_args(field.annotation) if a is not type(None)][0]
+                choices = [str(c) for c in get_args(inner)]
+            group.add_argument(flag, dest=dest, choices=choices, default=None, help=help_text)
+        else:
+            group.add_argument(flag, dest=dest, default=None, metavar=name.upper(), help=help_text)
+
+
+def _common(parser: argparse.ArgumentParser, config_positional: bool = False) -> None:
+    if config_positional:
+        parser.add_argument("config_file", nargs="?", metavar="CONFIG", help="YAML config (same as -c)")
+    parser.add_argument("-c", "--config", metavar="FILE", help="YAML config file (see configs/)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override one config key, e.g. --set optim.lr=3e-4 (repeatable)",
+    )
+    parser.add_argument("--workdir", metavar="DIR", help="folder all stage outputs default to (default: ./work)")
+
+
+def _config_from_args(args: argparse.Namespace) -> ProjectConfig:
+    path = getattr(args, "config", None) or getattr(args, "config_file", None)
+    overrides: list[str] = []
+    if getattr(args, "workdir", None):
+        overrides.append(f"workdir={args.workdir}")
+    overrides += list(getattr(args, "overrides", []) or [])
+    for key, value in vars(args).items():
+        if key.startswith("cfg__") and value is not None:
+            _, section, name = key.split("__", 2)
+            text = json.dumps(value) if isinstance(value, bool) else str(value)
+            overrides.append(f"{section}.{name}={text}")
+    return load_config(path, overrides)
+
+
+def _run_config(run: str | None, args: argparse.Namespace) -> Path:
+    if run is None:
+        return _config_from_args(args).run_dir
+    return Path(run)
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+def cmd_corpus_build(args):
+    from pretrainlab.corpus.embedded import build_corpus
+
+    build_corpus(_config_from_args(args))
+
+
+def cmd_data_build(args):
+    from pretrainlab.data.pipeline import build_clean_corpus
+
+    build_clean_corpus(_config_from_args(args))
+
+
+def cmd_tokenizer_train(args):
+    from pretrainlab.tokenizer.train import train_tokenizer
+
+    train_tokenizer(_config_from_args(args))
+
+
+def cmd_data_tokenize(args):
+    from pretrainlab.tokenizer.shards import tokenize_corpus
+
+    tokenize_corpus(_config_from_args(args))
+
+
+def cmd_train(args):
+    from pretrainlab.train.trainer import train
+
+    summary = train(_config_from_args(args), resume=args.resume)
+    first, final = summary["first_val_loss"], summary["final_val_loss"]
+    if first is not None and final is not None:
+        print(f"validation loss {first:.4f} -> {final:.4f}; run: {summary['run_dir']}")
+
+
+def cmd_eval(args):
+    from pretrainlab.eval.run import evaluate_run
+
+    evaluate_run(_run_config(args.run, args), cfg_overrides=args.overrides, checkpoint=args.checkpoint)
+
+
+def cmd_report(args):
+    from pretrainlab.monitor.report import write_report
+
+    path = write_report(_run_config(args.run, args))
+    print(f"report: {path}")
+
+
+def cmd_quickstart(args):
+    from pretrainlab.quickstart import run_quickstart
+
+    run_quickstart(_config_from_args(args), resume=args.resume)
+
+
+def cmd_config_show(args):
+    from pretrainlab.config import dump_yaml
+
+    print(dump_yaml(_config_from_args(args)), end="")
+
+
+def cmd_config_docs(args):
+    from pretrainlab.config import config_reference_markdown
+
+    text = config_reference_markdown()
+    if args.out:
+        from pretrainlab.fsio import atomic_write_text
+
+        atomic_write_text(args.out, text + "\n")
+        print(f"wrote {args.out}")
+    else:
+        print(text)
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pretrainlab",
+        description=(
+            "Run an LLM pretraining program: corpus -> clean data -> tokenizer -> token shards -> "
+            "train -> eval -> report. Start with `pretrainlab quickstart`."
+        ),
+    )
+    p.add_argument("--version", action="version", version=f"pretrainlab {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def leaf(parent, name, help_text, handler, section=None, config_positional=False):
+        sp = parent.add_parser(name, help=help_text, description=help_text)
+        _common(sp, config_positional)
+        if section:
+            add_section_flags(sp, section)
+        sp.set_defaults(handler=handler)
+        return sp
+
+    def group(name, help_text):
+        gp = sub.add_parser(name, help=help_text, description=help_text)
+        gs = gp.add_subparsers(dest=f"{name}_command", metavar="ACTION")
+        gp.set_defaults(handler=lambda a, _gp=gp: (_gp.print_help(), sys.exit(EXIT_USER_ERROR)))
+        return gs
+
+    corpus = group("corpus", "Build the embedded corpus from text already on this machine.")
+    leaf(corpus, "build", "Write raw source JSONL files + sources.yaml (stdlib code, docstrings, man pages, /usr/share/doc).",
+         cmd_corpus_build, "corpus")
+
+    data = group("data", "Clean the corpus and tokenize it into shards.")
+    leaf(data, "build", "Normalize, filter, deduplicate and split the raw sources into a clean corpus.",
+         cmd_data_build, "data")
+    leaf(data, "tokenize", "Encode the clean corpus into per-source token shards with a document index.",
+         cmd_data_tokenize, "tokenize")
+
+    tok = group("tokenizer", "Train tokenizers.")
+    leaf(tok, "train", "Train a byte-level BPE tokenizer on the clean corpus.", cmd_tokenizer_train, "tokenizer")
+
+    tr = leaf(sub, "train", "Train a model on the token shards; writes a run directory.", cmd_train, "train",
+              config_positional=True)
+    tr.add_argument("--resume", default="auto", metavar="auto|never|PATH",
+                    help="auto: continue from the newest complete checkpoint if any (default); never: refuse an existing run")
+
+    ev = leaf(sub, "eval", "Evaluate a run: per-source perplexity on held-out data and sample continuations.",
+              cmd_eval)
+    ev.add_argument("run", nargs="?", metavar="RUN", help="run directory (default: from the config)")
+    ev.add_argument("--checkpoint", default=None, metavar="STEP|PATH", help="checkpoint to evaluate (default: newest)")
+
+    rp = leaf(sub, "report", "Write a self-contained HTML report of a run.", cmd_report)
+    rp.add_argument("run", nargs="?", metavar="RUN", help="run directory (default: from the config)")
+
+    qs = leaf(sub, "quickstart", "Run every stage end to end with the quickstart defaults (~10 min on 2 CPU cores).",
+              cmd_quickstart, config_positional=False)
+    qs.add_argument("--size", dest="cfg__corpus__size", choices=["small", "medium", "large"], default=None,
+                    help="corpus size (small is the ~10-minute default)")
+    qs.add_argument("--resume", default="auto", metavar="auto|never", help="training resume mode (default auto)")
+
+    cfg = group("config", "Inspect configuration.")
+    leaf(cfg, "show", "Print the fully resolved config.", cmd_config_show)
+    docs = cfg.add_parser("docs", help="Print (or write) the reference of every config option.",
+                          description="Print (or write) the reference of every config option.")
+    docs.add_argument("--out", metavar="FILE", help="write markdown here (e.g. docs/CONFIG.md)")
+    docs.set_defaults(handler=cmd_config_docs)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return EXIT_USER_ERROR
+    try:
+        args.handler(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as err:
+        # Disk full, permission denied, a path that is a file not a folder, ...: the user's to fix.
+        where = f": {err.filename}" if err.filename else ""
+        print(f"error: {err.strerror or err}{where}; check the path and permissions", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Evaluation: held-out perplexity per source, generation, whole-run evaluation."""

@@ -1,0 +1,225 @@
+"""Llama-style decoder: RMSNorm, rotary positions, SwiGLU MLP, grouped-query attention.
+
+The model knows nothing of parallelism, logging or checkpoints. Attention goes
+through ``scaled_dot_product_attention``; an optional ``positions`` tensor and
+boolean ``attn_mask`` let a packer restart positions per document and block
+attention across documents. ``KVCache`` makes generation O(n) per token.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pretrainlab.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (x * self.weight.float()).to(dtype)
+
+
+def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables (max_len, head_dim/2) for rotating query/key pairs."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (batch, heads, seq, head_dim) by per-position angles, half-split layout (as in HF Llama)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half].float(), x[..., half:].float()
+    out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    return out.to(x.dtype)
+
+
+@dataclass
+class KVCache:
+    """Per-layer key/value tensors for incremental decoding."""
+
+    keys: list[torch.Tensor | None]
+    values: list[torch.Tensor | None]
+
+    @classmethod
+    def empty(cls, n_layers: int) -> "KVCache":
+        return cls([None] * n_layers, [None] * n_layers)
+
+    @property
+    def length(self) -> int:
+        return 0 if self.keys[0] is None else self.keys[0].shape[2]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.keys[layer] is not None:
+            k = torch.cat((self.keys[layer], k), dim=2)
+            v = torch.cat((self.values[layer], v), dim=2)
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.n_heads, self.n_kv, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        self.wq = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=False)
+        self.wk = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.wv = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
+
+    def forward(self, x, cos, sin, attn_mask=None, cache: KVCache | None = None):
+        b, t, _ = x.shape
+        q = self.wq(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.wk(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        v = self.wv(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)
+        if self.n_kv != self.n_heads:
+            rep = self.n_heads // self.n_kv
+            k = k.repeat_interleave(rep, dim=1)
+            v = v.repeat_interleave(rep, dim=1)
+        if attn_mask is not None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        elif cache is not None and t != k.shape[2]:
+            # Decoding with a cache: new queries sit at the end; causal w.r.t. cached keys.
+            offset = k.shape[2] - t
+            mask = torch.ones(t, k.shape[2], dtype=torch.bool, device=x.device).tril(offset)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.wo(y.transpose(1, 2).reshape(b, t, -1))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.w_gate = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=False)
+        self.w_up = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=False)
+        self.w_down = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=False)
+
+    def forward(self, x):
+        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg, layer)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg)
+
+    def forward(self, x, cos, sin, attn_mask=None, cache=None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, attn_mask, cache)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Transformer(nn.Module):
+    """Decoder-only language model. ``cfg.vocab_size`` must be set."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.vocab_size is None:
+            raise ValueError("ModelConfig.vocab_size must be set (normally from the tokenizer)")
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        std = self.cfg.init_std
+        residual_std = std / math.sqrt(2 * self.cfg.n_layers)
+        for name, p in self.named_parameters():
+            if p.dim() == 1:
+                nn.init.ones_(p)
+            elif name.endswith(("wo.weight", "w_down.weight")):
+                nn.init.normal_(p, 0.0, residual_std)
+            else:
+                nn.init.normal_(p, 0.0, std)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        ignore_index: int = -100,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return (logits, mean cross-entropy or None).
+
+        positions: (batch, seq) indices into the RoPE table; default 0..seq-1
+        (offset by the cache length when decoding). attn_mask: boolean
+        (batch, 1, seq, seq) where True means "may attend".
+        """
+        b, t = input_ids.shape
+        if positions is None:
+            start = cache.length if cache is not None else 0
+            if start + t > self.cfg.max_seq_len:
+                raise ValueError(f"sequence of {start + t} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
+            cos = self.rope_cos[start : start + t][None, None]
+            sin = self.rope_sin[start : start + t][None, None]
+        else:
+            cos = self.rope_cos[positions][:, None]
+            sin = self.rope_sin[positions][:, None]
+        x = self.embed(input_ids)
+        for block in self.layers:
+            x = block(x, cos, sin, attn_mask, cache)
+        logits = self.lm_head(self.norm(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=ignore_index)
+        return logits, loss
+
+    # ---- accounting used by MFU, the planner and the console
+
+    def num_params(self, exclude_input_embedding: bool = False) -> int:
+        total = sum(p.numel() for p in self.parameters())
+        if exclude_input_embedding and not self.cfg.tie_embeddings:
+            total -= self.embed.weight.numel()
+        return total
+
+
+def count_params(cfg: ModelConfig) -> dict[str, int]:
+    """Parameter counts from the config alone (no allocation)."""
+    d, f, v, L = cfg.d_model, cfg.ffn_dim, cfg.vocab_size or 0, cfg.n_layers
+    attn = d * cfg.n_heads * cfg.head_dim * 2 + d * cfg.kv_heads * cfg.head_dim * 2
+    mlp = 3 * d * f
+    per_layer = attn + mlp + 2 * d
+    embed = v * d
+    head = 0 if cfg.tie_embeddings else v * d
+    total = embed + L * per_layer + d + head
+    return {"total": total, "embedding": embed, "non_embedding": total - embed, "per_layer": per_layer}
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token: 6*(params - input embedding) + 12*layers*d_model*seq_len.
+
+    The 6N term counts forward (2N) and backward (4N) matmuls; the output
+    projection is included even when tied (it is a real matmul), the input
+    embedding lookup is not. The attention term is the QK^T and AV products
+    (Kaplan et al. 2020 / PaLM appendix B, non-causal count).
+    """
+    p = count_params(cfg)
+    matmul_params = p["total"] - p["embedding"] + (cfg.vocab_size or 0) * cfg.d_model * (1 if cfg.tie_embeddings else 0)
+    return 6.0 * matmul_params + 12.0 * cfg.n_layers * cfg.d_model * seq_len

@@ -1,0 +1,1 @@
+"""Monitoring: metrics sinks, FLOP/s and MFU accounting, static HTML reports."""

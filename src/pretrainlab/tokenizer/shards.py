@@ -1,0 +1,447 @@
+"""`data tokenize`: clean corpus -> per-source token shards with a document index.
+
+Layout of ``cfg.tokens_dir`` (one folder per source, one part per split)::
+
+    manifest.json               tokenizer sha256, dtype, per-part counts, totals
+    <source>/train.bin          flat token array (uint16 if vocab <= 65536 else
+                                uint32, native little-endian); every document's
+                                tokens followed by eos_id
+    <source>/train.idx.npy      int64 [n_docs + 1] document start offsets into
+                                train.bin; the last entry = total tokens
+    <source>/train.json         done record: input + tokenizer sha256, counts,
+                                bin sha256 (a part counts only once it exists)
+    <source>/heldout.{bin,idx.npy,json}
+
+Document ``i`` occupies ``bin[idx[i]:idx[i+1]]``, its last token being eos.
+
+Each part is written to temporary files and renamed, and its done record is
+written last, so a crash leaves either the old complete part or none. A re-run
+re-tokenizes only parts whose input file or tokenizer changed; with nothing
+changed it touches no file and reports "up to date".
+
+Parallelism (``tokenize.backend``): ``processes`` feeds batches of raw JSONL
+lines to ``tokenize.workers`` spawned processes (each parses JSON, encodes
+single-threaded and returns a numpy chunk); ``threads`` encodes in this process
+with the tokenizer library's thread pool. The main process streams chunks to the
+``.bin`` file in document order, so memory stays bounded by the in-flight batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import time
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from pretrainlab import __version__
+from pretrainlab.config import ProjectConfig, config_to_dict
+from pretrainlab.errors import DataError
+from pretrainlab.fsio import atomic_open, atomic_write_json, read_json, sha256_file
+from pretrainlab.progress import console, progress_bar
+from pretrainlab.tokenizer.train import corpus_manifest_sha256, find_corpus_sources
+from pretrainlab.tokenizer.vocab import load_tokenizer, tokenizer_file
+
+SPLITS = ("train", "heldout")
+MANIFEST_FILE = "manifest.json"
+FORMAT = "pretrainlab.tokens/1"
+RETOKENIZE_HINT = "re-run `pretrainlab data tokenize`"
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits (vocab_size <= 65536), else uint32."""
+    return np.dtype(np.uint16) if vocab_size <= 65536 else np.dtype(np.uint32)
+
+
+def part_paths(tokens_dir: str | Path, source: str, split: str) -> tuple[Path, Path, Path]:
+    """(.bin, .idx.npy, .json done record) of one (source, split) part."""
+    base = Path(tokens_dir) / source
+    return base / f"{split}.bin", base / f"{split}.idx.npy", base / f"{split}.json"
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+_WORKER_TOK = None
+
+
+def _worker_init(tok_path: str) -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per process; the pool is the parallelism
+    global _WORKER_TOK
+    from tokenizers import Tokenizer
+
+    _WORKER_TOK = Tokenizer.from_file(tok_path)
+
+
+def _encode_lines(lines: list[bytes], tok=None, eos_id: int = 2, dtype: str = "uint16") -> tuple[np.ndarray, np.ndarray, int]:
+    """Raw JSONL lines -> (flat tokens with eos after each doc, per-doc lengths incl. eos, chars)."""
+    tok = tok or _WORKER_TOK
+    texts = []
+    for line in lines:
+        try:
+            text = json.loads(line)["text"]
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+            return np.empty(0, dtype), np.empty(0, np.int64), -1  # main process reports the bad line
+        if not isinstance(text, str):
+            return np.empty(0, dtype), np.empty(0, np.int64), -1
+        texts.append(text)
+    encs = tok.encode_batch(texts, add_special_tokens=False)
+    lens = np.fromiter((len(e.ids) + 1 for e in encs), dtype=np.int64, count=len(encs))
+    out = np.empty(int(lens.sum()), dtype=dtype)
+    pos = 0
+    for e, n in zip(encs, lens.tolist()):
+        out[pos : pos + n - 1] = e.ids
+        out[pos + n - 1] = eos_id
+        pos += n
+    return out, lens, sum(len(t) for t in texts)
+
+
+def _encode_in_worker(lines: list[bytes], eos_id: int, dtype: str):
+    return _encode_lines(lines, None, eos_id, dtype)
+
+
+class _Encoder:
+    """Maps batches of lines to encoded chunks, in order, with a bounded number in flight."""
+
+    def __init__(self, backend: str, workers: int, tok_path: Path, eos_id: int, dtype: np.dtype):
+        self.backend, self.workers, self.eos_id, self.dtype = backend, workers, eos_id, dtype.name
+        self._pool = None
+        self._tok_path = tok_path
+        self._tok = None
+
+    def _ensure(self):
+        if self.backend == "processes" and self._pool is None:
+            ctx = mp.get_context("spawn")  # fork after torch/rayon threads exist is unsafe
+            self._pool = ctx.Pool(self.workers, initializer=_worker_init, initargs=(str(self._tok_path),))
+        if self.backend == "threads" and self._tok is None:
+            from tokenizers import Tokenizer
+
+            self._tok = Tokenizer.from_file(str(self._tok_path))
+
+    def map(self, batches: Iterator[list[bytes]]) -> Iterator[tuple[list[bytes], tuple]]:
+        self._ensure()
+        if self.backend == "threads":
+            for b in batches:
+                yield b, _encode_lines(b, self._tok, self.eos_id, self.dtype)
+            return
+        pending: deque = deque()
+        limit = 2 * self.workers
+        for b in batches:
+            pending.append((b, self._pool.apply_async(_encode_in_worker, (b, self.eos_id, self.dtype))))
+            if len(pending) >= limit:
+                b0, res = pending.popleft()
+                yield b0, res.get()
+        while pending:
+            b0, res = pending.popleft()
+            yield b0, res.get()
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.close()
+            self._pool.join()
+            self._pool = None
+
+
+def _read_batches(path: Path, batch_docs: int, hasher) -> Iterator[list[bytes]]:
+    """Non-blank raw lines of a JSONL file in batches; feeds every byte read to ``hasher``."""
+    batch: list[bytes] = []
+    with open(path, "rb") as fh:
+        for line in fh:
+            hasher.update(line)
+            if not line.strip():
+                continue
+            batch.append(line)
+            if len(batch) >= batch_docs:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+def _bad_line(path: Path, batch: list[bytes]) -> DataError:
+    for line in batch:
+        try:
+            if isinstance(json.loads(line)["text"], str):
+                continue
+        except Exception:
+            pass
+        snippet = line[:60].decode("utf-8", "replace").strip()
+        return DataError(
+            f"{path}: record is not JSON with a string 'text' field ({snippet!r}...); re-run `pretrainlab data build`"
+        )
+    return DataError(f"{path}: unreadable record; re-run `pretrainlab data build`")
+
+
+# --------------------------------------------------------------------------- one part
+
+
+def _part_up_to_date(tokens_dir: Path, source: str, split: str, input_sha: str, tok_sha: str, dtype: np.dtype) -> dict | None:
+    bin_path, idx_path, rec_path = part_paths(tokens_dir, source, split)
+    try:
+        rec = read_json(rec_path)
+    except (OSError, ValueError):
+        return None
+    if (
+        rec.get("format") != FORMAT
+        or rec.get("input_sha256") != input_sha
+        or rec.get("tokenizer_sha256") != tok_sha
+        or rec.get("dtype") != dtype.name
+        or not idx_path.is_file()
+        or not bin_path.is_file()
+        or bin_path.stat().st_size != rec.get("tokens", -1) * dtype.itemsize
+    ):
+        return None
+    return rec
+
+
+def _tokenize_part(
+    in_path: Path, tokens_dir: Path, source: str, split: str, encoder: _Encoder, batch_docs: int,
+    tok_sha: str, dtype: np.dtype, bar, est: dict,
+) -> dict:
+    t0 = time.perf_counter()
+    bin_path, idx_path, rec_path = part_paths(tokens_dir, source, split)
+    bin_path.parent.mkdir(parents=True, exist_ok=True)
+    rec_path.unlink(missing_ok=True)  # the part is invalid until its new record is written
+
+    in_hash, bin_hash = hashlib.sha256(), hashlib.sha256()
+    lengths: list[np.ndarray] = []
+    tokens = chars = 0
+    with atomic_open(idx_path, "wb") as fidx:
+        with atomic_open(bin_path, "wb") as fbin:
+            if in_path.is_file():
+                batches = _read_batches(in_path, batch_docs, in_hash)
+                for batch, (arr, lens, n_chars) in encoder.map(batches):
+                    if n_chars < 0:
+                        raise _bad_line(in_path, batch)
+                    view = memoryview(arr).cast("B")
+                    fbin.write(view)
+                    bin_hash.update(view)
+                    lengths.append(lens)
+                    tokens += arr.size
+                    chars += n_chars
+                    est["done_bytes"] += sum(len(b) for b in batch)
+                    bar.advance(arr.size)
+                    if est["done_bytes"]:
+                        per_byte = (est["tokens"] + tokens) / est["done_bytes"]
+                        bar.set_total(int(est["tokens"] + tokens + per_byte * (est["total_bytes"] - est["done_bytes"])))
+        offsets = np.zeros(1 + sum(x.size for x in lengths), dtype=np.int64)
+        if lengths:
+            np.cumsum(np.concatenate(lengths), out=offsets[1:])
+        np.save(fidx, offsets)
+    est["tokens"] += tokens
+    rec = {
+        "format": FORMAT,
+        "source": source,
+        "split": split,
+        "input": str(in_path),
+        "input_sha256": in_hash.hexdigest(),
+        "tokenizer_sha256": tok_sha,
+        "dtype": dtype.name,
+        "docs": int(offsets.size - 1),
+        "tokens": int(tokens),
+        "chars": int(chars),
+        "bin_sha256": bin_hash.hexdigest(),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    atomic_write_json(rec_path, rec)
+    return rec
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def _backend(cfg: ProjectConfig) -> str:
+    b = cfg.tokenize.backend
+    if b == "auto":
+        return "processes" if cfg.tokenize.workers > 1 else "threads"
+    return b
+
+
+def tokenize_corpus(cfg: ProjectConfig) -> dict:
+    """Tokenize every (source, split) of the clean corpus that changed; returns the manifest plus run info."""
+    t0 = time.perf_counter()
+    tok_path = tokenizer_file(cfg.tokenize_tokenizer_dir)
+    tok = load_tokenizer(tok_path)
+    corpus_dir = Path(cfg.tokenize_corpus_dir)
+    sources = find_corpus_sources(corpus_dir)
+    tokens_dir = Path(cfg.tokens_dir)
+    dtype = token_dtype(tok.vocab_size)
+
+    todo: list[tuple[str, str, Path]] = []
+    records: dict[str, dict[str, dict]] = {s: {} for s in sources}
+    for s in sources:
+        for split in SPLITS:
+            in_path = corpus_dir / s / f"{split}.jsonl"
+            in_sha = sha256_file(in_path) if in_path.is_file() else hashlib.sha256(b"").hexdigest()
+            rec = _part_up_to_date(tokens_dir, s, split, in_sha, tok.sha256, dtype)
+            if rec is None:
+                todo.append((s, split, in_path))
+            else:
+                records[s][split] = rec
+
+    workers = cfg.tokenize.workers
+    backend = _backend(cfg)
+    done_tokens = 0
+    if todo:
+        encoder = _Encoder(backend, workers, tok_path, tok.eos_id, dtype)
+        total_bytes = sum(p.stat().st_size for _, _, p in todo if p.is_file())
+        est = {"total_bytes": total_bytes, "done_bytes": 0, "tokens": 0}
+        try:
+            with progress_bar(f"tokenize ({len(todo)} parts, {backend} x{workers})", None, unit="tokens") as bar:
+                for s, split, in_path in todo:
+                    records[s][split] = _tokenize_part(
+                        in_path, tokens_dir, s, split, encoder, cfg.tokenize.batch_docs, tok.sha256, dtype, bar, est
+                    )
+        finally:
+            encoder.close()
+        done_tokens = est["tokens"]
+    seconds = time.perf_counter() - t0
+
+    def _public(rec: dict) -> dict:
+        return {k: rec[k] for k in ("docs", "tokens", "chars", "bin_sha256", "input_sha256")}
+
+    totals = {split: {k: sum(records[s][split][k] for s in sources) for k in ("docs", "tokens", "chars")} for split in SPLITS}
+    totals["all"] = {k: sum(totals[sp][k] for sp in SPLITS) for k in ("docs", "tokens", "chars")}
+    content = {
+        "format": FORMAT,
+        "tokenizer_sha256": tok.sha256,
+        "tokenizer_dir": str(tok_path.parent),
+        "vocab_size": tok.vocab_size,
+        "eos_id": tok.eos_id,
+        "bos_id": tok.bos_id,
+        "pad_id": tok.pad_id,
+        "dtype": dtype.name,
+        "eos_appended": True,
+        "sources": {s: {split: _public(records[s][split]) for split in SPLITS} for s in sources},
+        "totals": totals,
+        "corpus_dir": str(corpus_dir),
+        "corpus_manifest_sha256": corpus_manifest_sha256(corpus_dir),
+        "config": config_to_dict(cfg.tokenize),
+    }
+    man_path = tokens_dir / MANIFEST_FILE
+    try:
+        old = read_json(man_path)
+    except (OSError, ValueError):
+        old = None
+    unchanged = old is not None and all(old.get(k) == v for k, v in content.items())
+    if todo or not unchanged:
+        manifest = {
+            **content,
+            "backend": backend,
+            "workers": workers,
+            "retokenized": [f"{s}/{sp}" for s, sp, _ in todo],
+            "seconds": round(seconds, 3),
+            "tokens_per_s": round(done_tokens / seconds) if seconds > 0 else None,
+            "code_version": __version__,
+        }
+        atomic_write_json(man_path, manifest)
+    else:
+        manifest = old
+    status = "tokenized" if todo else "up to date"
+    if not todo:
+        console.print(f"tokenize: up to date ({totals['all']['tokens']:,} tokens in {tokens_dir})")
+    return {
+        **manifest,
+        "status": status,
+        "retokenized": [f"{s}/{sp}" for s, sp, _ in todo],
+        "run_seconds": round(seconds, 3),
+        "run_tokens": done_tokens,
+        "run_tokens_per_s": round(done_tokens / seconds) if todo and seconds > 0 else None,
+    }
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_tokens_manifest(tokens_dir: str | Path) -> dict:
+    path = Path(tokens_dir) / MANIFEST_FILE
+    if not path.is_file():
+        raise DataError(f"token shards not found: {path} is missing; run `pretrainlab data tokenize` first")
+    try:
+        return read_json(path)
+    except (OSError, ValueError):
+        raise DataError(f"{path} is unreadable; {RETOKENIZE_HINT}") from None
+
+
+def list_sources(tokens_dir: str | Path) -> list[str]:
+    """Sources of a token shard directory, from its manifest (sorted)."""
+    return sorted(read_tokens_manifest(tokens_dir)["sources"])
+
+
+class ShardReader:
+    """Read-only, memory-mapped view of one (source, split) part.
+
+    ``doc(i)`` returns document ``i``'s tokens *without* its trailing eos
+    (exactly ``tokenizer.encode(text)``); ``doc(i, with_eos=True)`` keeps it.
+    ``tokens(start, end)`` reads any range of the flat array, eos included.
+    Nothing is loaded into RAM beyond the pages touched.
+    """
+
+    def __init__(self, tokens_dir: str | Path, source: str, split: str = "train"):
+        self.source, self.split = source, split
+        self.bin_path, self.idx_path, rec_path = part_paths(tokens_dir, source, split)
+        if not rec_path.is_file() or not self.bin_path.is_file() or not self.idx_path.is_file():
+            raise DataError(
+                f"token shard {self.bin_path.parent / split} missing or incomplete "
+                f"(needs {split}.bin, {split}.idx.npy, {split}.json); run `pretrainlab data tokenize`"
+            )
+        try:
+            self.record = read_json(rec_path)
+            self.dtype = np.dtype(self.record["dtype"])
+            self.index = np.load(self.idx_path, mmap_mode="r")
+        except (OSError, ValueError, KeyError, TypeError):
+            raise DataError(f"{rec_path.parent / split}: unreadable shard record or index; {RETOKENIZE_HINT}") from None
+        size = self.bin_path.stat().st_size
+        if (
+            self.index.ndim != 1
+            or self.index.size < 1
+            or self.index.dtype != np.int64
+            or size % self.dtype.itemsize
+            or int(self.index[0]) != 0
+            or int(self.index[-1]) * self.dtype.itemsize != size
+        ):
+            last = int(self.index[-1]) if self.index.ndim == 1 and self.index.size else None
+            raise DataError(
+                f"{self.bin_path}: corrupt shard ({size} bytes, index expects {last} {self.dtype.name} tokens); "
+                f"{RETOKENIZE_HINT}"
+            )
+        if size:
+            self._data = np.memmap(self.bin_path, dtype=self.dtype, mode="r")
+        else:  # numpy cannot map an empty file
+            self._data = np.empty(0, dtype=self.dtype)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self._data.size)
+
+    @property
+    def num_docs(self) -> int:
+        return int(self.index.size - 1)
+
+    def __len__(self) -> int:
+        return self.num_docs
+
+    def doc_bounds(self, i: int) -> tuple[int, int]:
+        """[start, end) of document i in the flat array (end is after its eos)."""
+        if not -self.num_docs <= i < self.num_docs:
+            raise IndexError(f"document {i} out of range for {self.num_docs} documents")
+        i %= self.num_docs
+        return int(self.index[i]), int(self.index[i + 1])
+
+    def doc(self, i: int, with_eos: bool = False) -> np.ndarray:
+        start, end = self.doc_bounds(i)
+        return self._data[start : end if with_eos else end - 1]
+
+    def tokens(self, start: int, end: int) -> np.ndarray:
+        """Tokens [start, end) of the flat array (a memory-mapped view; copy it to keep it)."""
+        if not 0 <= start <= end <= self.num_tokens:
+            raise IndexError(f"token range [{start}, {end}) outside [0, {self.num_tokens})")
+        return self._data[start:end]
+
+    def __repr__(self) -> str:
+        return f"ShardReader({self.source}/{self.split}: {self.num_docs} docs, {self.num_tokens} {self.dtype.name} tokens)"

@@ -1,0 +1,50 @@
+"""The trainer's hook points: optional behaviour (guards, sinks, eval) plugs in here.
+
+A callback gets the live ``TrainContext`` and may read anything on it; returning
+normally lets the loop continue. Later features (NaN/spike guards, trend rules,
+in-training eval) are callbacks, so the loop itself stays small.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pretrainlab.train.trainer import TrainContext
+
+
+class Callback:
+    def on_train_start(self, ctx: "TrainContext") -> None: ...
+
+    def on_step_end(self, ctx: "TrainContext", metrics: dict) -> None: ...
+
+    def on_validation(self, ctx: "TrainContext", metrics: dict) -> None: ...
+
+    def on_checkpoint(self, ctx: "TrainContext", path) -> None: ...
+
+    def on_train_end(self, ctx: "TrainContext") -> None: ...
+
+
+class CallbackList(Callback):
+    def __init__(self, callbacks: list[Callback] | None = None):
+        self.callbacks = list(callbacks or [])
+
+    def on_train_start(self, ctx):
+        for cb in self.callbacks:
+            cb.on_train_start(ctx)
+
+    def on_step_end(self, ctx, metrics):
+        for cb in self.callbacks:
+            cb.on_step_end(ctx, metrics)
+
+    def on_validation(self, ctx, metrics):
+        for cb in self.callbacks:
+            cb.on_validation(ctx, metrics)
+
+    def on_checkpoint(self, ctx, path):
+        for cb in self.callbacks:
+            cb.on_checkpoint(ctx, path)
+
+    def on_train_end(self, ctx):
+        for cb in self.callbacks:
+            cb.on_train_end(ctx)

@@ -1,0 +1,172 @@
+"""Checkpoints: one directory per step, valid only once its completion marker exists.
+
+Layout of ``<run>/checkpoints/step_00000100/``::
+
+    model.pt      model state dict (fp32 master weights)
+    optim.pt      optimizer state dict
+    rng.pt        torch / numpy / python RNG states
+    state.json    trainer state: step, tokens seen, data-loader state, ...
+    meta.json     step, tokens, wall time, config hash (for humans and tools)
+    COMPLETE      marker, written last
+
+Everything is written into a hidden temporary directory, fsynced, marked
+complete, then renamed into place, so a kill -9 at any instant leaves either no
+new checkpoint or a whole one; ``latest_checkpoint`` ignores anything unmarked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pretrainlab.errors import UserError
+from pretrainlab.fsio import atomic_write_json, fsync_dir
+
+MARKER = "COMPLETE"
+_STEP_DIR = re.compile(r"^step_(\d{8})$")
+
+
+def checkpoint_root(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def is_complete(path: Path) -> bool:
+    return (Path(path) / MARKER).is_file()
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run, oldest first."""
+    root = checkpoint_root(run_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        m = _STEP_DIR.match(child.name)
+        if m and child.is_dir() and is_complete(child):
+            found.append((int(m.group(1)), child))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    ckpts = list_checkpoints(run_dir)
+    return ckpts[-1][1] if ckpts else None
+
+
+def _torch_save(obj: Any, path: Path) -> None:
+    with open(path, "wb") as fh:
+        torch.save(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model_state: dict,
+    optim_state: dict,
+    rng_state: dict,
+    trainer_state: dict,
+    meta: dict | None = None,
+) -> Path:
+    """Write a complete checkpoint for ``step`` atomically; returns its directory."""
+    root = checkpoint_root(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / step_dir_name(step)
+    tmp = root / f".{final.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    _torch_save(model_state, tmp / "model.pt")
+    _torch_save(optim_state, tmp / "optim.pt")
+    _torch_save(rng_state, tmp / "rng.pt")
+    atomic_write_json(tmp / "state.json", trainer_state)
+    atomic_write_json(tmp / "meta.json", {"step": step, "saved_at": time.time(), **(meta or {})})
+    atomic_write_json(tmp / MARKER, {"step": step})
+    fsync_dir(tmp)
+    if final.exists():  # re-saving a step (e.g. after a rollback): swap, then drop the old one
+        old = root / f".{final.name}.old-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    fsync_dir(root)
+    return final
+
+
+def prune_checkpoints(run_dir: Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest ``keep_last`` complete checkpoints and any stale temporaries."""
+    removed = []
+    ckpts = list_checkpoints(run_dir)
+    for _, path in ckpts[: max(0, len(ckpts) - keep_last)]:
+        # Remove the marker first so a crash mid-delete never leaves a "complete" partial dir.
+        (path / MARKER).unlink(missing_ok=True)
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    root = checkpoint_root(run_dir)
+    for child in root.glob(".step_*"):
+        shutil.rmtree(child, ignore_errors=True)
+    return removed
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load every part of a complete checkpoint."""
+    path = Path(path)
+    if not is_complete(path):
+        raise UserError(f"{path} is not a complete checkpoint (no {MARKER} marker); pick another or use --resume auto")
+    return {
+        "model": torch.load(path / "model.pt", map_location=map_location, weights_only=True),
+        "optim": torch.load(path / "optim.pt", map_location=map_location, weights_only=False),
+        "rng": torch.load(path / "rng.pt", map_location="cpu", weights_only=False),
+        "state": json.loads((path / "state.json").read_text()),
+        "meta": json.loads((path / "meta.json").read_text()),
+        "path": path,
+    }
+
+
+def resolve_checkpoint(run_dir: Path, which: str | int | None = None) -> Path:
+    """A run's checkpoint by step number, path, or the newest ("latest"/None)."""
+    run_dir = Path(run_dir)
+    if which in (None, "latest", "auto"):
+        path = latest_checkpoint(run_dir)
+        if path is None:
+            raise UserError(f"{run_dir}: no complete checkpoint found; train first with `pretrainlab train`")
+        return path
+    if isinstance(which, int) or str(which).isdigit():
+        path = checkpoint_root(run_dir) / step_dir_name(int(which))
+    else:
+        path = Path(which)
+    if not is_complete(path):
+        raise UserError(f"checkpoint {path} does not exist or is incomplete; list {checkpoint_root(run_dir)}")
+    return path
+
+
+def load_model(run_dir: Path, which: str | int | None = None, device: str | torch.device = "cpu"):
+    """Rebuild the model of a run from its saved config and a checkpoint.
+
+    Returns (model in eval mode, ProjectConfig, checkpoint path).
+    """
+    from pretrainlab.config import load_config
+    from pretrainlab.model.transformer import Transformer
+
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise UserError(f"{run_dir} is not a run directory (no config.yaml); pass runs/<name> made by `pretrainlab train`")
+    cfg = load_config(cfg_path)
+    path = resolve_checkpoint(run_dir, which)
+    model = Transformer(cfg.model)
+    state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model.to(device).eval(), cfg, path

@@ -1,0 +1,446 @@
+"""The training loop: batches -> forward/backward with accumulation -> clipped AdamW step.
+
+The loop knows nothing about a particular model beyond ``model(x, y) -> (logits,
+loss)``; logging, validation and checkpoints are small functions here, and
+anything optional hooks in through ``callbacks``. Runs single-process or under
+torchrun (DDP, one replica per rank).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pretrainlab.config import ProjectConfig, dump_yaml, load_config
+from pretrainlab.errors import UserError
+from pretrainlab.fsio import append_jsonl, atomic_write_json, atomic_write_text, iter_jsonl, read_json
+from pretrainlab.model.transformer import Transformer, count_params, flops_per_token
+from pretrainlab.progress import console
+from pretrainlab.provenance import code_version, host_info
+from pretrainlab.train import checkpoint as ckpt
+from pretrainlab.train.callbacks import Callback, CallbackList
+from pretrainlab.train.loader import MixtureLoader
+from pretrainlab.train.optim import build_optimizer, lr_at, set_lr
+
+
+@dataclass
+class TrainContext:
+    """Live state of a run, handed to callbacks."""
+
+    cfg: ProjectConfig
+    run_dir: Path
+    model: nn.Module
+    raw_model: Transformer
+    optimizer: torch.optim.Optimizer
+    loader: MixtureLoader
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    step: int = 0
+    tokens_seen: int = 0
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def event(self, name: str, **fields) -> None:
+        if self.is_main:
+            append_jsonl(self.run_dir / "events.jsonl", {"time": time.time(), "step": self.step, "event": name, **fields})
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def _pick_device(cfg: ProjectConfig, local_rank: int) -> torch.device:
+    want = cfg.train.device
+    if want == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device=cuda but no CUDA device is available; use --set train.device=cpu (or auto)")
+    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def _init_distributed() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _resolve_paths_and_vocab(cfg: ProjectConfig) -> tuple[ProjectConfig, dict, dict]:
+    """Pin every input path to an absolute one and the vocabulary to the tokenizer's."""
+    from pretrainlab.tokenizer.shards import read_tokens_manifest
+    from pretrainlab.tokenizer.vocab import load_tokenizer
+
+    tokens_dir = cfg.train_tokens_dir.resolve()
+    tok = load_tokenizer(cfg.tokenize_tokenizer_dir)
+    manifest = read_tokens_manifest(tokens_dir)
+    shard_tok = manifest.get("tokenizer_sha256")
+    if shard_tok and shard_tok != tok.sha256:
+        raise UserError(
+            f"{tokens_dir} was tokenized with a different tokenizer than {cfg.tokenize_tokenizer_dir}; "
+            "re-run `pretrainlab data tokenize`"
+        )
+    if cfg.model.vocab_size is not None and cfg.model.vocab_size < tok.vocab_size:
+        raise UserError(
+            f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's {tok.vocab_size}; raise or unset it"
+        )
+    data = cfg.model_dump(mode="json")
+    data["workdir"] = str(cfg.workdir.resolve())
+    data["train"]["tokens"] = str(tokens_dir)
+    data["tokenizer"]["out"] = str(Path(tok.path).resolve())
+    data["run"]["dir"] = str(cfg.run_dir.resolve())
+    data["model"]["vocab_size"] = cfg.model.vocab_size or tok.vocab_size
+    if cfg.model.max_seq_len < cfg.train.seq_len:
+        data["model"]["max_seq_len"] = cfg.train.seq_len
+    resolved = ProjectConfig.model_validate(data)
+    return resolved, {"sha256": tok.sha256, "vocab_size": tok.vocab_size, "path": str(tok.path)}, manifest
+
+
+def _check_resume_compatible(run_dir: Path, cfg: ProjectConfig) -> None:
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = load_config(saved_path)
+    for section in ("model",):
+        if getattr(saved, section) != getattr(cfg, section):
+            raise UserError(
+                f"{run_dir}: the '{section}' config differs from the one this run was started with; "
+                "resume with the same settings or choose a new run.name"
+            )
+    if (saved.train.seq_len, saved.train.micro_batch, saved.train.global_batch_tokens) != (
+        cfg.train.seq_len,
+        cfg.train.micro_batch,
+        cfg.train.global_batch_tokens,
+    ):
+        raise UserError(f"{run_dir}: batch geometry differs from the saved run's; resume with the same train.* batch settings")
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _quarantine_future_metrics(run_dir: Path, step: int) -> int:
+    """On resume, move metric records past the checkpoint into metrics.orphaned.jsonl."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    keep, orphaned = [], []
+    for rec in iter_jsonl(path):
+        (orphaned if rec.get("step", 0) > step else keep).append(rec)
+    if orphaned:
+        for rec in orphaned:
+            append_jsonl(run_dir / "metrics.orphaned.jsonl", rec)
+        import json
+
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
+    return len(orphaned)
+
+
+def _fmt_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+# --------------------------------------------------------------------------- loop pieces
+
+
+def validate(ctx: TrainContext) -> dict:
+    from pretrainlab.eval.perplexity import perplexity_per_source
+
+    cfg = ctx.cfg
+    max_tokens = cfg.train.val_batches * cfg.train.micro_batch * cfg.train.seq_len
+    per_source = perplexity_per_source(
+        ctx.raw_model,
+        cfg.train_tokens_dir,
+        seq_len=cfg.train.seq_len,
+        max_tokens_per_source=max_tokens,
+        batch_size=cfg.train.micro_batch,
+        device=ctx.device,
+    )
+    record: dict = {"kind": "val", "step": ctx.step, "tokens": ctx.tokens_seen}
+    for name, res in per_source.items():
+        if not isinstance(res, dict) or "loss" not in res:
+            continue
+        if name == "overall":
+            record["val_loss"] = res["loss"]
+        else:
+            record[f"val_loss/{name}"] = res["loss"]
+    return record
+
+
+def save(ctx: TrainContext) -> Path | None:
+    if not ctx.is_main:
+        return None
+    state = {
+        "step": ctx.step,
+        "tokens_seen": ctx.tokens_seen,
+        "loader": ctx.loader.state_dict(),
+    }
+    path = ckpt.save_checkpoint(
+        ctx.run_dir,
+        ctx.step,
+        model_state=ctx.raw_model.state_dict(),
+        optim_state=ctx.optimizer.state_dict(),
+        rng_state=_rng_state(ctx.device),
+        trainer_state=state,
+        meta={"tokens": ctx.tokens_seen},
+    )
+    removed = ckpt.prune_checkpoints(ctx.run_dir, ctx.cfg.checkpoint.keep_last)
+    ctx.event("checkpoint", path=str(path), pruned=[p.name for p in removed])
+    return path
+
+
+def _make_sinks(ctx: TrainContext):
+    from pretrainlab.monitor.sinks import JsonlSink, MultiSink, TensorBoardSink
+
+    sinks = [JsonlSink(ctx.run_dir / "metrics.jsonl")]
+    if ctx.cfg.log.tensorboard:
+        sinks.append(TensorBoardSink(ctx.run_dir / "tb"))
+    return MultiSink(sinks)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | None = None) -> dict:
+    """Train per ``cfg``; ``resume``: "auto" (newest complete checkpoint if any), "never", or a checkpoint path."""
+    from pretrainlab.monitor.flops import mfu as compute_mfu
+    from pretrainlab.monitor.flops import resolve_peak_flops
+
+    rank, world, local_rank = _init_distributed()
+    device = _pick_device(cfg, local_rank)
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
+    cfg, tok_info, tokens_manifest = _resolve_paths_and_vocab(cfg)
+    tc = cfg.train
+    rows_per_step = tc.global_batch_tokens // tc.seq_len
+    if rows_per_step % (tc.micro_batch * world):
+        raise UserError(
+            f"train.global_batch_tokens={tc.global_batch_tokens} is not divisible by micro_batch*seq_len*world "
+            f"({tc.micro_batch}*{tc.seq_len}*{world}); adjust train.global_batch_tokens or train.micro_batch"
+        )
+    accum = rows_per_step // (tc.micro_batch * world)
+    run_dir = cfg.run_dir
+
+    latest = ckpt.latest_checkpoint(run_dir)
+    if resume == "never" and (latest is not None or (run_dir / "metrics.jsonl").exists()):
+        raise UserError(
+            f"{run_dir} already holds a run; continue it with --resume auto, or pick a new --set run.name=NAME"
+        )
+    resume_from: Path | None = None
+    if resume == "auto":
+        resume_from = latest
+    elif resume != "never":
+        resume_from = ckpt.resolve_checkpoint(run_dir, resume)
+    if resume_from is not None:
+        _check_resume_compatible(run_dir, cfg)
+
+    torch.manual_seed(tc.seed)
+    random.seed(tc.seed)
+    np.random.seed(tc.seed)
+    model = Transformer(cfg.model).to(device)
+    optimizer = build_optimizer(model, cfg.optim, device.type)
+    loader = MixtureLoader(
+        cfg.train_tokens_dir, tc.seq_len, tc.micro_batch, tc.seed, weights=tc.source_weights, rank=rank, world=world
+    )
+    wrapped: nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        wrapped = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None)
+
+    ctx = TrainContext(cfg, run_dir, wrapped, model, optimizer, loader, device, rank, world)
+    fpt = flops_per_token(cfg.model, tc.seq_len)
+    peak, peak_source = resolve_peak_flops(cfg, device)
+    params = count_params(cfg.model)
+
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+        meta = {
+            **code_version(),
+            **host_info(),
+            "start_time": time.time(),
+            "tokenizer_sha256": tok_info["sha256"],
+            "dataset_manifest_id": tokens_manifest.get("manifest_id") or tokens_manifest.get("corpus_manifest_sha256"),
+            "tokens_manifest": str(cfg.train_tokens_dir / "manifest.json"),
+            "params": params,
+            "flops_per_token": fpt,
+            "flops_formula": "6*(params - input embedding) + 12*layers*d_model*seq_len",
+            "peak_flops": peak * world,
+            "peak_flops_source": peak_source,
+            "device": str(device),
+            "world_size": world,
+            "grad_accum": accum,
+            "source_weights": loader.weights,
+        }
+        meta_path = run_dir / "meta.json"
+        if meta_path.exists() and resume_from is not None:
+            meta = {**read_json(meta_path), "resumed_at": time.time(), **{k: meta[k] for k in ("git_sha", "git_dirty")}}
+        atomic_write_json(meta_path, meta)
+
+    if resume_from is not None:
+        state = ckpt.load_checkpoint(resume_from, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optim"])
+        loader.load_state_dict(state["state"]["loader"])
+        _set_rng_state(state["rng"], device)
+        ctx.step = state["state"]["step"]
+        ctx.tokens_seen = state["state"]["tokens_seen"]
+        if ctx.is_main:
+            orphaned = _quarantine_future_metrics(run_dir, ctx.step)
+            ctx.event("resume", checkpoint=str(resume_from), orphaned_metric_records=orphaned)
+        console.print(f"resumed from {resume_from} at step {ctx.step}")
+    else:
+        ctx.event("start", params=params["total"])
+
+    if ctx.is_main:
+        console.print(
+            f"model: {params['total']:,} params ({params['non_embedding']:,} non-embedding), "
+            f"{fpt / 1e6:.2f} MFLOP/token; {tc.steps} steps x {tc.global_batch_tokens:,} tokens "
+            f"(micro-batch {tc.micro_batch} x {tc.seq_len}, accum {accum}, world {world}); "
+            f"device {device}, peak {peak / 1e12:.3g} TFLOP/s ({peak_source})"
+        )
+    sinks = _make_sinks(ctx) if ctx.is_main else None
+    cbs = CallbackList(callbacks)
+    cbs.on_train_start(ctx)
+
+    amp = (
+        torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        if tc.precision == "bf16"
+        else nullcontext()
+    )
+    params_list = [p for p in model.parameters() if p.requires_grad]
+    clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+    t_start = time.perf_counter()
+    t_last, tokens_last = t_start, ctx.tokens_seen
+    first_val = final_val = None
+    tokens_per_s = mfu_value = 0.0
+    start_step = ctx.step
+    if ctx.step == 0 and ctx.is_main:
+        val = validate(ctx)  # the starting point every later validation is compared with
+        sinks.log(val)
+        first_val = val.get("val_loss")
+        console.print(f"step {0:>6}/{tc.steps} | val_loss {first_val:.4f} (before training)")
+    model.train()
+
+    try:
+        while ctx.step < tc.steps:
+            lr = lr_at(ctx.step, tc.steps, cfg.optim)
+            set_lr(optimizer, lr)
+            loss_sum = torch.zeros((), device=device)
+            for micro in range(accum):
+                x, y = loader.next_batch()
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                sync = wrapped.no_sync() if world > 1 and micro < accum - 1 else nullcontext()
+                with sync:
+                    with amp:
+                        _, loss = wrapped(x, y)
+                    (loss / accum).backward()
+                loss_sum += loss.detach()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params_list, clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            ctx.step += 1
+            ctx.tokens_seen += tc.global_batch_tokens
+            loss_value = loss_sum / accum
+            if world > 1:
+                import torch.distributed as dist
+
+                dist.all_reduce(loss_value, op=dist.ReduceOp.AVG)
+            metrics = {
+                "kind": "train",
+                "step": ctx.step,
+                "tokens": ctx.tokens_seen,
+                "loss": float(loss_value),
+                "lr": lr,
+                "grad_norm": float(grad_norm),
+            }
+            last = ctx.step == tc.steps
+            if ctx.step % tc.log_every == 0 or last:
+                now = time.perf_counter()
+                tokens_per_s = (ctx.tokens_seen - tokens_last) / max(now - t_last, 1e-9)
+                mfu_value = compute_mfu(tokens_per_s, fpt, peak * world)
+                done = ctx.step - start_step
+                eta = (now - t_start) / max(done, 1) * (tc.steps - ctx.step)
+                metrics.update(tokens_per_s=tokens_per_s, mfu=mfu_value, elapsed_s=now - t_start)
+                t_last, tokens_last = now, ctx.tokens_seen
+                if ctx.is_main:
+                    sinks.log(metrics)
+                    console.print(
+                        f"step {ctx.step:>6}/{tc.steps} | loss {metrics['loss']:.4f} | lr {lr:.2e} | "
+                        f"gnorm {metrics['grad_norm']:.3f} | {tokens_per_s:,.0f} tok/s | "
+                        f"MFU {100 * mfu_value:.1f}% | eta {_fmt_duration(eta)}"
+                    )
+            ctx.history.append(metrics)
+            cbs.on_step_end(ctx, metrics)
+
+            t_pause = time.perf_counter()
+            if ctx.step % tc.val_every == 0 or last:
+                if ctx.is_main:
+                    val = validate(ctx)
+                    sinks.log(val)
+                    console.print(f"step {ctx.step:>6}/{tc.steps} | val_loss {val.get('val_loss', float('nan')):.4f}")
+                    first_val = val.get("val_loss") if first_val is None else first_val
+                    final_val = val.get("val_loss")
+                    cbs.on_validation(ctx, val)
+                model.train()
+            if ctx.step % cfg.checkpoint.every == 0 or last:
+                path = save(ctx)
+                cbs.on_checkpoint(ctx, path)
+            t_last += time.perf_counter() - t_pause  # validation and saving don't count against throughput
+    except KeyboardInterrupt:
+        if ctx.is_main and ctx.step > start_step:
+            path = save(ctx)
+            ctx.event("interrupted", checkpoint=str(path))
+            console.print(f"interrupted: saved {path}; continue with --resume auto")
+        raise
+    finally:
+        if sinks is not None:
+            sinks.close()
+
+    cbs.on_train_end(ctx)
+    seconds = time.perf_counter() - t_start
+    ctx.event("end", seconds=seconds)
+    return {
+        "run_dir": str(run_dir),
+        "steps": ctx.step,
+        "tokens": ctx.tokens_seen,
+        "seconds": seconds,
+        "tokens_per_s": tokens_per_s,
+        "mfu": mfu_value,
+        "first_val_loss": first_val,
+        "final_val_loss": final_val,
+        "losses": [m["loss"] for m in ctx.history],
+    }
