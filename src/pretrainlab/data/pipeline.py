@@ -1,0 +1,412 @@
+"""`pretrainlab data build`: approved raw sources -> clean, deduplicated, split corpus.
+
+Reads ``<data input>/sources.yaml`` and streams each listed JSONL file line by
+line through the stages named in ``data.stages`` (see :mod:`.stages`), so memory
+stays constant apart from the state a stage keeps (exact dedup: one digest per
+unique document). Sources run in registry order, so "first occurrence wins" in
+dedup follows that order.
+
+Outputs in ``cfg.clean_dir``:
+
+- ``<source>/train.jsonl`` and ``<source>/heldout.jsonl``: ``{"id", "text",
+  "source", "meta"}`` per line. A document is held out iff
+  ``int(sha256(text)[:8], 16) / 16**8 < data.heldout_fraction`` -- the same text
+  lands in the same split in every build. If that holds out nothing in a source
+  with at least 2 output documents (tiny sources) and the fraction is > 0, the
+  train document with the smallest hash value is moved to held-out, so every
+  source can be evaluated; that choice is deterministic too (it depends only on
+  the source's set of output texts).
+- ``quarantine.jsonl``: every removed document or bad line: ``{"id", "source",
+  "stage", "code", "reason", "chars", "line", "preview"}`` (``stage`` is ``read``
+  for lines that are not valid records; ``line`` is set only for those).
+- ``stats.json``: per source and per stage docs/chars in and out, removals by
+  code, seconds per stage.
+- ``manifest.json``: input files and sources.yaml with sha256, each source's
+  license and approval, the ``data`` config, code version, output files with
+  sha256 and counts, and ``manifest_id`` (hash of inputs + config).
+
+Durability: everything is written into a fresh temporary sibling directory which
+replaces ``clean_dir`` only after the manifest (written last) is in place; a
+crash at any point leaves the previous clean corpus untouched. Readers should
+still require ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.table import Table
+
+import pretrainlab
+from pretrainlab.config import ProjectConfig, config_to_dict
+from pretrainlab.data.sources import PREVIEW_CHARS, BadRecord, SourceSpec, check_sources, load_registry, read_documents, scan_file
+from pretrainlab.data.stages import Document, Reject, Stage, build_stages
+from pretrainlab.errors import DataError
+from pretrainlab.fsio import atomic_open, atomic_write_json, fsync_dir, sha256_file
+from pretrainlab.progress import console, progress_bar
+
+MANIFEST_KIND = "clean_corpus"
+
+
+def heldout_value(text: str) -> float:
+    """Position of a text in [0, 1) used for the held-out split (first 32 bits of sha256)."""
+    return int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:8], 16) / 16**8
+
+
+@dataclass
+class Counts:
+    docs_in: int = 0
+    docs_out: int = 0
+    chars_in: int = 0
+    chars_out: int = 0
+    removed: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "docs_in": self.docs_in,
+            "docs_out": self.docs_out,
+            "chars_in": self.chars_in,
+            "chars_out": self.chars_out,
+            "removed": dict(sorted(self.removed.items())),
+            "seconds": round(self.seconds, 4),
+        }
+
+
+@dataclass
+class SourceCounts(Counts):
+    bad_records: int = 0
+    train_docs: int = 0
+    heldout_docs: int = 0
+    heldout_fallback: bool = False
+    removed_by_stage: Counter = field(default_factory=Counter)
+
+    def as_dict(self) -> dict:
+        d = super().as_dict()
+        d.pop("seconds")
+        d.update(
+            bad_records=self.bad_records,
+            train_docs=self.train_docs,
+            heldout_docs=self.heldout_docs,
+            heldout_fallback=self.heldout_fallback,
+            removed_by_stage=dict(sorted(self.removed_by_stage.items())),
+        )
+        return d
+
+
+def _config_for_id(cfg: ProjectConfig) -> dict:
+    d = config_to_dict(cfg.data)
+    d.pop("input", None)
+    d.pop("out", None)
+    return d
+
+
+def _check_output_dir(out_dir: Path, in_dir: Path) -> None:
+    out_r, in_r = out_dir.resolve(), in_dir.resolve()
+    if out_r == in_r or out_r in in_r.parents:
+        raise DataError(f"data.out ({out_dir}) must not be or contain the input directory ({in_dir}); choose another data.out")
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise DataError(f"data.out ({out_dir}) is a file; choose a directory path for data.out")
+        if any(out_dir.iterdir()):
+            try:
+                kind = json.loads((out_dir / "manifest.json").read_text(encoding="utf-8")).get("kind")
+            except (OSError, ValueError, AttributeError):
+                kind = None
+            if kind != MANIFEST_KIND:
+                raise DataError(
+                    f"refusing to replace {out_dir}: it is not empty and not a clean corpus written by `data build`; "
+                    "choose a new or empty data.out"
+                )
+
+
+def _swap_in(tmp: Path, out_dir: Path) -> None:
+    """Replace out_dir with the finished tmp dir (old corpus removed only after the new one is in place)."""
+    old = None
+    if out_dir.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+        os.rmdir(old)
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    fsync_dir(out_dir.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class _Run:
+    """State of one build: stages, counters, the quarantine writer."""
+
+    def __init__(self, stages: list[Stage], quarantine) -> None:
+        self.stages = stages
+        self.quarantine = quarantine
+        self.stage_counts: dict[str, Counts] = {"read": Counts(), **{s.name: Counts() for s in stages}}
+        self.quarantined = 0
+
+    def _quarantine(self, doc_id: str, source: str, stage: str, code: str, reason: str, text: str | None, line: int | None = None) -> None:
+        rec = {
+            "id": doc_id,
+            "source": source,
+            "stage": stage,
+            "code": code,
+            "reason": reason,
+            "chars": len(text) if text is not None else None,
+            "line": line,
+            "preview": (text or "")[:PREVIEW_CHARS],
+        }
+        self.quarantine.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        self.quarantined += 1
+
+    def read_bad(self, bad: BadRecord, spec: SourceSpec, src: SourceCounts) -> None:
+        read = self.stage_counts["read"]
+        read.docs_in += 1
+        read.removed[bad.code] += 1
+        src.docs_in += 1
+        src.bad_records += 1
+        src.removed[bad.code] += 1
+        src.removed_by_stage["read"] += 1
+        self._quarantine(bad.id, spec.name, "read", bad.code, bad.reason, bad.preview, line=bad.line)
+
+    def run(self, doc: Document, src: SourceCounts) -> Document | None:
+        read = self.stage_counts["read"]
+        n = len(doc.text)
+        read.docs_in += 1
+        read.docs_out += 1
+        read.chars_in += n
+        read.chars_out += n
+        src.docs_in += 1
+        src.chars_in += n
+        for stage in self.stages:
+            c = self.stage_counts[stage.name]
+            c.docs_in += 1
+            c.chars_in += len(doc.text)
+            t = time.perf_counter()
+            result = stage.process(doc)
+            c.seconds += time.perf_counter() - t
+            if isinstance(result, Reject):
+                c.removed[result.code] += 1
+                src.removed[result.code] += 1
+                src.removed_by_stage[stage.name] += 1
+                self._quarantine(doc.id, doc.source, stage.name, result.code, result.reason, doc.text)
+                return None
+            doc = result
+            c.docs_out += 1
+            c.chars_out += len(doc.text)
+        src.docs_out += 1
+        src.chars_out += len(doc.text)
+        return doc
+
+
+def _process_source(spec: SourceSpec, run: _Run, out: Path, fraction: float, lines: int | None = None) -> SourceCounts:
+    src = SourceCounts()
+    out.mkdir(parents=True, exist_ok=True)
+    train_path, held_path = out / "train.jsonl", out / "heldout.jsonl"
+    best: tuple[float, int] | None = None  # (heldout value, train line index) closest to being held out
+    with ExitStack() as stack:
+        train = stack.enter_context(atomic_open(train_path, "w"))
+        held = stack.enter_context(atomic_open(held_path, "w"))
+        bar = stack.enter_context(progress_bar(f"data {spec.name}", lines, unit="docs"))
+        for item in read_documents(spec):
+            bar.advance(1)
+            if isinstance(item, BadRecord):
+                run.read_bad(item, spec, src)
+                continue
+            doc = run.run(item, src)
+            if doc is None:
+                continue
+            line = json.dumps(doc.to_record(), ensure_ascii=False) + "\n"
+            value = heldout_value(doc.text)
+            if value < fraction:
+                held.write(line)
+                src.heldout_docs += 1
+            else:
+                if best is None or value < best[0]:
+                    best = (value, src.train_docs)
+                train.write(line)
+                src.train_docs += 1
+    if fraction > 0 and src.heldout_docs == 0 and src.train_docs >= 2 and best is not None:
+        _move_line(train_path, held_path, best[1])
+        src.train_docs -= 1
+        src.heldout_docs += 1
+        src.heldout_fallback = True
+    return src
+
+
+def _move_line(train_path: Path, held_path: Path, index: int) -> None:
+    """Move line ``index`` of train.jsonl to the (empty) heldout.jsonl, streaming."""
+    moved = None
+    with open(train_path, "rb") as src, atomic_open(train_path, "wb") as dst:
+        for i, line in enumerate(src):
+            if i == index:
+                moved = line
+            else:
+                dst.write(line)
+    with atomic_open(held_path, "wb") as fh:
+        fh.write(moved or b"")
+
+
+def _removal_summary(counter: Counter) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in counter.most_common()) or "-"
+
+
+def _print_table(specs: list[SourceSpec], per_source: dict[str, SourceCounts], out_dir: Path, seconds: float) -> None:
+    table = Table(title=f"clean corpus -> {out_dir} ({seconds:.1f}s)")
+    table.add_column("source", no_wrap=True)
+    for col, justify in [("docs in", "right"), ("removed (by reason)", "left"),
+                         ("docs out", "right"), ("held out", "right"), ("MB out", "right")]:
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    tot = SourceCounts()
+    for spec in specs:
+        s = per_source[spec.name]
+        table.add_row(spec.name, f"{s.docs_in:,}", _removal_summary(s.removed), f"{s.docs_out:,}",
+                      f"{s.heldout_docs:,}", f"{s.chars_out / 1e6:.2f}")
+        tot.docs_in += s.docs_in
+        tot.docs_out += s.docs_out
+        tot.heldout_docs += s.heldout_docs
+        tot.chars_out += s.chars_out
+        tot.removed.update(s.removed)
+    table.add_row("total", f"{tot.docs_in:,}", _removal_summary(tot.removed), f"{tot.docs_out:,}",
+                  f"{tot.heldout_docs:,}", f"{tot.chars_out / 1e6:.2f}", style="bold")
+    console.print(table)
+
+
+def build_clean_corpus(cfg: ProjectConfig) -> dict:
+    """Build the clean corpus into ``cfg.clean_dir``; returns a summary dict."""
+    t0 = time.perf_counter()
+    stages = build_stages(cfg.data)  # config mistakes first, before touching data
+    in_dir, out_dir = Path(cfg.data_input_dir), Path(cfg.clean_dir)
+    if not in_dir.is_dir():
+        raise DataError(f"data input directory {in_dir} not found; run `pretrainlab corpus build` first (or set data.input)")
+    registry = in_dir / "sources.yaml"
+    if not registry.is_file():
+        raise DataError(f"{registry} not found; run `pretrainlab corpus build` first (or point data.input at a folder with sources.yaml)")
+    specs = load_registry(registry)
+    check_sources(specs, registry)  # refuses non-approved sources before reading anything
+    _check_output_dir(out_dir, in_dir)
+
+    now = dt.datetime.now(dt.timezone.utc)
+    registry_sha = sha256_file(registry)
+    inputs: dict[str, dict] = {}
+    for spec in specs:
+        sha, lines, size = scan_file(spec.path)
+        inputs[spec.name] = {"path": str(spec.path), "sha256": sha, "bytes": size, "lines": lines}
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the corpus dir should get normal permissions
+    try:
+        per_source: dict[str, SourceCounts] = {}
+        with atomic_open(tmp / "quarantine.jsonl", "w") as quarantine:
+            run = _Run(stages, quarantine)
+            for spec in specs:
+                per_source[spec.name] = _process_source(
+                    spec, run, tmp / spec.name, cfg.data.heldout_fraction, inputs[spec.name]["lines"]
+                )
+        stage_extra = {s.name: s.finish() for s in stages}
+
+        docs_in = sum(s.docs_in for s in per_source.values())
+        docs_out = sum(s.docs_out for s in per_source.values())
+        if docs_out == 0:
+            by_stage = Counter()
+            for s in per_source.values():
+                by_stage.update(s.removed_by_stage)
+            detail = "; ".join(
+                f"{name} removed {n:,} ({_removal_summary(run.stage_counts[name].removed)})" for name, n in by_stage.most_common()
+            )
+            raise DataError(
+                f"every document was removed ({docs_in:,} read from {registry}): {detail or 'the sources are empty'}; "
+                "check the input or relax the filters (data.min_chars, data.max_chars, data.stages)"
+            )
+        for name, s in per_source.items():
+            if s.docs_out == 0:
+                console.print(f"[yellow]warning:[/] source {name}: every document was removed; its train/heldout files are empty")
+
+        seconds = time.perf_counter() - t0
+        stats = {
+            "sources": {name: s.as_dict() for name, s in per_source.items()},
+            "stages": {
+                name: {**c.as_dict(), **({"extra": stage_extra[name]} if stage_extra.get(name) else {})}
+                for name, c in run.stage_counts.items()
+            },
+            "totals": {
+                "docs_in": docs_in,
+                "docs_out": docs_out,
+                "train_docs": sum(s.train_docs for s in per_source.values()),
+                "heldout_docs": sum(s.heldout_docs for s in per_source.values()),
+                "bad_records": sum(s.bad_records for s in per_source.values()),
+                "quarantined": run.quarantined,
+                "chars_in": sum(s.chars_in for s in per_source.values()),
+                "chars_out": sum(s.chars_out for s in per_source.values()),
+            },
+            "seconds": round(seconds, 3),
+        }
+        atomic_write_json(tmp / "stats.json", stats)
+
+        outputs: dict[str, dict] = {}
+        for spec in specs:
+            s = per_source[spec.name]
+            for split, n in (("train", s.train_docs), ("heldout", s.heldout_docs)):
+                p = tmp / spec.name / f"{split}.jsonl"
+                outputs[f"{spec.name}/{split}.jsonl"] = {"sha256": sha256_file(p), "bytes": p.stat().st_size, "docs": n}
+        for extra in ("quarantine.jsonl", "stats.json"):
+            p = tmp / extra
+            outputs[extra] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        outputs["quarantine.jsonl"]["docs"] = run.quarantined
+
+        id_basis = {
+            "sources_yaml": registry_sha,
+            "inputs": {k: v["sha256"] for k, v in sorted(inputs.items())},
+            "config": _config_for_id(cfg),
+        }
+        manifest_id = hashlib.sha256(json.dumps(id_basis, sort_keys=True).encode()).hexdigest()[:16]
+        manifest = {
+            "kind": MANIFEST_KIND,
+            "manifest_id": manifest_id,
+            "created": now.isoformat(timespec="seconds"),
+            "code_version": pretrainlab.__version__,
+            "config": {**config_to_dict(cfg.data), "resolved_input": str(in_dir), "resolved_out": str(out_dir)},
+            "inputs": {"dir": str(in_dir), "sources_yaml": {"path": str(registry), "sha256": registry_sha}, "files": inputs},
+            "sources": {
+                spec.name: {
+                    "license": spec.license,
+                    "approval": spec.approval,
+                    "languages": spec.languages,
+                    "modality": spec.modality,
+                    "pii_policy": spec.pii_policy,
+                    "text_field": spec.text_field,
+                }
+                for spec in specs
+            },
+            "stages": [s.name for s in stages],
+            "outputs": outputs,
+            "counts": stats["totals"],
+        }
+        atomic_write_json(tmp / "manifest.json", manifest)  # last: its presence marks a complete corpus
+        _swap_in(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+    seconds = time.perf_counter() - t0
+    _print_table(specs, per_source, out_dir, seconds)
+    return {
+        "out": str(out_dir),
+        "manifest_id": manifest_id,
+        "sources": {
+            name: {"docs_in": s.docs_in, "docs_out": s.docs_out, "heldout_docs": s.heldout_docs, "removed": dict(s.removed)}
+            for name, s in per_source.items()
+        },
+        "totals": stats["totals"],
+        "seconds": round(seconds, 3),
+    }

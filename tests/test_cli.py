@@ -1,0 +1,74 @@
+"""The command line: helpful help, and one clear line (exit 2, no traceback) for user mistakes."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "pretrainlab.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [[], ["corpus", "build"], ["data", "build"], ["data", "tokenize"], ["tokenizer", "train"], ["train"], ["eval"],
+     ["report"], ["quickstart"], ["config", "show"]],
+)
+def test_every_subcommand_explains_itself(args):
+    out = run_cli(*args, "--help")
+    assert out.returncode == 0
+    assert "usage: pretrainlab" in out.stdout and len(out.stdout) > 200
+
+
+def assert_one_line_error(out, *fragments):
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    lines = [l for l in out.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    for f in fragments:
+        assert f in lines[0]
+
+
+def test_missing_config_file(tmp_path):
+    assert_one_line_error(run_cli("train", str(tmp_path / "nope.yaml")), "config file not found")
+
+
+def test_bad_yaml(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {steps: 3\n")
+    assert_one_line_error(run_cli("train", "-c", str(bad)), "YAML syntax error")
+
+
+def test_unknown_key_with_hint(tmp_path):
+    assert_one_line_error(run_cli("config", "show", "--set", "optim.learning_rate=1"), "unknown key", "optim.")
+
+
+def test_wrong_type_from_a_derived_flag():
+    assert_one_line_error(run_cli("train", "--steps", "ten"), "train.steps")
+
+
+def test_non_utf8_config(tmp_path):
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes("train:\n  steps: 3 # caf\xe9\n".encode("latin-1"))
+    assert_one_line_error(run_cli("config", "show", "-c", str(bad)), "not UTF-8")
+
+
+def test_training_without_shards_says_which_stage_to_run(tmp_path):
+    out = run_cli("train", "--workdir", str(tmp_path))
+    assert_one_line_error(out, "pretrainlab")
+
+
+def test_eval_of_a_missing_run(tmp_path):
+    assert_one_line_error(run_cli("eval", str(tmp_path / "no-such-run")))
+
+
+def test_derived_flags_equal_set_overrides():
+    from pretrainlab.cli import _config_from_args, build_parser
+
+    parser = build_parser()
+    a = _config_from_args(parser.parse_args(["train", "--steps", "17", "--log-every", "3", "--precision", "bf16"]))
+    b = _config_from_args(
+        parser.parse_args(["train", "--set", "train.steps=17", "--set", "train.log_every=3", "--set", "train.precision=bf16"])
+    )
+    assert a == b and a.train.steps == 17 and a.train.precision == "bf16"
