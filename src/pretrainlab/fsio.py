@@ -17,6 +17,15 @@ from pathlib import Path
 from typing import IO, Any, Iterator
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def fsync_dir(path: Path) -> None:
     """Persist a directory entry (a rename or a new file) to disk."""
     try:
@@ -43,6 +52,7 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _FILE_MODE)  # mkstemp creates 0600; give the file ordinary permissions
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except BaseException:

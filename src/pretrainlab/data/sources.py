@@ -161,9 +161,10 @@ def read_documents(spec: SourceSpec) -> Iterator[Document | BadRecord]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                preview = raw[:PREVIEW_CHARS].decode("utf-8", "replace")
+                preview = raw.rstrip(b"\r\n")[:PREVIEW_CHARS].decode("utf-8", "replace")
                 yield BadRecord(bad_id, lineno, "invalid_utf8", f"line {lineno}: not valid UTF-8 ({exc.reason} at byte {exc.start})", preview)
                 continue
+            line = line.rstrip("\r\n")
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as exc:

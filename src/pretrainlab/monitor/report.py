@@ -298,7 +298,7 @@ def _summary(meta: dict, cfg: dict, train: list[dict], val: list[dict]) -> list[
     if params is None:
         params = next((v for k, v in _flatten(meta) if "param" in k and isinstance(v, (int, float))), None)
     rows: list[tuple[str, Any]] = [
-        ("parameters", params),
+        ("parameters", f"{int(params):,}" if params is not None else None),
         ("model", " ".join(f"{k}={_get(cfg, 'model', k)}" for k in ("d_model", "n_layers", "n_heads", "vocab_size"))
          if cfg.get("model") else None),
         ("steps (logged / planned)", f"{last.get('step', '-')} / {_get(cfg, 'train', 'steps', default='-')}"),

@@ -32,6 +32,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import sys
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -45,7 +46,7 @@ from pretrainlab.errors import DataError
 from pretrainlab.fsio import atomic_open, atomic_write_json, read_json, sha256_file
 from pretrainlab.progress import console, progress_bar
 from pretrainlab.tokenizer.train import corpus_manifest_sha256, find_corpus_sources
-from pretrainlab.tokenizer.vocab import load_tokenizer, tokenizer_file
+from pretrainlab.tokenizer.vocab import load_tokenizer, open_backend, tokenizer_file
 
 SPLITS = ("train", "heldout")
 MANIFEST_FILE = "manifest.json"
@@ -73,9 +74,7 @@ _WORKER_TOK = None
 def _worker_init(tok_path: str) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per process; the pool is the parallelism
     global _WORKER_TOK
-    from tokenizers import Tokenizer
-
-    _WORKER_TOK = Tokenizer.from_file(tok_path)
+    _WORKER_TOK = open_backend(tok_path)
 
 
 def _encode_lines(lines: list[bytes], tok=None, eos_id: int = 2, dtype: str = "uint16") -> tuple[np.ndarray, np.ndarray, int]:
@@ -105,6 +104,14 @@ def _encode_in_worker(lines: list[bytes], eos_id: int, dtype: str):
     return _encode_lines(lines, None, eos_id, dtype)
 
 
+def _start_method() -> str:
+    """fork on Linux: fast, and unlike spawn/forkserver it does not re-import the caller's
+    ``__main__`` (a script without an ``if __name__ == "__main__"`` guard would recurse).
+    The children only parse JSON and run a tokenizer they load themselves (no torch, no
+    inherited thread pools), so forking a threaded parent is safe here. spawn elsewhere."""
+    return "fork" if sys.platform.startswith("linux") else "spawn"
+
+
 class _Encoder:
     """Maps batches of lines to encoded chunks, in order, with a bounded number in flight."""
 
@@ -116,12 +123,10 @@ class _Encoder:
 
     def _ensure(self):
         if self.backend == "processes" and self._pool is None:
-            ctx = mp.get_context("spawn")  # fork after torch/rayon threads exist is unsafe
+            ctx = mp.get_context(_start_method())
             self._pool = ctx.Pool(self.workers, initializer=_worker_init, initargs=(str(self._tok_path),))
         if self.backend == "threads" and self._tok is None:
-            from tokenizers import Tokenizer
-
-            self._tok = Tokenizer.from_file(str(self._tok_path))
+            self._tok = open_backend(self._tok_path)
 
     def map(self, batches: Iterator[list[bytes]]) -> Iterator[tuple[list[bytes], tuple]]:
         self._ensure()
@@ -383,6 +388,7 @@ class ShardReader:
     """
 
     def __init__(self, tokens_dir: str | Path, source: str, split: str = "train"):
+        self._args = (tokens_dir, source, split)
         self.source, self.split = source, split
         self.bin_path, self.idx_path, rec_path = part_paths(tokens_dir, source, split)
         if not rec_path.is_file() or not self.bin_path.is_file() or not self.idx_path.is_file():
@@ -414,6 +420,21 @@ class ShardReader:
             self._data = np.memmap(self.bin_path, dtype=self.dtype, mode="r")
         else:  # numpy cannot map an empty file
             self._data = np.empty(0, dtype=self.dtype)
+
+    @classmethod
+    def from_prefix(cls, prefix: str | Path) -> "ShardReader":
+        """Open ``<tokens_dir>/<source>/<split>`` given that path (with or without ``.bin``)."""
+        prefix = Path(prefix)
+        name = prefix.name.removesuffix(".bin").removesuffix(".idx.npy")
+        return cls(prefix.parent.parent, prefix.parent.name, name)
+
+    # Pickle as a reference, not as data (np.memmap would pickle the whole array): a
+    # DataLoader worker or spawned process reopens and re-validates the files.
+    def __getstate__(self) -> tuple:
+        return self._args
+
+    def __setstate__(self, args: tuple) -> None:
+        self.__init__(*args)
 
     @property
     def num_tokens(self) -> int:

@@ -103,11 +103,12 @@ def _sample_source(path: Path, budget: int, total: int) -> Iterator[str]:
 
 
 def _plan_sample(corpus_dir: Path, sources: list[str], sample_chars: int) -> dict[str, tuple[int, int]]:
-    """Per source: (budget, total chars) so budgets are proportional and sum to <= sample_chars."""
+    """Per source: (budget, total chars or an upper bound) with budgets proportional, summing to <= sample_chars."""
     paths = {s: corpus_dir / s / "train.jsonl" for s in sources}
     # Bytes bound characters from above: when the files are small enough, no counting pass.
-    if sum(p.stat().st_size for p in paths.values()) <= sample_chars:
-        return {s: (sample_chars, sample_chars) for s in sources}
+    sizes = {s: p.stat().st_size for s, p in paths.items()}
+    if sum(sizes.values()) <= sample_chars:
+        return {s: (sample_chars, sizes[s]) for s in sources}  # budget >= size: take everything
     totals = {s: _count_chars(p) for s, p in paths.items()}
     grand = sum(totals.values())
     if grand <= sample_chars:

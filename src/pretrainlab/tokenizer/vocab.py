@@ -4,6 +4,10 @@
 and ``manifest.json``) or the ``tokenizer.json`` path itself. Encoding never adds
 special tokens; callers add ``bos_id``/``eos_id`` where they want them (shards
 append ``eos_id`` after every document). Decoding skips special tokens.
+
+Special tokens are never produced from text: a document that literally contains
+``<|eos|>`` encodes it as ordinary bytes (``encode_special_tokens = True``), so
+data cannot forge document boundaries.
 """
 
 from __future__ import annotations
@@ -18,15 +22,22 @@ TOKENIZER_FILE = "tokenizer.json"
 SPECIAL_TOKENS = ("<|pad|>", "<|bos|>", "<|eos|>")
 
 
+def open_backend(path: str | Path):
+    """A `tokenizers.Tokenizer` from ``tokenizer.json`` that treats special-token text as plain text."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(path))
+    tok.encode_special_tokens = True
+    return tok
+
+
 class TextTokenizer:
     """Byte-level BPE tokenizer with fixed special ids (pad 0, bos 1, eos 2)."""
 
     def __init__(self, path: str | Path):
-        from tokenizers import Tokenizer
-
         self.path = Path(path)
         try:
-            self._tok = Tokenizer.from_file(str(self.path))
+            self._tok = open_backend(self.path)
         except Exception as exc:  # the library raises a bare Exception on malformed JSON
             raise DataError(
                 f"cannot read tokenizer {self.path} ({str(exc).splitlines()[0][:120]}); "

@@ -190,7 +190,7 @@ def validate(ctx: TrainContext) -> dict:
     )
     record: dict = {"kind": "val", "step": ctx.step, "tokens": ctx.tokens_seen}
     for name, res in per_source.items():
-        if not isinstance(res, dict) or "loss" not in res:
+        if not isinstance(res, dict) or res.get("loss") is None:
             continue
         if name == "overall":
             record["val_loss"] = res["loss"]
