@@ -16,7 +16,15 @@ if TYPE_CHECKING:
 class Callback:
     def on_train_start(self, ctx: "TrainContext") -> None: ...
 
-    def on_step_end(self, ctx: "TrainContext", metrics: dict) -> None: ...
+    def on_after_backward(self, ctx: "TrainContext", metrics: dict) -> None:
+        """Gradients are accumulated and clipped, the optimizer has not stepped yet.
+
+        ``metrics`` holds this step's loss and grad_norm; a callback may add keys
+        (they are logged) or set ``ctx.skip_step = True`` to skip the update.
+        """
+
+    def on_step_end(self, ctx: "TrainContext", metrics: dict) -> None:
+        """After the update (or the skip). Keys added to ``metrics`` are logged."""
 
     def on_validation(self, ctx: "TrainContext", metrics: dict) -> None: ...
 
@@ -32,6 +40,10 @@ class CallbackList(Callback):
     def on_train_start(self, ctx):
         for cb in self.callbacks:
             cb.on_train_start(ctx)
+
+    def on_after_backward(self, ctx, metrics):
+        for cb in self.callbacks:
+            cb.on_after_backward(ctx, metrics)
 
     def on_step_end(self, ctx, metrics):
         for cb in self.callbacks:

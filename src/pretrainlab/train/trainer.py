@@ -47,6 +47,7 @@ class TrainContext:
     world: int = 1
     step: int = 0
     tokens_seen: int = 0
+    skip_step: bool = False
     history: list[dict] = field(default_factory=list)
 
     @property
@@ -370,10 +371,6 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
                     (loss / accum).backward()
                 loss_sum += loss.detach()
             grad_norm = torch.nn.utils.clip_grad_norm_(params_list, clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            ctx.step += 1
-            ctx.tokens_seen += tc.global_batch_tokens
             loss_value = loss_sum / accum
             if world > 1:
                 import torch.distributed as dist
@@ -381,12 +378,22 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
                 dist.all_reduce(loss_value, op=dist.ReduceOp.AVG)
             metrics = {
                 "kind": "train",
-                "step": ctx.step,
-                "tokens": ctx.tokens_seen,
+                "step": ctx.step + 1,
+                "tokens": ctx.tokens_seen + tc.global_batch_tokens,
                 "loss": float(loss_value),
                 "lr": lr,
                 "grad_norm": float(grad_norm),
             }
+            ctx.skip_step = False
+            cbs.on_after_backward(ctx, metrics)
+            if ctx.skip_step:
+                metrics["skipped"] = True
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            ctx.step += 1
+            ctx.tokens_seen += tc.global_batch_tokens
+            cbs.on_step_end(ctx, metrics)
             last = ctx.step == tc.steps
             if ctx.step % tc.log_every == 0 or last:
                 now = time.perf_counter()
@@ -404,7 +411,6 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
                         f"MFU {100 * mfu_value:.1f}% | eta {_fmt_duration(eta)}"
                     )
             ctx.history.append(metrics)
-            cbs.on_step_end(ctx, metrics)
 
             t_pause = time.perf_counter()
             if ctx.step % tc.val_every == 0 or last:
