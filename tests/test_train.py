@@ -34,12 +34,12 @@ def test_training_lowers_validation_loss_and_writes_the_run_directory(tiny_cfg):
 
 
 class _InterruptAt(Callback):
-    """Simulates Ctrl-C after a given step (the trainer saves, then re-raises)."""
+    """Simulates Ctrl-C in the middle of the step after ``step`` (the trainer saves, then re-raises)."""
 
     def __init__(self, step):
         self.step = step
 
-    def on_step_end(self, ctx, metrics):
+    def on_after_backward(self, ctx, metrics):
         if ctx.step == self.step:
             raise KeyboardInterrupt
 
