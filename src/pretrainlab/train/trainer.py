@@ -200,20 +200,25 @@ def validate(ctx: TrainContext) -> dict:
     return record
 
 
-def save(ctx: TrainContext) -> Path | None:
+def save(ctx: TrainContext, step_start: dict | None = None) -> Path | None:
+    """Checkpoint the state after ``ctx.step`` completed steps.
+
+    ``step_start`` (loader and RNG state captured when the current step began) is
+    used when interrupted mid-step, so the data that step had drawn is replayed.
+    """
     if not ctx.is_main:
         return None
     state = {
         "step": ctx.step,
         "tokens_seen": ctx.tokens_seen,
-        "loader": ctx.loader.state_dict(),
+        "loader": step_start["loader"] if step_start else ctx.loader.state_dict(),
     }
     path = ckpt.save_checkpoint(
         ctx.run_dir,
         ctx.step,
         model_state=ctx.raw_model.state_dict(),
         optim_state=ctx.optimizer.state_dict(),
-        rng_state=_rng_state(ctx.device),
+        rng_state=step_start["rng"] if step_start else _rng_state(ctx.device),
         trainer_state=state,
         meta={"tokens": ctx.tokens_seen},
     )
@@ -349,6 +354,7 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
     first_val = final_val = None
     tokens_per_s = mfu_value = 0.0
     start_step = ctx.step
+    step_start: dict | None = None
     if ctx.step == 0 and ctx.is_main:
         val = validate(ctx)  # the starting point every later validation is compared with
         sinks.log(val)
@@ -358,6 +364,7 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
 
     try:
         while ctx.step < tc.steps:
+            step_start = {"loader": loader.state_dict(), "rng": _rng_state(device)}
             lr = lr_at(ctx.step, tc.steps, cfg.optim)
             set_lr(optimizer, lr)
             loss_sum = torch.zeros((), device=device)
@@ -393,6 +400,7 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
             optimizer.zero_grad(set_to_none=True)
             ctx.step += 1
             ctx.tokens_seen += tc.global_batch_tokens
+            step_start = None  # the live state now matches ctx.step again
             cbs.on_step_end(ctx, metrics)
             last = ctx.step == tc.steps
             if ctx.step % tc.log_every == 0 or last:
@@ -428,7 +436,7 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
             t_last += time.perf_counter() - t_pause  # validation and saving don't count against throughput
     except KeyboardInterrupt:
         if ctx.is_main and ctx.step > start_step:
-            path = save(ctx)
+            path = save(ctx, step_start)
             ctx.event("interrupted", checkpoint=str(path))
             console.print(f"interrupted: saved {path}; continue with --resume auto")
         raise
