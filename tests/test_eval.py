@@ -207,17 +207,14 @@ def test_seeded_sampling_is_reproducible_and_respects_top_k():
 
 
 def make_tokenizer(dir_: Path) -> None:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """A real (tiny) trained tokenizer in ``dir_``, made by `tokenizer train` on a small clean corpus."""
+    from conftest import make_clean_corpus
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|pad|>", "<|bos|>", "<|eos|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(["def f(x):\n    return x + 1\n", "The <script>quick</script> fox. Return the value."] * 20,
-                            trainer)
-    dir_.mkdir(parents=True, exist_ok=True)
-    tok.save(str(dir_ / "tokenizer.json"))
+    from pretrainlab.config import load_config
+    from pretrainlab.tokenizer.train import train_tokenizer
+
+    clean = make_clean_corpus(dir_.parent / f"{dir_.name}_clean", {"prose": 30, "code": 20})
+    train_tokenizer(load_config(None, [f"tokenizer.corpus={clean}", f"tokenizer.out={dir_}", "tokenizer.vocab_size=320"]))
 
 
 def make_run(tmp_path: Path, with_checkpoint: bool = True) -> Path:

@@ -16,10 +16,11 @@ from typing import Any, Literal, get_args, get_origin
 
 from pretrainlab import __version__
 from pretrainlab.config import ProjectConfig, load_config
-from pretrainlab.errors import UserError
+from pretrainlab.errors import TrainingPaused, UserError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_PAUSED = TrainingPaused.exit_code  # 75: a guard paused training; `train --resume auto` continues
 
 _SCALARS = (int, float, str, bool, Path)
 
@@ -72,6 +73,10 @@ def _common(parser: argparse.ArgumentParser, config_positional: bool = False) ->
 
 
 def _config_from_args(args: argparse.Namespace) -> ProjectConfig:
+    return load_config(*_path_and_overrides(args))
+
+
+def _path_and_overrides(args: argparse.Namespace) -> tuple[str | None, list[str]]:
     path = getattr(args, "config", None) or getattr(args, "config_file", None)
     overrides: list[str] = []
     if getattr(args, "workdir", None):
@@ -82,7 +87,7 @@ def _config_from_args(args: argparse.Namespace) -> ProjectConfig:
             _, section, name = key.split("__", 2)
             text = json.dumps(value) if isinstance(value, bool) else str(value)
             overrides.append(f"{section}.{name}={text}")
-    return load_config(path, overrides)
+    return path, overrides
 
 
 def _run_config(run: str | None, args: argparse.Namespace) -> Path:
@@ -144,6 +149,13 @@ def cmd_quickstart(args):
     from pretrainlab.quickstart import run_quickstart
 
     run_quickstart(_config_from_args(args), resume=args.resume)
+
+
+def cmd_plan(args):
+    from pretrainlab.plan.planner import run_plan
+
+    path, overrides = _path_and_overrides(args)
+    run_plan(path, overrides, compare=args.compare, json_out=args.json, html_out=args.html)
 
 
 def cmd_config_show(args):
@@ -225,6 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="corpus size (small is the ~10-minute default)")
     qs.add_argument("--resume", default="auto", metavar="auto|never", help="training resume mode (default auto)")
 
+    pl = leaf(sub, "plan", "Budget a training run: FLOPs, time, cost, memory per device, checkpoint and data I/O "
+              "(docs/PLANNER.md).", cmd_plan, "plan", config_positional=True)
+    pl.add_argument("--compare", nargs="+", metavar="YAML|KEY=V,...",
+                    help="plan several configurations side by side: YAML files or override sets "
+                    "(e.g. --compare devices=128 devices=256; bare keys are plan keys)")
+    pl.add_argument("--json", metavar="FILE|-", help="write the plan as JSON to FILE ('-': print JSON instead of the table)")
+    pl.add_argument("--html", metavar="FILE", help="write a self-contained HTML page of the plan")
+
     cfg = group("config", "Inspect configuration.")
     leaf(cfg, "show", "Print the fully resolved config.", cmd_config_show)
     docs = cfg.add_parser("docs", help="Print (or write) the reference of every config option.",
@@ -242,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     try:
         args.handler(args)
+    except TrainingPaused as err:
+        print(f"paused: {err}", file=sys.stderr)
+        return EXIT_PAUSED
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pretrainlab.errors import ConfigError
+from pretrainlab.plan.config import PlanConfig
 
 SOURCE_NAMES = ("stdlib_code", "stdlib_docstrings", "man_pages", "share_doc")
 
@@ -71,12 +72,13 @@ class QualityConfig(Section):
         {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10},
         description="gopher_repetition: n -> most characters covered by repeated word n-grams.",
     )
-    c4_min_words_per_line: int = Field(3, ge=0, description="c4_lines: drop lines with fewer words (CJK: characters / 2).")
+    cjk_ngram_scale: int = Field(2, ge=1, description="gopher_repetition on CJK text: n-gram sizes are in characters, times this.")
+    c4_min_words_per_line: int = Field(3, ge=0, description="c4_lines: drop lines with fewer words (CJK characters count as words).")
     c4_min_sentences: int = Field(3, ge=0, description="c4_lines: remove documents left with fewer sentences.")
     c4_drop_curly_brace: bool = Field(False, description="c4_lines: remove documents containing '{' (C4 does; kills code).")
     min_punct_line_ratio: float = Field(0.12, ge=0, le=1, description="fineweb_quality: fewest lines ending in punctuation.")
     max_short_line_ratio: float = Field(0.67, ge=0, le=1, description="fineweb_quality: most short lines (<30 chars; CJK <10).")
-    max_dup_line_chars_ratio: float = Field(0.1, ge=0, le=1, description="fineweb_quality: most characters in repeated lines.")
+    max_dup_line_chars_ratio: float = Field(0.01, ge=0, le=1, description="fineweb_quality: most characters in repeated lines.")
     max_newline_word_ratio: float = Field(0.3, ge=0, description="fineweb_quality: most line breaks per word (list-like pages).")
 
 
@@ -318,6 +320,11 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available.")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 = bf16 autocast with fp32 master weights.")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores).")
+    parallel: Literal["ddp", "fsdp2"] = Field(
+        "ddp", description="Data parallelism under torchrun: DDP replicas or FSDP2 (fully_shard) sharding."
+    )
+    activation_checkpointing: bool = Field(False, description="Recompute each block's activations in backward.")
+    compile: bool = Field(False, description="torch.compile each decoder block.")
     log_every: int = Field(10, ge=1, description="Steps between metrics lines.")
     val_every: int = Field(100, ge=1, description="Steps between validation-loss evaluations.")
     val_batches: int = Field(8, ge=1, description="Micro-batches of held-out data per validation.")
@@ -384,14 +391,46 @@ class CheckpointConfig(Section):
 
 
 class EvalConfig(Section):
+    """`eval`: held-out perplexity, multiple-choice tasks, samples; in-training task evaluation."""
+
     max_tokens_per_source: int = Field(50_000, ge=1, description="Held-out tokens scored per source.")
     prompts: list[str] = Field(
         ["def ", "The ", "Return the", "import "], description="Prompts for sampled continuations."
+    )
+    prompts_file: Path | None = Field(
+        None, description="Text file with one prompt per line (or JSONL with a 'prompt' field); replaces `prompts`."
     )
     max_new_tokens: int = Field(48, ge=1)
     temperature: float = Field(0.8, gt=0)
     top_p: float = Field(0.9, gt=0, le=1)
     top_k: int = Field(0, ge=0, description="0 disables top-k.")
+    tasks: list[str] = Field(
+        ["builtin"],
+        description="Multiple-choice tasks: 'builtin' (cloze + continuation made from held-out data), 'cloze', "
+        "'continuation', or paths to task JSONL files ({context, choices, gold} per line); [] disables.",
+    )
+    task_examples: int = Field(100, ge=1, description="Examples per built-in task (and the cap per task file).")
+    task_batch_size: int = Field(16, ge=1, description="Sequences per forward pass when scoring choices.")
+    task_seed: int = Field(0, description="Seed of the built-in task generator.")
+    every_steps: int = Field(0, ge=0, description="Run the tasks during training every N steps (0: never); "
+                             "results go to metrics.jsonl as kind 'eval'.")
+    in_training_examples: int = Field(40, ge=1, description="Examples per task in in-training evaluation.")
+
+
+class ExportConfig(Section):
+    """`export`: Hugging Face folder, model card, examples and reproduction bundle."""
+
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weight dtype in safetensors.")
+    shard_gb: float = Field(5.0, gt=0, description="Split weights into safetensors shards of at most this size (GB).")
+    verify: bool = Field(True, description="After export, load it with transformers (if installed) and compare logits.")
+    example_docs: int = Field(20, ge=0, description="Held-out documents copied into examples/heldout_sample.jsonl.")
+    license: str = Field("other", description="License tag of the model card (the data licenses are listed in it).")
+    device_watts: float | None = Field(
+        None, gt=0, description="Average power per device for the energy estimate (default: 700 W per GPU, "
+        "15 W per CPU thread)."
+    )
+    pue: float = Field(1.2, ge=1, description="Data-center power usage effectiveness for the energy estimate.")
+    carbon_kg_per_kwh: float = Field(0.4, ge=0, description="Grid carbon intensity (kg CO2e per kWh) for the CO2 estimate.")
 
 
 class LogConfig(Section):
@@ -488,6 +527,24 @@ class AlertsConfig(Section):
         return self
 
 
+class MoEMonitorConfig(Section):
+    """MoE monitoring during training (train/moe_monitor.py; active when model.moe is set).
+
+    Per MoE layer and step it logs tokens per expert, load CV, max/min load,
+    drop rate, aux and z losses, gate-logit mean/variance and per-expert router
+    gradient norms, and flags routing collapse as an event and an alert.
+    """
+
+    top_fraction: float = Field(0.1, gt=0, le=1, description="The 'top experts' of the collapse rule: this share of experts (at least one).")
+    max_top_share: float = Field(
+        0.5, gt=0, le=1, description="Collapse when the top experts receive more than this share of the routed tokens."
+    )
+    max_drop_rate: float = Field(0.001, ge=0, le=1, description="Collapse when more than this share of assignments is dropped.")
+    patience: int = Field(3, ge=1, description="Consecutive steps a condition must hold before it fires (once, until it clears).")
+    after_step: int = Field(0, ge=0, description="The collapse rule is silent up to this step.")
+    histograms: bool = Field(True, description="Write per-layer expert-load histograms to TensorBoard (when log.tensorboard).")
+
+
 class RunConfig(Section):
     name: str = Field("quickstart", pattern=r"^[A-Za-z0-9_.-]+$", description="Run directory name.")
     dir: Path | None = Field(None, description="Run directory (default: <workdir>/runs/<name>).")
@@ -508,10 +565,13 @@ class ProjectConfig(Section):
     packing: PackingConfig = PackingConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     eval: EvalConfig = EvalConfig()
+    export: ExportConfig = ExportConfig()
     log: LogConfig = LogConfig()
     guard: GuardConfig = GuardConfig()
     alerts: AlertsConfig = AlertsConfig()
+    moe_monitor: MoEMonitorConfig = MoEMonitorConfig()
     run: RunConfig = RunConfig()
+    plan: PlanConfig = PlanConfig()
 
     # Resolved paths between stages: each section may override, else under workdir.
     @property

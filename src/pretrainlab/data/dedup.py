@@ -36,3 +36,46 @@ class ExactDedup(Stage):
 
     def finish(self) -> dict:
         return {"unique_docs": len(self.seen), "duplicate_docs": self.duplicates}
+
+
+@register_stage
+class NearDedup(Stage):
+    """MinHash-LSH near-duplicate removal across all sources (see :mod:`.minhash`).
+
+    A document whose estimated Jaccard similarity to an earlier kept document is at
+    least ``near_dedup.threshold`` is quarantined with that document's id (its
+    cluster id); kept documents are the cluster representatives. Memory: one
+    ``bands*rows`` uint32 signature plus ``bands`` bucket entries per kept document.
+    """
+
+    name = "near_dedup"
+
+    def __init__(self, cfg: DataConfig) -> None:
+        super().__init__(cfg)
+        from pretrainlab.data.minhash import LSHIndex, MinHasher
+
+        nd = cfg.near_dedup
+        self.hasher = MinHasher(nd.bands * nd.rows, nd.seed, nd.ngram, nd.cjk_ngram, cfg.quality.cjk_ratio)
+        self.index = LSHIndex(nd.bands, nd.rows)
+        self.cluster_sizes: dict[str, int] = {}
+        self.duplicates = 0
+
+    def process(self, doc: Document) -> Document | Reject:
+        sig = self.hasher.signature(doc.text)
+        hit = self.index.query(sig, self.cfg.near_dedup.threshold)
+        if hit is not None:
+            rep = self.index.keys[hit[0]]
+            self.cluster_sizes[rep] = self.cluster_sizes.get(rep, 1) + 1
+            self.duplicates += 1
+            return Reject("near_duplicate", f"near-duplicate of {rep} (estimated Jaccard {hit[1]:.2f}); cluster {rep}")
+        self.index.insert(sig, doc.id)
+        return doc
+
+    def finish(self) -> dict:
+        biggest = sorted(self.cluster_sizes.items(), key=lambda kv: (-kv[1], kv[0]))[:20]
+        return {
+            "kept_docs": len(self.index.keys),
+            "duplicate_docs": self.duplicates,
+            "clusters_with_duplicates": len(self.cluster_sizes),
+            "largest_clusters": dict(biggest),
+        }

@@ -14,6 +14,18 @@ _TRAILING_WS = re.compile(r"[^\S\n]+$", re.MULTILINE)
 _MANY_BLANK_LINES = re.compile(r"\n{4,}")  # 3+ blank lines
 
 
+def fix_mojibake(text: str) -> str:
+    """Repair text that was UTF-8 decoded as Latin-1/cp1252 ("cafÃ©" -> "café") with ftfy,
+    touching nothing else (no quote/ligature/width changes)."""
+    import ftfy
+
+    return ftfy.fix_text(
+        text, unescape_html=False, remove_terminal_escapes=False, fix_latin_ligatures=False,
+        fix_character_width=False, uncurl_quotes=False, fix_line_breaks=False, remove_control_chars=False,
+        normalization=None,
+    )
+
+
 def normalize_text(text: str, strip_control_chars: bool = True, collapse_whitespace: bool = True) -> str:
     """NFC; ``\\r\\n``/``\\r`` -> ``\\n``; drop a leading BOM; optionally remove control
     characters (keeping tab and newline); optionally strip trailing whitespace on every
@@ -34,23 +46,31 @@ def normalize_text(text: str, strip_control_chars: bool = True, collapse_whitesp
 
 @register_stage
 class Normalize(Stage):
-    """Unicode NFC and whitespace/control-character cleanup; never removes a document."""
+    """Unicode NFC and whitespace/control-character cleanup, optional mojibake repair
+    (``data.fix_mojibake``); never removes a document."""
 
     name = "normalize"
 
     def __init__(self, cfg: DataConfig) -> None:
         super().__init__(cfg)
         self.changed = 0
+        self.mojibake_fixed = 0
 
     def process(self, doc: Document) -> Document:
-        text = normalize_text(doc.text, self.cfg.strip_control_chars, self.cfg.collapse_whitespace)
+        text = doc.text
+        if self.cfg.fix_mojibake:
+            fixed = fix_mojibake(text)
+            if fixed != text:
+                self.mojibake_fixed += 1
+                text = fixed
+        text = normalize_text(text, self.cfg.strip_control_chars, self.cfg.collapse_whitespace)
         if text != doc.text:
             self.changed += 1
             doc.text = text
         return doc
 
     def finish(self) -> dict:
-        return {"docs_changed": self.changed}
+        return {"docs_changed": self.changed, "mojibake_fixed": self.mojibake_fixed}
 
 
 @register_stage

@@ -50,12 +50,34 @@ from rich.table import Table
 import pretrainlab
 from pretrainlab.config import ProjectConfig, config_to_dict
 from pretrainlab.data.sources import PREVIEW_CHARS, BadRecord, SourceSpec, check_sources, load_registry, read_documents, scan_file
-from pretrainlab.data.stages import Document, Reject, Stage, build_stages
+from pretrainlab.data.stages import STAGES, Document, Reject, Stage, build_stages
 from pretrainlab.errors import DataError
 from pretrainlab.fsio import atomic_open, atomic_write_json, fsync_dir, sha256_file
 from pretrainlab.progress import console, progress_bar
 
 MANIFEST_KIND = "clean_corpus"
+EXIT_RECORDS_LOST = 3  # `data build` finished, but some input records were unreadable (see quarantine)
+
+
+def code_fingerprint() -> str:
+    """Hash of the package version and the data pipeline's source files: part of the dataset id,
+    so a code change (even uncommitted) yields a new dataset."""
+    h = hashlib.sha256(pretrainlab.__version__.encode())
+    pkg = Path(__file__).resolve().parent
+    for path in sorted([*pkg.glob("*.py"), pkg.parent / "config.py"]):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def next_version(previous: str | None) -> str:
+    """dataset-v0.1, then dataset-v0.2, ... each time the content id changes."""
+    if previous and previous.startswith("dataset-v0."):
+        try:
+            return f"dataset-v0.{int(previous.rsplit('.', 1)[1]) + 1}"
+        except ValueError:
+            pass
+    return "dataset-v0.1"
 
 
 def heldout_value(text: str) -> float:
@@ -71,9 +93,11 @@ class Counts:
     chars_out: int = 0
     removed: Counter = field(default_factory=Counter)
     seconds: float = 0.0
+    skipped: int = 0  # documents of sources that bypass this stage (skip_stages)
 
     def as_dict(self) -> dict:
         return {
+            "docs_skipped": self.skipped,
             "docs_in": self.docs_in,
             "docs_out": self.docs_out,
             "chars_in": self.chars_in,
@@ -176,7 +200,7 @@ class _Run:
         src.removed_by_stage["read"] += 1
         self._quarantine(bad.id, spec.name, "read", bad.code, bad.reason, bad.preview, line=bad.line)
 
-    def run(self, doc: Document, src: SourceCounts) -> Document | None:
+    def run(self, doc: Document, src: SourceCounts, skip: frozenset = frozenset()) -> Document | None:
         read = self.stage_counts["read"]
         n = len(doc.text)
         read.docs_in += 1
@@ -187,6 +211,9 @@ class _Run:
         src.chars_in += n
         for stage in self.stages:
             c = self.stage_counts[stage.name]
+            if stage.name in skip:
+                c.skipped += 1
+                continue
             c.docs_in += 1
             c.chars_in += len(doc.text)
             t = time.perf_counter()
@@ -206,7 +233,8 @@ class _Run:
         return doc
 
 
-def _process_source(spec: SourceSpec, run: _Run, out: Path, fraction: float, lines: int | None = None) -> SourceCounts:
+def _process_source(spec: SourceSpec, run: _Run, out: Path, fraction: float, lines: int | None = None,
+                    max_doc_bytes: int = 10_000_000) -> SourceCounts:
     src = SourceCounts()
     out.mkdir(parents=True, exist_ok=True)
     train_path, held_path = out / "train.jsonl", out / "heldout.jsonl"
@@ -215,12 +243,13 @@ def _process_source(spec: SourceSpec, run: _Run, out: Path, fraction: float, lin
         train = stack.enter_context(atomic_open(train_path, "w"))
         held = stack.enter_context(atomic_open(held_path, "w"))
         bar = stack.enter_context(progress_bar(f"data {spec.name}", lines, unit="docs"))
-        for item in read_documents(spec):
+        skip = frozenset(spec.skip_stages)
+        for item in read_documents(spec, max_doc_bytes):
             bar.advance(1)
             if isinstance(item, BadRecord):
                 run.read_bad(item, spec, src)
                 continue
-            doc = run.run(item, src)
+            doc = run.run(item, src, skip)
             if doc is None:
                 continue
             line = json.dumps(doc.to_record(), ensure_ascii=False) + "\n"

@@ -1,27 +1,30 @@
-"""The source registry (``sources.yaml``) and the streaming JSONL reader.
+"""The source registry (``sources.yaml``): parsing, validation and the compliance gate.
 
 ``sources.yaml`` maps source names to specs::
 
     sources:
       stdlib_code:
-        path: stdlib_code.jsonl        # relative to sources.yaml (or absolute)
-        format: jsonl
-        text_field: text
+        path: stdlib_code.jsonl        # file, glob (shards/*.jsonl.zst) or folder; relative to sources.yaml
+        format: jsonl                  # jsonl | jsonl.gz | jsonl.zst | parquet | text (default: from the path)
+        text_field: text               # JSON key / parquet column holding the text
         languages: [python, en]
         license: PSF-2.0
-        approval: {status: approved, by: ..., date: ...}
+        approval: {status: approved, by: legal@example.org, date: 2026-01-05}
         modality: text
-        pii_policy: keep
+        pii_policy: keep               # redact | drop | keep (default: data.pii.default_policy)
+        group: code                    # mixing group (default: the source name)
+        tags: [code]
+        skip_stages: [gopher_quality]  # stages this source bypasses (e.g. prose rules on code)
 
 A list of specs each with a ``name`` key is accepted too. Only sources whose
-``approval.status`` is ``approved`` may be read; the check runs before any data
-file is opened.
+``approval.status`` is ``approved`` may be read; the gate runs before any data
+file is opened. The format readers live in :mod:`.readers`.
 """
 
 from __future__ import annotations
 
+import glob as globlib
 import hashlib
-import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,17 +32,19 @@ from pathlib import Path
 
 import yaml
 
-from pretrainlab.data.stages import Document
 from pretrainlab.errors import DataError
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 PREVIEW_CHARS = 200
+FORMATS = ("jsonl", "jsonl.gz", "jsonl.zst", "parquet", "text")
+APPROVAL_STATUSES = ("approved", "pending", "rejected")
+PII_POLICIES = ("redact", "drop", "keep")
 
 
 @dataclass
 class SourceSpec:
     name: str
-    path: Path  # resolved data file
+    path: Path  # as written, resolved against sources.yaml (file, glob or folder)
     format: str = "jsonl"
     text_field: str = "text"
     license: str | None = None
@@ -47,15 +52,96 @@ class SourceSpec:
     languages: list[str] = field(default_factory=list)
     modality: str = "text"
     pii_policy: str | None = None
+    group: str = ""
+    tags: list[str] = field(default_factory=list)
+    skip_stages: list[str] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)  # resolved by check_sources
     raw: dict = field(default_factory=dict)  # the spec as written
 
     @property
     def approval_status(self) -> str | None:
         return self.approval.get("status") if isinstance(self.approval, dict) else None
 
+    def governance(self) -> dict:
+        """What the manifest records about the source."""
+        return {
+            "license": self.license, "approval": self.approval, "languages": self.languages,
+            "modality": self.modality, "pii_policy": self.pii_policy, "text_field": self.text_field,
+            "format": self.format, "group": self.group, "tags": self.tags, "skip_stages": self.skip_stages,
+        }
+
+
+def infer_format(path: str) -> str:
+    p = path.lower()
+    for suffix, fmt in ((".jsonl.gz", "jsonl.gz"), (".json.gz", "jsonl.gz"), (".jsonl.zst", "jsonl.zst"),
+                        (".json.zst", "jsonl.zst"), (".parquet", "parquet"), (".jsonl", "jsonl"), (".json", "jsonl")):
+        if p.endswith(suffix):
+            return fmt
+    return "text" if p.endswith("/") or "." not in Path(p).name else "jsonl"
+
+
+def _str_list(value, where: str, origin: Path) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not all(isinstance(v, (str, int)) for v in value):
+        raise DataError(f"{origin}: {where} must be a list of strings")
+    return [str(v) for v in value]
+
+
+def _parse_spec(name: str, spec, origin: Path) -> SourceSpec:
+    where = f"source '{name}'"
+    if not isinstance(spec, dict):
+        raise DataError(f"{origin}: {where} must be a mapping with at least 'path', 'license' and 'approval'")
+    if not _NAME.match(name):
+        raise DataError(f"{origin}: source name '{name}' may use only letters, digits, '_', '.', '-' (it names an output folder)")
+    if not spec.get("path") or not isinstance(spec["path"], str):
+        raise DataError(f"{origin}: {where}: field 'path' is missing; give a file, glob or folder relative to sources.yaml")
+    fmt = spec.get("format") or infer_format(spec["path"])
+    if fmt not in FORMATS:
+        raise DataError(f"{origin}: {where}: field 'format' is '{fmt}'; use one of {', '.join(FORMATS)}")
+    modality = spec.get("modality", "text")
+    if modality != "text":
+        raise DataError(f"{origin}: {where}: field 'modality' is '{modality}'; data build handles only 'text' sources")
+    approval = spec.get("approval")
+    if not isinstance(approval, dict) or "status" not in approval:
+        raise DataError(f"{origin}: {where}: field 'approval.status' is missing; set approval: {{status: approved|pending|rejected, by: ..., date: ...}}")
+    status = approval["status"]
+    if status not in APPROVAL_STATUSES:
+        raise DataError(f"{origin}: {where}: field 'approval.status' is {status!r}; use one of {', '.join(APPROVAL_STATUSES)}")
+    if status == "approved":
+        for key in ("by", "date"):
+            if not approval.get(key):
+                raise DataError(f"{origin}: {where}: field 'approval.{key}' is missing; an approved source records who approved it and when")
+        if not spec.get("license"):
+            raise DataError(f"{origin}: {where}: field 'license' is missing; an approved source must state its license (SPDX id or terms)")
+    pii = spec.get("pii_policy")
+    if pii is not None and pii not in PII_POLICIES:
+        raise DataError(f"{origin}: {where}: field 'pii_policy' is {pii!r}; use one of {', '.join(PII_POLICIES)}")
+    text_field = spec.get("text_field", "text")
+    if not isinstance(text_field, str) or not text_field:
+        raise DataError(f"{origin}: {where}: field 'text_field' must be a non-empty string")
+    file = Path(spec["path"]).expanduser()
+    return SourceSpec(
+        name=name,
+        path=file if file.is_absolute() else origin.parent / file,
+        format=fmt,
+        text_field=text_field,
+        license=None if spec.get("license") is None else str(spec["license"]),
+        approval=approval,
+        languages=_str_list(spec.get("languages", spec.get("language")), f"{where}: field 'languages'", origin),
+        modality=modality,
+        pii_policy=pii,
+        group=str(spec.get("group") or name),
+        tags=_str_list(spec.get("tags"), f"{where}: field 'tags'", origin),
+        skip_stages=_str_list(spec.get("skip_stages"), f"{where}: field 'skip_stages'", origin),
+        raw=spec,
+    )
+
 
 def load_registry(path: Path) -> list[SourceSpec]:
-    """Parse and validate sources.yaml (DataError with one line on any problem)."""
+    """Parse and validate sources.yaml (DataError with one line naming the field on any problem)."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
@@ -70,67 +156,60 @@ def load_registry(path: Path) -> list[SourceSpec]:
         for e in entries:
             if not isinstance(e, dict) or not e.get("name"):
                 raise DataError(f"{path}: every entry of the 'sources' list needs a 'name'")
-            items.append((str(e["name"]), e))
+            items.append((str(e["name"]), {k: v for k, v in e.items() if k != "name"}))
     elif isinstance(entries, dict):
         items = [(str(k), v) for k, v in entries.items()]
     else:
         raise DataError(f"{path}: expected a top-level 'sources:' mapping of source name -> spec; rerun `pretrainlab corpus build`")
     if not items:
         raise DataError(f"{path}: lists no sources; add sources or rerun `pretrainlab corpus build`")
-    specs = []
-    for name, spec in items:
-        if not isinstance(spec, dict):
-            raise DataError(f"{path}: source '{name}' must be a mapping with at least 'path' and 'approval'")
-        if not _NAME.match(name):
-            raise DataError(f"{path}: source name '{name}' may use only letters, digits, '_', '.', '-' (it names an output folder)")
-        if not spec.get("path"):
-            raise DataError(f"{path}: source '{name}' has no 'path'; give the JSONL file relative to sources.yaml")
-        fmt = spec.get("format", "jsonl")
-        if fmt != "jsonl":
-            raise DataError(f"{path}: source '{name}' has format '{fmt}'; data build reads only 'jsonl'")
-        modality = spec.get("modality", "text")
-        if modality != "text":
-            raise DataError(f"{path}: source '{name}' has modality '{modality}'; data build handles only 'text' sources")
-        file = Path(spec["path"])
-        specs.append(
-            SourceSpec(
-                name=name,
-                path=file if file.is_absolute() else path.parent / file,
-                format=fmt,
-                text_field=str(spec.get("text_field", "text")),
-                license=spec.get("license"),
-                approval=spec.get("approval") or {},
-                languages=list(spec.get("languages") or spec.get("language") or []),
-                modality=modality,
-                pii_policy=spec.get("pii_policy"),
-                raw=spec,
-            )
-        )
-    return specs
+    names = [n for n, _ in items]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise DataError(f"{path}: source '{dup}' is listed twice; give each source a unique name")
+    return [_parse_spec(name, spec, path) for name, spec in items]
 
 
-def check_sources(specs: list[SourceSpec], registry: Path) -> None:
-    """Refuse non-approved sources and missing files before anything is read."""
-    refused = [f"'{s.name}' (approval.status: {s.approval_status!r})" for s in specs if s.approval_status != "approved"]
-    if refused:
+def resolve_files(spec: SourceSpec) -> list[Path]:
+    """The data files of a source: one file, every match of a glob, or every file under a folder (sorted)."""
+    text = str(spec.path)
+    if any(c in text for c in "*?["):
+        return sorted(Path(p) for p in globlib.glob(text, recursive=True) if Path(p).is_file())
+    if spec.path.is_dir():
+        return sorted(p for p in spec.path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return [spec.path] if spec.path.is_file() else []
+
+
+def check_sources(specs: list[SourceSpec], registry: Path, mode: str = "error") -> tuple[list[SourceSpec], dict[str, str]]:
+    """The compliance gate: runs before anything is read.
+
+    Non-approved sources stop the build (``mode='error'``) or are left out
+    (``mode='skip'``); either way nothing of them is opened. Returns the approved
+    specs (with ``files`` resolved) and ``{refused name: why}``."""
+    refused = {s.name: f"approval.status is {s.approval_status!r}" for s in specs if s.approval_status != "approved"}
+    if refused and mode == "error":
+        listed = ", ".join(f"'{n}' ({why})" for n, why in refused.items())
         raise DataError(
-            f"refusing non-approved source(s) {', '.join(refused)} in {registry}: nothing of them was read; "
-            "set approval.status: approved once reviewed, or remove them from sources.yaml"
+            f"refusing non-approved source(s) {listed} in {registry}: nothing of them was read; "
+            "set approval.status: approved once reviewed, remove them from sources.yaml, or set data.unapproved=skip"
         )
-    for s in specs:
-        if not s.path.is_file():
-            raise DataError(
-                f"source '{s.name}': file {s.path} not found (listed in {registry}); "
-                "rerun `pretrainlab corpus build` or fix its path"
-            )
+    approved = [s for s in specs if s.name not in refused]
+    if not approved:
+        raise DataError(f"{registry}: no source is approved ({', '.join(refused)} refused); nothing to build")
+    for s in approved:
+        s.files = resolve_files(s)
+        if not s.files:
+            what = "matches no file" if any(c in str(s.path) for c in "*?[") else "not found"
+            raise DataError(f"source '{s.name}': file {s.path} {what} (listed in {registry}); rerun `pretrainlab corpus build` or fix its path")
+    return approved, refused
 
 
 @dataclass
 class BadRecord:
-    """A line that could not be turned into a Document (quarantined by the pipeline)."""
+    """A record that could not be turned into a Document (quarantined by the pipeline)."""
 
     id: str
-    line: int
+    line: int | None
     code: str
     reason: str
     preview: str
@@ -150,42 +229,10 @@ def scan_file(path: Path) -> tuple[str, int, int]:
     return h.hexdigest(), lines + (last != b"\n"), size
 
 
-def read_documents(spec: SourceSpec) -> Iterator[Document | BadRecord]:
-    """Stream a JSONL source line by line (binary, decoded per line: one bad line
-    never hides the rest of the file). Blank lines are skipped."""
-    with open(spec.path, "rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            if not raw.strip():
-                continue
-            bad_id = f"{spec.name}:line{lineno}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                preview = raw.rstrip(b"\r\n")[:PREVIEW_CHARS].decode("utf-8", "replace")
-                yield BadRecord(bad_id, lineno, "invalid_utf8", f"line {lineno}: not valid UTF-8 ({exc.reason} at byte {exc.start})", preview)
-                continue
-            line = line.rstrip("\r\n")
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield BadRecord(bad_id, lineno, "invalid_json", f"line {lineno}: invalid JSON ({exc.msg} at column {exc.colno})", line[:PREVIEW_CHARS])
-                continue
-            if not isinstance(rec, dict):
-                yield BadRecord(bad_id, lineno, "not_an_object", f"line {lineno}: expected a JSON object, got {type(rec).__name__}", line[:PREVIEW_CHARS])
-                continue
-            rid = rec.get("id")
-            rid = str(rid) if isinstance(rid, (str, int)) and not isinstance(rid, bool) and str(rid) else bad_id
-            text = rec.get(spec.text_field)
-            if text is None:
-                yield BadRecord(rid, lineno, "missing_text", f"line {lineno}: no '{spec.text_field}' field", line[:PREVIEW_CHARS])
-                continue
-            if not isinstance(text, str):
-                yield BadRecord(rid, lineno, "text_not_string", f"line {lineno}: '{spec.text_field}' is a {type(text).__name__}, not a string", line[:PREVIEW_CHARS])
-                continue
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                yield BadRecord(rid, lineno, "invalid_utf8", f"line {lineno}: text has unpaired surrogate escapes (not encodable as UTF-8)", line[:PREVIEW_CHARS])
-                continue
-            meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
-            yield Document(rid, text, spec.name, meta)
+def read_documents(spec: SourceSpec, max_doc_bytes: int = 10_000_000) -> Iterator:
+    """Stream a source's Documents and BadRecords (see :mod:`.readers`)."""
+    from pretrainlab.data.readers import read_source
+
+    if not spec.files:
+        spec.files = resolve_files(spec)
+    return read_source(spec, max_doc_bytes)

@@ -56,6 +56,12 @@ class Stage:
 
     def __init__(self, cfg: DataConfig) -> None:
         self.cfg = cfg
+        self.sources: dict = {}  # source name -> SourceSpec, set by bind()
+
+    def bind(self, sources: dict) -> None:
+        """Called once before the first document with the approved sources (name -> SourceSpec),
+        for stages whose behaviour depends on the source (e.g. PII policy)."""
+        self.sources = sources
 
     def process(self, doc: Document) -> Document | Reject:
         raise NotImplementedError
@@ -79,7 +85,7 @@ def register_stage(cls: type[Stage]) -> type[Stage]:
 
 def _load_builtin_stages() -> None:
     # Imported for their @register_stage side effect.
-    from pretrainlab.data import dedup, filters  # noqa: F401
+    from pretrainlab.data import dedup, filters, langid, pii, quality  # noqa: F401
 
 
 def available_stages() -> list[str]:

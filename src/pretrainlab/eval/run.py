@@ -1,10 +1,11 @@
-"""`pretrainlab eval`: score a run's checkpoint on held-out data and sample from it.
+"""`pretrainlab eval`: score a run's checkpoint on held-out data and tasks, and sample from it.
 
 Writes ``<run>/eval.json`` atomically::
 
     {"run": name, "checkpoint": path, "step": int, "tokens": int|null,
      "seq_len": int, "max_tokens_per_source": int, "device": str,
      "perplexity": {source: {"loss", "ppl", "tokens"[, "skipped"]}, ..., "overall": {...}},
+     "tasks": {task: {"acc", "acc_norm", "acc_bytes", "*_stderr", "n", "chance", "path"}},
      "samples": [{"prompt", "prompt_ids", "greedy", "sampled", "greedy_ids", "sampled_ids"}],
      "generation": {"max_new_tokens", "temperature", "top_k", "top_p", "seed"},
      "seconds": float, "time": float}
@@ -62,6 +63,73 @@ def _check_run_dir(run_dir: Path) -> None:
         raise UserError(f"{run_dir} is not a run directory (no config.yaml); pass runs/<name> made by `pretrainlab train`")
 
 
+def read_prompts(path: str | Path) -> list[str]:
+    """Prompts from a text file (one per line; ``\\n`` in a line is a newline) or JSONL with a 'prompt' field."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"prompts file not found: {path}; pass a text file with one prompt per line")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text; save the prompts file as UTF-8") from None
+    prompts = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if path.suffix == ".jsonl":
+            try:
+                rec = json.loads(line)
+                prompt = rec["prompt"]
+            except (ValueError, KeyError, TypeError):
+                raise UserError(f"{path}:{n}: expected a JSON object with a 'prompt' string") from None
+            if not isinstance(prompt, str):
+                raise UserError(f"{path}:{n}: 'prompt' must be a string")
+            prompts.append(prompt)
+        else:
+            prompts.append(line.replace("\\n", "\n"))
+    if not prompts:
+        raise UserError(f"{path}: no prompts; write one prompt per line")
+    return prompts
+
+
+def sample_prompts(model, tok, prompts: list[str], ev, seed: int) -> list[dict]:
+    """Greedy and seeded sampled continuations of each prompt (KV-cached)."""
+    samples = []
+    for i, prompt in enumerate(prompts):
+        ids = tok.encode(prompt) or [tok.bos_id]
+        greedy_ids = generate(model, ids, ev.max_new_tokens, greedy=True, eos_id=tok.eos_id)
+        gen = torch.Generator(device="cpu").manual_seed(seed + i)
+        sampled_ids = generate(
+            model, ids, ev.max_new_tokens, temperature=ev.temperature, top_k=ev.top_k, top_p=ev.top_p,
+            eos_id=tok.eos_id, generator=gen,
+        )
+        samples.append({
+            "prompt": prompt, "prompt_ids": ids,
+            "greedy": tok.decode(greedy_ids), "greedy_ids": greedy_ids,
+            "sampled": tok.decode(sampled_ids), "sampled_ids": sampled_ids,
+        })
+    return samples
+
+
+def evaluate_model(model, cfg, tok, run_dir: Path, device, *, samples: bool = True, tasks=None) -> dict[str, Any]:
+    """Perplexity per source, task accuracies and (optionally) samples of one loaded model."""
+    from pretrainlab.eval.suite import resolve_tasks, run_tasks
+
+    ev = cfg.eval
+    seq_len = min(cfg.train.seq_len, model.cfg.max_seq_len)
+    ppl = perplexity_per_source(
+        model, cfg.train_tokens_dir, seq_len, ev.max_tokens_per_source, cfg.train.micro_batch, device
+    )
+    if tasks is None:
+        tasks = resolve_tasks(ev.tasks, run_dir, cfg.train_tokens_dir, tok, ev.task_examples, ev.task_seed)
+    task_results = run_tasks(model, tok, tasks, ev.task_batch_size, device)
+    out: dict[str, Any] = {"seq_len": seq_len, "perplexity": ppl, "tasks": task_results}
+    if samples:
+        prompts = read_prompts(ev.prompts_file) if ev.prompts_file else ev.prompts
+        out["samples"] = sample_prompts(model, tok, prompts, ev, cfg.train.seed)
+    return out
+
+
 def evaluate_run(
     run_dir: str | Path,
     cfg_overrides: list[str] | None = None,
@@ -82,49 +150,29 @@ def evaluate_run(
     model, _, ckpt_path = load_model(run_dir, checkpoint, device)
     step, tokens = _checkpoint_info(ckpt_path)
     tok = load_tokenizer(cfg.tokenizer_dir)
-
-    seq_len = min(cfg.train.seq_len, model.cfg.max_seq_len)
-    ppl = perplexity_per_source(
-        model, cfg.train_tokens_dir, seq_len, cfg.eval.max_tokens_per_source, cfg.train.micro_batch, device
-    )
+    res = evaluate_model(model, cfg, tok, run_dir, device)
 
     ev = cfg.eval
     seed = cfg.train.seed
-    samples = []
-    for i, prompt in enumerate(ev.prompts):
-        ids = tok.encode(prompt) or [tok.bos_id]
-        greedy_ids = generate(model, ids, ev.max_new_tokens, greedy=True, eos_id=tok.eos_id)
-        gen = torch.Generator(device="cpu").manual_seed(seed + i)
-        sampled_ids = generate(
-            model, ids, ev.max_new_tokens, temperature=ev.temperature, top_k=ev.top_k, top_p=ev.top_p,
-            eos_id=tok.eos_id, generator=gen,
-        )
-        samples.append({
-            "prompt": prompt, "prompt_ids": ids,
-            "greedy": tok.decode(greedy_ids), "greedy_ids": greedy_ids,
-            "sampled": tok.decode(sampled_ids), "sampled_ids": sampled_ids,
-        })
-
     result = {
         "run": run_dir.resolve().name,
         "checkpoint": str(ckpt_path),
         "step": step,
         "tokens": tokens,
-        "seq_len": seq_len,
         "max_tokens_per_source": ev.max_tokens_per_source,
         "device": str(device),
-        "perplexity": ppl,
-        "samples": samples,
+        **res,
         "generation": {"max_new_tokens": ev.max_new_tokens, "temperature": ev.temperature,
                        "top_k": ev.top_k, "top_p": ev.top_p, "seed": seed},
         "seconds": round(time.time() - t0, 3),
         "time": time.time(),
     }
     atomic_write_json(run_dir / EVAL_FILE, result)
-    overall = ppl[OVERALL]
+    overall = result["perplexity"][OVERALL]
     append_jsonl(run_dir / "events.jsonl", {
         "time": time.time(), "step": step if step is not None else -1, "event": "eval",
         "loss": overall["loss"], "ppl": overall["ppl"], "tokens": overall["tokens"],
+        **{f"acc/{name}": r["acc"] for name, r in result["tasks"].items()},
         "checkpoint": str(ckpt_path), "seconds": result["seconds"],
     })
     if print_results:
@@ -153,7 +201,23 @@ def print_eval(result: dict) -> None:
         style = "bold" if source == OVERALL else None
         table.add_row(escape(source) + note, f"{r['tokens']:,}", _fmt(r["loss"], ".4f"), _fmt(r["ppl"], ".2f"), style=style)
     console.print(table)
-    for s in result["samples"]:
+    if result.get("tasks"):
+        console.print(task_table(result["tasks"]))
+    for s in result.get("samples", []):
         console.print(f"[bold]prompt[/] {escape(repr(s['prompt']))}")
         console.print(f"  [cyan]greedy [/] {escape(repr(s['prompt'] + s['greedy']))}")
         console.print(f"  [magenta]sampled[/] {escape(repr(s['prompt'] + s['sampled']))}")
+
+
+def task_table(tasks: dict):
+    """Rich table of task results: examples, acc, acc_norm (± stderr), chance."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="multiple-choice tasks (log-likelihood, lm-eval definitions)")
+    for col in ("task", "n", "acc", "acc_norm", "chance"):
+        table.add_column(col, justify="left" if col == "task" else "right")
+    for name, r in tasks.items():
+        pm = lambda k: f"{r[k]:.3f} ± {r[k + '_stderr']:.3f}" if r.get(k) is not None else "-"  # noqa: E731
+        table.add_row(escape(name), str(r["n"]), pm("acc"), pm("acc_norm"), _fmt(r.get("chance"), ".3f"))
+    return table

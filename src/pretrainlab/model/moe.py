@@ -251,11 +251,12 @@ class MoE(nn.Module):
         if self.training and self.cfg.router_jitter > 0:
             eps = self.cfg.router_jitter
             inp = inp * torch.empty_like(inp).uniform_(1.0 - eps, 1.0 + eps)
-        logits = F.linear(inp, self.router.weight.float())
-        probs = logits.softmax(dim=-1)
-        top_w, top_i = probs.topk(self.top_k, dim=-1)
-        if self.cfg.normalize_top_k:
-            top_w = top_w / top_w.sum(dim=-1, keepdim=True)
+        with torch.autocast(x.device.type, enabled=False):  # routing decisions stay in fp32 under bf16 autocast
+            logits = F.linear(inp, self.router.weight.float())
+            probs = logits.softmax(dim=-1)
+            top_w, top_i = probs.topk(self.top_k, dim=-1)
+            if self.cfg.normalize_top_k:
+                top_w = top_w / top_w.sum(dim=-1, keepdim=True)
         return logits, probs, top_w, top_i
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

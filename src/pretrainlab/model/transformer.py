@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pretrainlab.config import ModelConfig
+from pretrainlab.model.moe import MoE
 from pretrainlab.model.attention import attend, build_doc_mask
 
 
@@ -112,7 +113,7 @@ class Block(nn.Module):
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.attn = Attention(cfg, layer)
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.mlp = SwiGLU(cfg)
+        self.mlp = MoE(cfg) if layer in cfg.moe_layers else SwiGLU(cfg)
 
     def forward(self, x, cos, sin, attn_mask=None, cache=None):
         x = x + self.attn(self.attn_norm(x), cos, sin, attn_mask, cache)
@@ -154,7 +155,7 @@ class Transformer(nn.Module):
         for name, p in self.named_parameters():
             if p.dim() == 1:
                 nn.init.ones_(p)
-            elif name.endswith(("wo.weight", "w_down.weight")):
+            elif name.endswith(("wo.weight", "w_down.weight", "experts.w_down")):
                 nn.init.normal_(p, 0.0, residual_std)
             else:
                 nn.init.normal_(p, 0.0, std)
@@ -198,7 +199,19 @@ class Transformer(nn.Module):
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=ignore_index)
+            if self.training and self.cfg.moe is not None:
+                aux, z = self.moe_aux_losses()
+                loss = loss + self.cfg.moe.aux_loss_coef * aux + self.cfg.moe.z_loss_coef * z
         return logits, loss
+
+    def moe_aux_losses(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(load-balance loss, z-loss) of the last forward, each the mean over MoE layers.
+
+        In training mode the returned loss is cross-entropy + aux_loss_coef * aux +
+        z_loss_coef * z; in eval mode it is the cross-entropy alone.
+        """
+        layers = [b.mlp for b in self.layers if isinstance(b.mlp, MoE)]
+        return torch.stack([m.aux_loss for m in layers]).mean(), torch.stack([m.z_loss for m in layers]).mean()
 
     # ---- accounting used by MFU, the planner and the console
 
@@ -218,17 +231,32 @@ def count_params(cfg: ModelConfig) -> dict[str, int]:
     embed = v * d
     head = 0 if cfg.tie_embeddings else v * d
     total = embed + L * per_layer + d + head
-    return {"total": total, "embedding": embed, "non_embedding": total - embed, "per_layer": per_layer}
+    counts = {"total": total, "embedding": embed, "non_embedding": total - embed, "per_layer": per_layer}
+    if cfg.moe is not None:
+        # MoE blocks: router + all experts + shared experts stored; router + k experts + shared ones active.
+        n_moe, m, expert = len(cfg.moe_layers), cfg.moe, 3 * d * cfg.expert_dim
+        router, shared = d * m.num_experts, m.num_shared_experts * expert
+        stored = n_moe * (router + m.num_experts * expert + shared - mlp)
+        idle = n_moe * (m.num_experts - m.top_k) * expert
+        counts.update(total=total + stored, non_embedding=total + stored - embed, expert=expert,
+                      moe_per_layer=attn + 2 * d + router + m.num_experts * expert + shared)
+        counts["active"] = counts["total"] - idle
+        counts["active_non_embedding"] = counts["active"] - embed
+    else:
+        counts.update(active=total, active_non_embedding=total - embed)
+    return counts
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     """Training FLOPs per token: 6*(params - input embedding) + 12*layers*d_model*seq_len.
 
-    The 6N term counts forward (2N) and backward (4N) matmuls; the output
+    For MoE models the params are the *active* ones (router + top_k experts +
+    shared experts per MoE block), since a token only runs through those. The
+    6N term counts forward (2N) and backward (4N) matmuls; the output
     projection is included even when tied (it is a real matmul), the input
     embedding lookup is not. The attention term is the QK^T and AV products
     (Kaplan et al. 2020 / PaLM appendix B, non-causal count).
     """
     p = count_params(cfg)
-    matmul_params = p["total"] - p["embedding"] + (cfg.vocab_size or 0) * cfg.d_model * (1 if cfg.tie_embeddings else 0)
+    matmul_params = p["active"] - p["embedding"] + (cfg.vocab_size or 0) * cfg.d_model * (1 if cfg.tie_embeddings else 0)
     return 6.0 * matmul_params + 12.0 * cfg.n_layers * cfg.d_model * seq_len

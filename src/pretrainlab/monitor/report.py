@@ -382,6 +382,9 @@ def build_report_html(run_dir: str | Path) -> str:
                                      "Validation loss per source", "step", "val loss"))
     body.append("<h2>Training curves</h2>")
     body.append('<div class="charts">' + "".join(charts) + "</div>")
+    from pretrainlab.monitor.moe_report import moe_section  # imports this module: keep it local
+
+    body.append(moe_section(train))  # "" for dense runs
 
     # eval
     if ev:

@@ -46,7 +46,7 @@ from pretrainlab.errors import DataError
 from pretrainlab.fsio import atomic_open, atomic_write_json, read_json, sha256_file
 from pretrainlab.progress import console, progress_bar
 from pretrainlab.tokenizer.train import corpus_manifest_sha256, find_corpus_sources
-from pretrainlab.tokenizer.vocab import load_tokenizer, open_backend, tokenizer_file
+from pretrainlab.tokenizer.vocab import load_tokenizer, open_text_model, tokenizer_file
 
 SPLITS = ("train", "heldout")
 MANIFEST_FILE = "manifest.json"
@@ -74,7 +74,7 @@ _WORKER_TOK = None
 def _worker_init(tok_path: str) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per process; the pool is the parallelism
     global _WORKER_TOK
-    _WORKER_TOK = open_backend(tok_path)
+    _WORKER_TOK = open_text_model(tok_path, threads=1)
 
 
 def _encode_lines(lines: list[bytes], tok=None, eos_id: int = 2, dtype: str = "uint16") -> tuple[np.ndarray, np.ndarray, int]:
@@ -89,12 +89,12 @@ def _encode_lines(lines: list[bytes], tok=None, eos_id: int = 2, dtype: str = "u
         if not isinstance(text, str):
             return np.empty(0, dtype), np.empty(0, np.int64), -1
         texts.append(text)
-    encs = tok.encode_batch(texts, add_special_tokens=False)
-    lens = np.fromiter((len(e.ids) + 1 for e in encs), dtype=np.int64, count=len(encs))
+    encs = tok.encode_batch(texts)
+    lens = np.fromiter((len(e) + 1 for e in encs), dtype=np.int64, count=len(encs))
     out = np.empty(int(lens.sum()), dtype=dtype)
     pos = 0
     for e, n in zip(encs, lens.tolist()):
-        out[pos : pos + n - 1] = e.ids
+        out[pos : pos + n - 1] = e
         out[pos + n - 1] = eos_id
         pos += n
     return out, lens, sum(len(t) for t in texts)
@@ -126,7 +126,7 @@ class _Encoder:
             ctx = mp.get_context(_start_method())
             self._pool = ctx.Pool(self.workers, initializer=_worker_init, initargs=(str(self._tok_path),))
         if self.backend == "threads" and self._tok is None:
-            self._tok = open_backend(self._tok_path)
+            self._tok = open_text_model(self._tok_path)
 
     def map(self, batches: Iterator[list[bytes]]) -> Iterator[tuple[list[bytes], tuple]]:
         self._ensure()

@@ -123,18 +123,21 @@ class VocabSpec:
 
         if self.version != SPEC_VERSION:
             raise bad(f"version {self.version} is not supported (this code reads version {SPEC_VERSION})")
-        if list(self.ranges) != list(RANGE_ORDER):
-            raise bad(f"ranges must be {list(RANGE_ORDER)} in this order, got {list(self.ranges)}")
+        if set(self.ranges) != set(RANGE_ORDER):
+            raise bad(f"ranges must be {list(RANGE_ORDER)}, got {sorted(self.ranges)}")
         spans = []
         for name, (start, size) in self.ranges.items():
             if not (isinstance(start, int) and isinstance(size, int)) or start < 0 or size < 0:
                 raise bad(f"range '{name}' has start {start!r}, size {size!r}; both must be integers >= 0")
             spans.append((name, start, start + size))
+        spans.sort(key=lambda x: (x[1], RANGE_ORDER.index(x[0])))
         for (a, sa, ea), (b, sb, eb) in zip(spans, spans[1:]):
             if sb < ea:
                 raise bad(f"ranges '{a}' [{sa}, {ea}) and '{b}' [{sb}, {eb}) overlap")
             if sb > ea:
                 raise bad(f"gap between range '{a}' (ends at {ea}) and '{b}' (starts at {sb})")
+        if [n for n, _, _ in spans] != list(RANGE_ORDER):
+            raise bad(f"ranges must come in the order {list(RANGE_ORDER)}, got {[n for n, _, _ in spans]}")
         if spans[0][1] != 0:
             raise bad(f"range 'text' must start at id 0, starts at {spans[0][1]}")
         if self.ranges["text"][1] != self.text_size:
@@ -266,7 +269,8 @@ class VocabSpec:
             spec = cls(
                 text_kind=str(text["kind"]), text_file=str(text["file"]), text_sha256=str(text["sha256"]),
                 text_size=int(text["size"]), timestamp_step_s=float(d["timestamp_step_s"]),
-                ranges={str(n): (r["start"], r["size"]) for n, r in d["ranges"].items()},
+                ranges={str(n): (r["start"], r["size"]) for n, r in sorted(
+                    d["ranges"].items(), key=lambda kv: RANGE_ORDER.index(kv[0]) if kv[0] in RANGE_ORDER else 99)},
                 tokens={str(t): int(i) for t, i in d["tokens"].items()}, version=int(d["version"]),
             )
         except DataError as exc:  # raised by validate(): name the file

@@ -1,24 +1,35 @@
-"""`tokenizer train`: a byte-level BPE tokenizer trained on the clean corpus.
+"""`tokenizer train`: the text tokenizer (byte-level BPE or SentencePiece) and its vocabulary spec.
 
-Byte-level means every byte maps to one of 256 base symbols, so any text (code,
-Chinese, emoji, stray control characters) encodes without an unknown token and
-decodes back exactly. Training reads at most ``tokenizer.sample_chars``
-characters of the *train* split, spread over sources in proportion to their
-size and over each source's documents evenly (a deterministic stride, no RNG),
-so the same corpus and config always give a byte-identical ``tokenizer.json``.
+Kinds (``tokenizer.kind``):
 
-Outputs in ``cfg.tokenizer_dir``:
+* ``bpe``: byte-level BPE with Hugging Face `tokenizers`. Every byte maps to one of
+  256 base symbols, so any text encodes without an unknown token and decodes back exactly.
+* ``sp_bpe`` / ``sp_unigram``: SentencePiece BPE / unigram, identity normalization, no
+  dummy prefix, byte fallback (characters outside the pieces become ``<0xNN>`` byte
+  pieces, so nothing is unknown). Round trip is exact except for the character
+  U+2581 (SentencePiece's space symbol), which decodes as a space.
 
-* ``tokenizer.json``: a Hugging Face `tokenizers` file (loadable by
-  ``tokenizers.Tokenizer.from_file`` and ``transformers.PreTrainedTokenizerFast``).
-  Special tokens have fixed ids: ``<|pad|>``=0, ``<|bos|>``=1, ``<|eos|>``=2.
-* ``manifest.json``: tokenizer sha256 ("tokenizer hash"), vocabulary size,
-  special token ids, corpus manifest sha256, characters per source, config,
-  seconds, code version.
+Training reads at most ``tokenizer.sample_chars`` characters of the *train* split,
+spread over sources in proportion to their size and over each source's documents
+evenly (a deterministic stride, no RNG), so the same corpus and config always give
+byte-identical files (SentencePiece also gets ``tokenizer.seed``).
+
+Outputs in ``cfg.tokenizer_dir`` (written in this order, so a crash never leaves a
+spec describing a model it does not match):
+
+* ``tokenizer.json`` (bpe; loadable by ``tokenizers.Tokenizer.from_file`` and
+  ``transformers.PreTrainedTokenizerFast``, modality tokens included as special
+  tokens) or ``tokenizer.model`` (SentencePiece).
+* ``vocab_spec.json``: the id layout (see ``spec.py``); its sha256 is the tokenizer hash.
+* ``manifest.json``: tokenizer hash, sizes, corpus manifest sha256, characters per
+  source, config, seconds, library versions.
+
+A corpus too small for the requested vocabulary is a DataError (nothing is written).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -28,10 +39,11 @@ from pathlib import Path
 from pretrainlab import __version__
 from pretrainlab.config import ProjectConfig, config_to_dict
 from pretrainlab.errors import DataError
-from pretrainlab.fsio import atomic_write_json, atomic_write_text, sha256_file
+from pretrainlab.fsio import atomic_write_bytes, atomic_write_json, sha256_file
 from pretrainlab.progress import console, progress_bar
 
-from pretrainlab.tokenizer.vocab import SPECIAL_TOKENS, TOKENIZER_FILE  # specials: ids 0, 1, 2 in order
+from pretrainlab.tokenizer.spec import CONTROL_TOKENS, SPEC_FILE, VocabSpec
+from pretrainlab.tokenizer.vocab import SP_MODEL_FILE, TOKENIZER_FILE, load_tokenizer
 
 MANIFEST_FILE = "manifest.json"
 
@@ -118,20 +130,115 @@ def _plan_sample(corpus_dir: Path, sources: list[str], sample_chars: int) -> dic
 
 # --------------------------------------------------------------------------- training
 
+SP_CHUNK_CHARS = 2048  # SentencePiece trains on "sentences" of at most max_sentence_length bytes
 
-def _build_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+def _too_small(corpus_dir: Path, want: int, got: int, why: str) -> DataError:
+    return DataError(
+        f"clean corpus {corpus_dir} is too small for a {want}-token vocabulary ({why}); "
+        f"lower tokenizer.vocab_size to at most {got} or train on more text"
+    )
+
+
+def _train_bpe(texts: Iterator[str], tcfg, corpus_dir: Path, named_after_text: list[str], stats_chars) -> tuple[str, int]:
+    """Byte-level BPE; returns (tokenizer.json text, text vocabulary size)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
-    return tok
+    trainer = trainers.BpeTrainer(
+        vocab_size=tcfg.vocab_size,
+        min_frequency=tcfg.min_frequency,
+        special_tokens=list(CONTROL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    size = tok.get_vocab_size(with_added_tokens=True)
+    if stats_chars() == 0:
+        raise DataError(f"clean corpus {corpus_dir} has no training text; check `pretrainlab data build` output")
+    if size < tcfg.vocab_size:
+        raise _too_small(corpus_dir, tcfg.vocab_size, size, f"BPE found no more pairs with frequency >= {tcfg.min_frequency}")
+    for i, name in enumerate(CONTROL_TOKENS):  # the trainer assigns specials first; make sure
+        if tok.token_to_id(name) != i:
+            raise RuntimeError(f"special token {name} got id {tok.token_to_id(name)}, expected {i}")
+    # Modality tokens go into tokenizer.json too (ids right after the text), so an exported
+    # Hugging Face tokenizer knows them; the spec checks the ids match.
+    tok.add_special_tokens(named_after_text)
+    return tok.to_str(pretty=True), size
+
+
+def _sp_sentences(texts: Iterator[str]) -> Iterator[str]:
+    """Documents cut at line ends into pieces of at most SP_CHUNK_CHARS characters."""
+    for text in texts:
+        start = 0
+        while start < len(text):
+            end = min(len(text), start + SP_CHUNK_CHARS)
+            if end < len(text):
+                nl = text.rfind("\n", start, end)
+                end = nl + 1 if nl > start else end
+            yield text[start:end]
+            start = end
+
+
+def _train_sentencepiece(texts: Iterator[str], tcfg, corpus_dir: Path, stats_chars) -> tuple[bytes, int]:
+    """SentencePiece BPE/unigram with byte fallback; returns (model bytes, text vocabulary size)."""
+    import io
+    import re
+
+    import sentencepiece as spm
+
+    spm.set_random_generator_seed(tcfg.seed)
+    buf = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=_sp_sentences(texts),
+            model_writer=buf,
+            model_type=tcfg.kind.removeprefix("sp_"),
+            vocab_size=tcfg.vocab_size,
+            character_coverage=tcfg.character_coverage,
+            byte_fallback=True,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            add_dummy_prefix=False,
+            allow_whitespace_only_pieces=True,
+            split_digits=True,
+            max_sentence_length=4 * SP_CHUNK_CHARS,
+            input_sentence_size=0,
+            pad_id=0, bos_id=1, eos_id=2, unk_id=3,
+            pad_piece=CONTROL_TOKENS[0], bos_piece=CONTROL_TOKENS[1], eos_piece=CONTROL_TOKENS[2],
+            unk_piece=CONTROL_TOKENS[3],
+            control_symbols=list(CONTROL_TOKENS[4:]),
+            num_threads=os.cpu_count() or 1,
+            minloglevel=2,
+        )
+    except RuntimeError as exc:
+        if stats_chars() == 0:
+            raise DataError(f"clean corpus {corpus_dir} has no training text; check `pretrainlab data build` output") from None
+        msg = str(exc)
+        m = re.search(r"value <= (\d+)", msg)
+        if m:
+            raise _too_small(corpus_dir, tcfg.vocab_size, int(m.group(1)), "not enough distinct pieces") from None
+        m = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", msg)
+        if m:
+            raise DataError(
+                f"tokenizer.vocab_size={tcfg.vocab_size} is too small for the {m.group(2)} characters and control/byte "
+                "pieces SentencePiece must keep; raise tokenizer.vocab_size or lower tokenizer.character_coverage"
+            ) from None
+        raise DataError(f"SentencePiece training failed: {msg.splitlines()[-1][:200]}") from None
+    model = buf.getvalue()
+    sp = spm.SentencePieceProcessor(model_proto=model)
+    if sp.get_piece_size() < tcfg.vocab_size:
+        raise _too_small(corpus_dir, tcfg.vocab_size, sp.get_piece_size(), "SentencePiece found fewer pieces")
+    for i, name in enumerate(CONTROL_TOKENS):
+        if sp.id_to_piece(i) != name:
+            raise RuntimeError(f"SentencePiece put {sp.id_to_piece(i)} at id {i}, expected {name}")
+    return model, sp.get_piece_size()
 
 
 def train_tokenizer(cfg: ProjectConfig) -> dict:
-    """Train the BPE tokenizer described by ``cfg.tokenizer``; returns the manifest it wrote."""
-    from tokenizers import pre_tokenizers, trainers
-
+    """Train the tokenizer described by ``cfg.tokenizer``; writes model, spec and manifest; returns the manifest."""
     t0 = time.perf_counter()
     corpus_dir = Path(cfg.tokenizer_corpus_dir)
     sources = find_corpus_sources(corpus_dir)
@@ -150,56 +257,77 @@ def train_tokenizer(cfg: ProjectConfig) -> dict:
                 if text:
                     yield text
 
-    tok = _build_tokenizer()
-    trainer = trainers.BpeTrainer(
-        vocab_size=tcfg.vocab_size,
-        min_frequency=tcfg.min_frequency,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
+    def chars() -> int:
+        return sum(v["chars"] for v in stats.values())
+
+    # The named tokens after the text range depend only on config, not on the trained model.
+    layout = VocabSpec.from_config(tcfg, text_kind=tcfg.kind, text_file="-", text_sha256="-", text_size=tcfg.vocab_size)
+    after_text = [t for t, i in sorted(layout.tokens.items(), key=lambda kv: kv[1]) if i >= tcfg.vocab_size]
+
     expected = min(tcfg.sample_chars, sum(min(b, t) for b, t in plan.values()))
-    with progress_bar("tokenizer: reading + training BPE", expected, unit="chars") as bar:
-        tok.train_from_iterator(texts(bar), trainer=trainer)
-    chars = sum(v["chars"] for v in stats.values())
-    if chars == 0:
+    label = {"bpe": "byte-level BPE", "sp_bpe": "SentencePiece BPE", "sp_unigram": "SentencePiece unigram"}[tcfg.kind]
+    with progress_bar(f"tokenizer: reading + training {label}", expected, unit="chars") as bar:
+        if tcfg.kind == "bpe":
+            data, text_size = _train_bpe(texts(bar), tcfg, corpus_dir, after_text, chars)
+            file_name, payload = TOKENIZER_FILE, data.encode("utf-8")
+        else:
+            payload, text_size = _train_sentencepiece(texts(bar), tcfg, corpus_dir, chars)
+            file_name = SP_MODEL_FILE
+    if chars() == 0:
         raise DataError(f"clean corpus {corpus_dir} has no training text; check `pretrainlab data build` output")
 
-    for i, name in enumerate(SPECIAL_TOKENS):  # the trainer assigns specials first; make sure
-        if tok.token_to_id(name) != i:
-            raise RuntimeError(f"special token {name} got id {tok.token_to_id(name)}, expected {i}")
-
+    spec = VocabSpec.from_config(
+        tcfg, text_kind=tcfg.kind, text_file=file_name, text_sha256=hashlib.sha256(payload).hexdigest(), text_size=text_size
+    )
     out = Path(cfg.tokenizer_dir)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / TOKENIZER_FILE, tok.to_str(pretty=True))
+    atomic_write_bytes(out / file_name, payload)
+    spec.save(out)
+    for stale in {TOKENIZER_FILE, SP_MODEL_FILE} - {file_name}:  # a previous run of another kind
+        (out / stale).unlink(missing_ok=True)
+    tok = load_tokenizer(out)  # re-reads and validates what was written
+    if tcfg.kind == "bpe":
+        for name in after_text:
+            if tok.backend.token_to_id(name) != spec.tokens[name]:
+                raise RuntimeError(f"{name} has id {tok.backend.token_to_id(name)} in tokenizer.json, {spec.tokens[name]} in the spec")
+
     import tokenizers
 
     manifest = {
         "kind": "pretrainlab.tokenizer",
-        "tokenizer_file": TOKENIZER_FILE,
-        "tokenizer_sha256": sha256_file(out / TOKENIZER_FILE),
-        "type": "byte-level BPE",
-        "vocab_size": tok.get_vocab_size(with_added_tokens=True),
+        "tokenizer_kind": tcfg.kind,
+        "type": label,
+        "tokenizer_file": file_name,
+        "spec_file": SPEC_FILE,
+        "tokenizer_sha256": tok.sha256,
+        "text_sha256": spec.text_sha256,
+        "vocab_size": spec.total_size,
+        "text_vocab_size": text_size,
         "requested_vocab_size": tcfg.vocab_size,
-        "special_tokens": {name: i for i, name in enumerate(SPECIAL_TOKENS)},
-        "pad_id": 0,
-        "bos_id": 1,
-        "eos_id": 2,
+        "ranges": {n: {"start": s, "size": z} for n, (s, z) in spec.ranges.items()},
+        "special_tokens": {name: i for i, name in enumerate(CONTROL_TOKENS)},
+        "pad_id": tok.pad_id,
+        "bos_id": tok.bos_id,
+        "eos_id": tok.eos_id,
+        "unk_id": tok.unk_id,
         "corpus_dir": str(corpus_dir),
         "corpus_manifest_sha256": corpus_manifest_sha256(corpus_dir),
         "sources": stats,
-        "chars_trained": chars,
+        "chars_trained": chars(),
         "docs_trained": sum(v["docs"] for v in stats.values()),
         "config": config_to_dict(tcfg),
         "seconds": round(time.perf_counter() - t0, 3),
         "code_version": __version__,
         "tokenizers_version": tokenizers.__version__,
+        "sentencepiece_version": _sp_version() if tcfg.kind != "bpe" else None,
         "rayon_threads": os.environ.get("RAYON_NUM_THREADS"),
     }
     atomic_write_json(out / MANIFEST_FILE, manifest)
-    if manifest["vocab_size"] < tcfg.vocab_size:
-        console.print(
-            f"[yellow]tokenizer: corpus too small for {tcfg.vocab_size} tokens; "
-            f"got {manifest['vocab_size']} (no more pairs with frequency >= {tcfg.min_frequency})"
-        )
+    console.print(f"tokenizer: {label}, text {text_size:,} + modality ids = {spec.total_size:,} -> {out}")
     return manifest
+
+
+def _sp_version() -> str:
+    import sentencepiece
+
+    return sentencepiece.__version__

@@ -32,6 +32,12 @@ class Callback:
 
     def on_train_end(self, ctx: "TrainContext") -> None: ...
 
+    def state_dict(self) -> dict:
+        """State saved in every checkpoint (JSON-serializable) so a resumed run continues exactly."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None: ...
+
 
 class CallbackList(Callback):
     def __init__(self, callbacks: list[Callback] | None = None):
@@ -60,3 +66,21 @@ class CallbackList(Callback):
     def on_train_end(self, ctx):
         for cb in self.callbacks:
             cb.on_train_end(ctx)
+
+    def _keys(self) -> list[str]:
+        """Class names (``Name#2`` for a repeat), so adding an unrelated callback keeps keys stable."""
+        seen: dict[str, int] = {}
+        keys = []
+        for cb in self.callbacks:
+            name = type(cb).__name__
+            seen[name] = seen.get(name, 0) + 1
+            keys.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+        return keys
+
+    def state_dict(self):
+        return {k: st for k, cb in zip(self._keys(), self.callbacks) if (st := cb.state_dict())}
+
+    def load_state_dict(self, state):
+        for k, cb in zip(self._keys(), self.callbacks):
+            if k in state:
+                cb.load_state_dict(state[k])

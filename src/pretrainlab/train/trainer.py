@@ -30,6 +30,14 @@ from pretrainlab.train import checkpoint as ckpt
 from pretrainlab.train.callbacks import Callback, CallbackList
 from pretrainlab.train.loader import MixtureLoader
 from pretrainlab.train.optim import build_optimizer, lr_at, set_lr
+from pretrainlab.train.parallel import (
+    autocast_context,
+    full_state,
+    grad_sync_context,
+    init_distributed,
+    load_full_state,
+    wrap_model,
+)
 
 
 @dataclass
@@ -49,10 +57,20 @@ class TrainContext:
     tokens_seen: int = 0
     skip_step: bool = False
     history: list[dict] = field(default_factory=list)
+    data_batches: int = 0  # global batches drawn from the loader (steps + batches skipped by rollbacks)
+    callbacks: CallbackList | None = None
+    rollback_request: dict | None = None  # set by a guard: roll back after this step
+    pause_request: dict | None = None  # set by a guard: checkpoint and pause after this step
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def request_rollback(self, reason: str, skip_batches: int) -> None:
+        self.rollback_request = {"reason": reason, "skip_batches": skip_batches}
+
+    def request_pause(self, rule: str, message: str) -> None:
+        self.pause_request = {"rule": rule, "message": message}
 
     def event(self, name: str, **fields) -> None:
         if self.is_main:
@@ -70,17 +88,6 @@ def _pick_device(cfg: ProjectConfig, local_rank: int) -> torch.device:
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
-
-
-def _init_distributed() -> tuple[int, int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, 0
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def _resolve_paths_and_vocab(cfg: ProjectConfig) -> tuple[ProjectConfig, dict, dict]:
@@ -208,18 +215,21 @@ def save(ctx: TrainContext, step_start: dict | None = None) -> Path | None:
     ``step_start`` (loader and RNG state captured when the current step began) is
     used when interrupted mid-step, so the data that step had drawn is replayed.
     """
+    model_state, optim_state = full_state(ctx.model, ctx.optimizer)  # collective under FSDP2
     if not ctx.is_main:
         return None
     state = {
         "step": ctx.step,
         "tokens_seen": ctx.tokens_seen,
         "loader": step_start["loader"] if step_start else ctx.loader.state_dict(),
+        "data_batches": step_start.get("data_batches", ctx.data_batches) if step_start else ctx.data_batches,
+        "callbacks": ctx.callbacks.state_dict() if ctx.callbacks else {},
     }
     path = ckpt.save_checkpoint(
         ctx.run_dir,
         ctx.step,
-        model_state=ctx.raw_model.state_dict(),
-        optim_state=ctx.optimizer.state_dict(),
+        model_state=model_state,
+        optim_state=optim_state,
         rng_state=step_start["rng"] if step_start else _rng_state(ctx.device),
         trainer_state=state,
         meta={"tokens": ctx.tokens_seen},
@@ -227,6 +237,65 @@ def save(ctx: TrainContext, step_start: dict | None = None) -> Path | None:
     removed = ckpt.prune_checkpoints(ctx.run_dir, ctx.cfg.checkpoint.keep_last)
     ctx.event("checkpoint", path=str(path), pruned=[p.name for p in removed])
     return path
+
+
+def rollback(ctx: TrainContext, accum: int, reason: str, skip_batches: int) -> dict:
+    """Reload the newest complete checkpoint (model, optimizer, data position, RNG), then skip data.
+
+    The guard asks for this after repeated bad steps (PaLM's remedy): the run goes
+    back to the checkpoint's step and the next ``skip_batches`` global batches of
+    data are drawn and discarded. Metrics logged past the checkpoint move to
+    metrics.orphaned.jsonl. Callback state is not reloaded (the guard counts rollbacks).
+    """
+    from pretrainlab.errors import TrainingStopped
+
+    path = ckpt.latest_checkpoint(ctx.run_dir)
+    if path is None:
+        raise TrainingStopped(f"{ctx.run_dir}: a rollback was needed ({reason}) but no complete checkpoint exists; "
+                              "lower optim.lr or checkpoint.every and start again")
+    state = ckpt.load_checkpoint(path, map_location="cpu")
+    from_step = ctx.step
+    ctx.optimizer.zero_grad(set_to_none=True)
+    load_full_state(ctx.model, ctx.optimizer, state["model"], state["optim"])
+    ctx.loader.load_state_dict(state["state"]["loader"])
+    _set_rng_state(state["rng"], ctx.device)
+    ctx.step = state["state"]["step"]
+    ctx.tokens_seen = state["state"]["tokens_seen"]
+    ctx.data_batches = state["state"].get("data_batches", ctx.step)
+    for _ in range(skip_batches * accum):
+        ctx.loader.next_batch()
+    ctx.data_batches += skip_batches
+    ctx.history = [m for m in ctx.history if m.get("step", 0) <= ctx.step]
+    orphaned = _quarantine_future_metrics(ctx.run_dir, ctx.step) if ctx.is_main else 0
+    lost_s = max(0.0, time.time() - state["meta"].get("saved_at", time.time()))
+    info = {"checkpoint": str(path), "from_step": from_step, "to_step": ctx.step, "skipped_batches": skip_batches,
+            "data_batches": ctx.data_batches, "reason": reason, "lost_s": lost_s, "orphaned_metric_records": orphaned}
+    ctx.event("rollback", **info)
+    console.print(f"[yellow]rollback[/]: {reason}; back to {path.name}, skipped {skip_batches} batches of data")
+    return info
+
+
+def pause(ctx: TrainContext, request: dict | None, already_saved: bool = False) -> None:
+    """Checkpoint (unless this step just was), record the pause, and stop with ``TrainingPaused``."""
+    from pretrainlab.errors import TrainingPaused
+
+    request = request or {"rule": "pause", "message": "requested on another rank"}
+    ctx.pause_request = None
+    path = ckpt.latest_checkpoint(ctx.run_dir) if already_saved else save(ctx)
+    ctx.event("pause", rule=request["rule"], message=request["message"], checkpoint=str(path))
+    raise TrainingPaused(f"training paused at step {ctx.step} by guard rule {request['rule']}: {request['message']}; "
+                         "inspect the run, then continue with `pretrainlab train ... --resume auto`", checkpoint=str(path))
+
+
+def _any_rank(ctx: TrainContext, flag: bool) -> bool:
+    """True when ``flag`` is set on any rank, so every rank takes the same guard action."""
+    if ctx.world <= 1:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([1 if flag else 0], device=ctx.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def _make_sinks(ctx: TrainContext):
@@ -246,7 +315,7 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
     from pretrainlab.monitor.flops import mfu as compute_mfu
     from pretrainlab.monitor.flops import resolve_peak_flops
 
-    rank, world, local_rank = _init_distributed()
+    rank, world, local_rank = init_distributed()
     device = _pick_device(cfg, local_rank)
     if device.type == "cpu":
         torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
@@ -278,6 +347,7 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
     random.seed(tc.seed)
     np.random.seed(tc.seed)
     model = Transformer(cfg.model).to(device)
+    wrapped = wrap_model(model, cfg, device, world, local_rank)
     optimizer = build_optimizer(model, cfg.optim, device.type)
     events: list[tuple[str, dict]] = []  # loader events before the context exists
     loader = MixtureLoader(
@@ -286,12 +356,6 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
         total_tokens=tc.steps * tc.global_batch_tokens, rank=rank, world=world,
         on_event=lambda name, **kw: events.append((name, kw)),
     )
-    wrapped: nn.Module = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        wrapped = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None)
-
     ctx = TrainContext(cfg, run_dir, wrapped, model, optimizer, loader, device, rank, world)
     loader.on_event = ctx.event
     fpt = flops_per_token(cfg.model, tc.seq_len)
@@ -325,13 +389,13 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
         atomic_write_json(meta_path, meta)
 
     if resume_from is not None:
-        state = ckpt.load_checkpoint(resume_from, map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optim"])
+        state = ckpt.load_checkpoint(resume_from, map_location="cpu")
+        load_full_state(wrapped, optimizer, state["model"], state["optim"])
         loader.load_state_dict(state["state"]["loader"])
         _set_rng_state(state["rng"], device)
         ctx.step = state["state"]["step"]
         ctx.tokens_seen = state["state"]["tokens_seen"]
+        ctx.data_batches = state["state"].get("data_batches", ctx.step)
         if ctx.is_main:
             orphaned = _quarantine_future_metrics(run_dir, ctx.step)
             ctx.event("resume", checkpoint=str(resume_from), orphaned_metric_records=orphaned)
@@ -349,14 +413,18 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
             f"device {device}, peak {peak / 1e12:.3g} TFLOP/s ({peak_source})"
         )
     sinks = _make_sinks(ctx) if ctx.is_main else None
-    cbs = CallbackList(callbacks)
+    from pretrainlab.train.guard import build_guard_callbacks
+    from pretrainlab.train.moe_monitor import build_moe_callbacks
+
+    cbs = CallbackList([*(callbacks or []), *build_moe_callbacks(ctx, callbacks), *build_guard_callbacks(ctx)])
+    ctx.callbacks = cbs
+    if resume_from is not None:
+        cbs.load_state_dict(state["state"].get("callbacks", {}))
+    elif cfg.guard.enabled:
+        save(ctx)  # a rollback target before the first scheduled checkpoint
     cbs.on_train_start(ctx)
 
-    amp = (
-        torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-        if tc.precision == "bf16"
-        else nullcontext()
-    )
+    amp = autocast_context(cfg, device, world)
     params_list = [p for p in model.parameters() if p.requires_grad]
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
     t_start = time.perf_counter()
@@ -365,27 +433,28 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
     tokens_per_s = mfu_value = 0.0
     start_step = ctx.step
     step_start: dict | None = None
-    if ctx.step == 0 and ctx.is_main:
+    if ctx.step == 0:
         val = validate(ctx)  # the starting point every later validation is compared with
-        sinks.log(val)
         first_val = val.get("val_loss")
-        console.print(f"step {0:>6}/{tc.steps} | val_loss {first_val:.4f} (before training)")
+        if ctx.is_main:
+            sinks.log(val)
+            console.print(f"step {0:>6}/{tc.steps} | val_loss {first_val:.4f} (before training)")
     model.train()
 
     try:
         while ctx.step < tc.steps:
-            step_start = {"loader": loader.state_dict(), "rng": _rng_state(device)}
+            step_start = {"loader": loader.state_dict(), "rng": _rng_state(device), "data_batches": ctx.data_batches}
             lr = lr_at(ctx.step, tc.steps, cfg.optim)
             set_lr(optimizer, lr)
             loss_sum = torch.zeros((), device=device)
             for micro in range(accum):
                 batch = loader.next_batch().to(device)
-                sync = wrapped.no_sync() if world > 1 and micro < accum - 1 else nullcontext()
-                with sync:
+                with grad_sync_context(wrapped, sync=micro == accum - 1):
                     with amp:
                         _, loss = wrapped(batch.inputs, batch.targets, doc_ids=batch.doc_ids)
                     (loss / accum).backward()
                 loss_sum += loss.detach()
+            ctx.data_batches += 1
             grad_norm = torch.nn.utils.clip_grad_norm_(params_list, clip)
             loss_value = loss_sum / accum
             if world > 1:
@@ -399,6 +468,7 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
                 "loss": float(loss_value),
                 "lr": lr,
                 "grad_norm": float(grad_norm),
+                "time": time.time(),
             }
             ctx.skip_step = False
             cbs.on_after_backward(ctx, metrics)
@@ -428,11 +498,17 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
                         f"MFU {100 * mfu_value:.1f}% | eta {_fmt_duration(eta)}"
                     )
             ctx.history.append(metrics)
+            if _any_rank(ctx, ctx.rollback_request is not None):
+                request = ctx.rollback_request or {"reason": "requested on another rank", "skip_batches": 0}
+                ctx.rollback_request = None
+                rollback(ctx, accum, request["reason"], request["skip_batches"])
+                t_last, tokens_last = time.perf_counter(), ctx.tokens_seen
+                continue
 
             t_pause = time.perf_counter()
             if ctx.step % tc.val_every == 0 or last:
+                val = validate(ctx)  # every rank runs it: FSDP2 forwards are collective
                 if ctx.is_main:
-                    val = validate(ctx)
                     sinks.log(val)
                     console.print(f"step {ctx.step:>6}/{tc.steps} | val_loss {val.get('val_loss', float('nan')):.4f}")
                     first_val = val.get("val_loss") if first_val is None else first_val
@@ -443,9 +519,11 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
             if ctx.step % cfg.checkpoint.every == 0 or last:
                 path = save(ctx)
                 cbs.on_checkpoint(ctx, path)
+            if not last and _any_rank(ctx, ctx.pause_request is not None):
+                pause(ctx, ctx.pause_request, already_saved=ctx.step % cfg.checkpoint.every == 0)
             t_last += time.perf_counter() - t_pause  # validation and saving don't count against throughput
     except KeyboardInterrupt:
-        if ctx.is_main and ctx.step > start_step:
+        if ctx.step > start_step:
             path = save(ctx, step_start)
             ctx.event("interrupted", checkpoint=str(path))
             console.print(f"interrupted: saved {path}; continue with --resume auto")

