@@ -49,8 +49,11 @@ def _write_raw(root: Path, sources: dict[str, list], status: dict[str, str] | No
     return raw
 
 
+BASIC_STAGES = "data.stages=[normalize, length_filter, exact_dedup]"
+
+
 def _cfg(root: Path, *overrides: str):
-    return load_config(None, [f"workdir={root}", "data.min_chars=20", *overrides])
+    return load_config(None, [f"workdir={root}", "data.min_chars=20", BASIC_STAGES, *overrides])
 
 
 def _read(path: Path) -> list[dict]:

@@ -97,7 +97,10 @@ def test_with_capacity_each_rank_equals_the_single_process_layer_on_its_own_toke
     x_all, g_all = inputs()
     layer = make_layer(False)
     for rank in range(WORLD):
-        ref = layer(x_all[rank])
+        x = x_all[rank].clone().requires_grad_()
+        ref = layer(x)
+        ref.backward(g_all[rank])
         torch.testing.assert_close(results[rank]["out"], ref.detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(results[rank]["x_grad"], x.grad, rtol=1e-5, atol=1e-6)
     stats = layer.pop_stats()
     assert stats["kept"] < stats["assignments"]  # capacity 1.0 really dropped assignments here

@@ -117,10 +117,28 @@ def cmd_tokenizer_train(args):
     train_tokenizer(_config_from_args(args))
 
 
+def cmd_tokenizer_compare(args):
+    from pretrainlab.tokenizer.compare import compare_tokenizers
+
+    for flag, key in (("kinds", "compare_kinds"), ("vocab_sizes", "compare_vocab_sizes")):
+        if getattr(args, flag):
+            args.overrides.append(f"tokenizer.{key}=[{getattr(args, flag)}]")
+    compare_tokenizers(_config_from_args(args), args.tokenizers)
+
+
 def cmd_data_tokenize(args):
     from pretrainlab.tokenizer.shards import tokenize_corpus
 
     tokenize_corpus(_config_from_args(args))
+
+
+def cmd_data_inspect_batch(args):
+    from pretrainlab.train.inspect_batch import inspect_batch
+
+    report = inspect_batch(_config_from_args(args), index=args.index, out=Path(args.out) if args.out else None,
+                           rows=args.rows)
+    if report["total_cross_document_pairs"] and report["doc_mask"]:
+        raise UserError(f"attention mask lets {report['total_cross_document_pairs']} query/key pairs cross documents")
 
 
 def cmd_train(args):
@@ -214,9 +232,27 @@ def build_parser() -> argparse.ArgumentParser:
          cmd_data_build, "data")
     leaf(data, "tokenize", "Encode the clean corpus into per-source token shards with a document index.",
          cmd_data_tokenize, "tokenize")
+    ib = leaf(data, "inspect-batch", "Show one training micro-batch: documents, positions and the attention mask "
+              "(HTML with --out); exits 2 if the document mask leaks.", cmd_data_inspect_batch, "packing")
+    ib.add_argument("--index", type=int, default=0, help="which micro-batch of the run's data order (default 0)")
+    ib.add_argument("--rows", type=int, default=None, help="rows to show (default: the whole micro-batch)")
+    ib.add_argument("--out", metavar="FILE.html", help="write an HTML page with text and mask images")
 
     tok = group("tokenizer", "Train tokenizers.")
-    leaf(tok, "train", "Train a byte-level BPE tokenizer on the clean corpus.", cmd_tokenizer_train, "tokenizer")
+    leaf(tok, "train", "Train a tokenizer (byte-level BPE or SentencePiece BPE/unigram) and its vocabulary spec "
+         "on the clean corpus.", cmd_tokenizer_train, "tokenizer")
+    cmp = leaf(tok, "compare", "Compare tokenizers: chars/bytes per token per source and language, fertility, "
+               "unknown/byte-fallback rates; writes compare.json + compare.html.", cmd_tokenizer_compare)
+    cmp.add_argument("tokenizers", nargs="*", metavar="TOKENIZER_DIR",
+                     help="tokenizers to compare (default: train the grid of --kinds x --vocab-sizes)")
+    cmp.add_argument("--kinds", metavar="K1,K2", help="same as --set tokenizer.compare_kinds=[K1,K2] (bpe, sp_bpe, sp_unigram)")
+    cmp.add_argument("--vocab-sizes", metavar="N1,N2", help="same as --set tokenizer.compare_vocab_sizes=[N1,N2]")
+    cmp.add_argument("--split", dest="cfg__tokenizer__compare_split", choices=["train", "heldout"], default=None,
+                     help="corpus split measured (tokenizer.compare_split)")
+    cmp.add_argument("--max-chars", dest="cfg__tokenizer__compare_max_chars", metavar="N", default=None,
+                     help="characters measured per source at most (tokenizer.compare_max_chars)")
+    cmp.add_argument("--out", dest="cfg__tokenizer__compare_out", metavar="DIR", default=None,
+                     help="output folder (tokenizer.compare_out)")
 
     tr = leaf(sub, "train", "Train a model on the token shards; writes a run directory.", cmd_train, "train",
               config_positional=True)

@@ -76,6 +76,7 @@ MAX_DOC_BYTES = 262_144  # one input larger than this is skipped ("too_large")
 RENDER_WORKERS = 2
 RENDER_TIMEOUT_S = 30
 GROFF_CMD = ["groff", "-k", "-mandoc", "-t", "-Tutf8", "-P-cbou", "-rLL=78n", "-rLT=78n"]
+PROSE_QUALITY_STAGES = ("gopher_quality", "gopher_repetition", "c4_lines", "fineweb_quality")
 APPROVED_BY = "pretrainlab corpus build"
 
 
@@ -566,6 +567,9 @@ def build_corpus(cfg: ProjectConfig, roots: dict[str, str | Path] | None = None)
             "approval": {"status": "approved", "by": APPROVED_BY, "date": now.date().isoformat()},
             "modality": "text",
             "pii_policy": "keep",
+            # The Gopher/C4/FineWeb rules are tuned for web prose; code, man pages and
+            # READMEs fail them by design (symbols, short lines, no stop words).
+            "skip_stages": list(PROSE_QUALITY_STAGES),
             "description": src.description,
         }
 

@@ -97,11 +97,17 @@ class MinHasher:
     def signature(self, text: str) -> np.ndarray:
         x = self.shingles(text)
         sig = np.full(self.num_perm, np.iinfo(np.uint64).max, dtype=np.uint64)
+        buf = np.empty((self.num_perm, min(len(x), _CHUNK)), dtype=np.uint64)
+        a, b = self.a[:, None], self.b[:, None]
         with np.errstate(over="ignore"):
             for i in range(0, len(x), _CHUNK):
-                block = (self.a[:, None] * x[None, i:i + _CHUNK] + self.b[:, None]) >> np.uint64(32)
-                np.minimum(sig, block.min(axis=1), out=sig)
-        return sig.astype(np.uint32)
+                chunk = x[None, i:i + _CHUNK]
+                out = buf[:, : chunk.shape[1]]
+                np.multiply(a, chunk, out=out)
+                np.add(out, b, out=out)
+                np.minimum(sig, out.min(axis=1), out=sig)
+        # The shift is monotonic, so min-then-shift equals shift-then-min (one pass fewer).
+        return (sig >> np.uint64(32)).astype(np.uint32)
 
 
 class LSHIndex:

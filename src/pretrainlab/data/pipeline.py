@@ -308,8 +308,63 @@ def _print_table(specs: list[SourceSpec], per_source: dict[str, SourceCounts], o
     console.print(table)
 
 
+def _check_skip_stages(specs: list[SourceSpec], registry: Path) -> None:
+    known = set(STAGES)
+    for spec in specs:
+        for name in spec.skip_stages:
+            if name not in known:
+                raise DataError(f"{registry}: source '{spec.name}': field 'skip_stages' names unknown stage '{name}'; "
+                                f"available: {', '.join(sorted(known))}")
+
+
+def _scan_inputs(specs: list[SourceSpec]) -> dict[str, dict]:
+    """Content hash, size and (plain JSONL) line count of every input file, per source."""
+    inputs: dict[str, dict] = {}
+    for spec in specs:
+        files, h, total_bytes, lines = [], hashlib.sha256(), 0, 0
+        for path in spec.files:
+            sha, n_lines, size = scan_file(path)
+            files.append({"path": str(path), "sha256": sha, "bytes": size})
+            h.update(f"{path.name}\0{sha}\n".encode())
+            total_bytes += size
+            lines += n_lines
+        single = len(files) == 1
+        progress_total = lines if spec.format == "jsonl" else (len(files) if spec.format == "text" else None)
+        inputs[spec.name] = {
+            "path": str(spec.path), "format": spec.format,
+            "sha256": files[0]["sha256"] if single else h.hexdigest(), "bytes": total_bytes,
+            "lines": lines if spec.format == "jsonl" else None, "files": files, "progress_total": progress_total,
+        }
+    return inputs
+
+
+def _up_to_date(out_dir: Path, manifest_id: str) -> dict | None:
+    """The existing corpus' manifest when it was built from the same inputs, config and code, and is intact."""
+    try:
+        manifest = json.loads((out_dir / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if manifest.get("kind") != MANIFEST_KIND or manifest.get("manifest_id") != manifest_id:
+        return None
+    for rel, out in manifest.get("outputs", {}).items():
+        p = out_dir / rel
+        if not p.is_file() or p.stat().st_size != out.get("bytes"):
+            return None
+    return manifest
+
+
+def _previous_version(out_dir: Path) -> str | None:
+    try:
+        return json.loads((out_dir / "manifest.json").read_text(encoding="utf-8")).get("dataset_version")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def build_clean_corpus(cfg: ProjectConfig) -> dict:
-    """Build the clean corpus into ``cfg.clean_dir``; returns a summary dict."""
+    """Build the clean corpus into ``cfg.clean_dir``; returns a summary dict.
+
+    A rebuild with unchanged inputs, config and code finds the same ``manifest_id``
+    in ``clean_dir`` and does nothing (``summary["up_to_date"]`` is True)."""
     t0 = time.perf_counter()
     stages = build_stages(cfg.data)  # config mistakes first, before touching data
     in_dir, out_dir = Path(cfg.data_input_dir), Path(cfg.clean_dir)
@@ -318,16 +373,33 @@ def build_clean_corpus(cfg: ProjectConfig) -> dict:
     registry = in_dir / "sources.yaml"
     if not registry.is_file():
         raise DataError(f"{registry} not found; run `pretrainlab corpus build` first (or point data.input at a folder with sources.yaml)")
-    specs = load_registry(registry)
-    check_sources(specs, registry)  # refuses non-approved sources before reading anything
+    all_specs = load_registry(registry)
+    _check_skip_stages(all_specs, registry)
+    specs, refused = check_sources(all_specs, registry, cfg.data.unapproved)  # the compliance gate: before any read
+    for name, why in refused.items():
+        console.print(f"[yellow]refused:[/] source {name} ({why}); nothing of it was read")
     _check_output_dir(out_dir, in_dir)
 
     now = dt.datetime.now(dt.timezone.utc)
     registry_sha = sha256_file(registry)
-    inputs: dict[str, dict] = {}
-    for spec in specs:
-        sha, lines, size = scan_file(spec.path)
-        inputs[spec.name] = {"path": str(spec.path), "sha256": sha, "bytes": size, "lines": lines}
+    inputs = _scan_inputs(specs)
+    code = code_fingerprint()
+    id_basis = {
+        "sources_yaml": registry_sha,
+        "inputs": {k: v["sha256"] for k, v in sorted(inputs.items())},
+        "config": _config_for_id(cfg),
+        "code": code,
+    }
+    manifest_id = hashlib.sha256(json.dumps(id_basis, sort_keys=True).encode()).hexdigest()[:16]
+    existing = _up_to_date(out_dir, manifest_id)
+    if existing is not None:
+        console.print(f"clean corpus {out_dir} is up to date ({existing.get('dataset_version')}, id {manifest_id}); nothing to do")
+        return {"out": str(out_dir), "manifest_id": manifest_id, "dataset_version": existing.get("dataset_version"),
+                "up_to_date": True, "sources": {}, "totals": existing.get("counts", {}),
+                "seconds": round(time.perf_counter() - t0, 3)}
+    version = next_version(_previous_version(out_dir))
+    for stage in stages:
+        stage.bind({s.name: s for s in specs})
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
@@ -340,9 +412,11 @@ def build_clean_corpus(cfg: ProjectConfig) -> dict:
             run = _Run(stages, quarantine)
             for spec in specs:
                 per_source[spec.name] = _process_source(
-                    spec, run, tmp / spec.name, cfg.data.heldout_fraction, inputs[spec.name]["lines"]
+                    spec, run, tmp / spec.name, cfg.data.heldout_fraction, inputs[spec.name]["progress_total"],
+                    cfg.data.max_doc_bytes,
                 )
         stage_extra = {s.name: s.finish() for s in stages}
+        _check_conservation(per_source, run)
 
         docs_in = sum(s.docs_in for s in per_source.values())
         docs_out = sum(s.docs_out for s in per_source.values())
@@ -377,7 +451,9 @@ def build_clean_corpus(cfg: ProjectConfig) -> dict:
                 "quarantined": run.quarantined,
                 "chars_in": sum(s.chars_in for s in per_source.values()),
                 "chars_out": sum(s.chars_out for s in per_source.values()),
+                "bytes_in": sum(v["bytes"] for v in inputs.values()),
             },
+            "refused_sources": refused,
             "seconds": round(seconds, 3),
         }
         atomic_write_json(tmp / "stats.json", stats)
@@ -393,29 +469,20 @@ def build_clean_corpus(cfg: ProjectConfig) -> dict:
             outputs[extra] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
         outputs["quarantine.jsonl"]["docs"] = run.quarantined
 
-        id_basis = {
-            "sources_yaml": registry_sha,
-            "inputs": {k: v["sha256"] for k, v in sorted(inputs.items())},
-            "config": _config_for_id(cfg),
-        }
-        manifest_id = hashlib.sha256(json.dumps(id_basis, sort_keys=True).encode()).hexdigest()[:16]
         manifest = {
             "kind": MANIFEST_KIND,
             "manifest_id": manifest_id,
+            "dataset_version": version,
             "created": now.isoformat(timespec="seconds"),
             "code_version": pretrainlab.__version__,
+            "code_fingerprint": code,
             "config": {**config_to_dict(cfg.data), "resolved_input": str(in_dir), "resolved_out": str(out_dir)},
-            "inputs": {"dir": str(in_dir), "sources_yaml": {"path": str(registry), "sha256": registry_sha}, "files": inputs},
-            "sources": {
-                spec.name: {
-                    "license": spec.license,
-                    "approval": spec.approval,
-                    "languages": spec.languages,
-                    "modality": spec.modality,
-                    "pii_policy": spec.pii_policy,
-                    "text_field": spec.text_field,
-                }
-                for spec in specs
+            "inputs": {"dir": str(in_dir), "sources_yaml": {"path": str(registry), "sha256": registry_sha},
+                       "files": {k: {kk: vv for kk, vv in v.items() if kk != "progress_total"} for k, v in inputs.items()}},
+            "sources": {spec.name: spec.governance() for spec in specs},
+            "refused_sources": {
+                s.name: {"reason": refused[s.name], "license": s.license, "approval": s.approval}
+                for s in all_specs if s.name in refused
             },
             "stages": [s.name for s in stages],
             "outputs": outputs,
@@ -429,9 +496,12 @@ def build_clean_corpus(cfg: ProjectConfig) -> dict:
 
     seconds = time.perf_counter() - t0
     _print_table(specs, per_source, out_dir, seconds)
+    console.print(f"{version} (id {manifest_id}); governance report: `pretrainlab data report`")
     return {
         "out": str(out_dir),
         "manifest_id": manifest_id,
+        "dataset_version": version,
+        "up_to_date": False,
         "sources": {
             name: {"docs_in": s.docs_in, "docs_out": s.docs_out, "heldout_docs": s.heldout_docs, "removed": dict(s.removed)}
             for name, s in per_source.items()
@@ -439,3 +509,15 @@ def build_clean_corpus(cfg: ProjectConfig) -> dict:
         "totals": stats["totals"],
         "seconds": round(seconds, 3),
     }
+
+
+def _check_conservation(per_source: dict[str, SourceCounts], run: _Run) -> None:
+    """Every document read is either written or quarantined under exactly one reason."""
+    for name, s in per_source.items():
+        removed = sum(s.removed.values())
+        if s.docs_in != s.docs_out + removed or s.docs_out != s.train_docs + s.heldout_docs:
+            raise RuntimeError(f"internal error: counts of source {name} do not add up "
+                               f"(in {s.docs_in} != out {s.docs_out} + removed {removed})")
+    total_removed = sum(sum(s.removed.values()) for s in per_source.values())
+    if total_removed != run.quarantined:
+        raise RuntimeError(f"internal error: {total_removed} removals but {run.quarantined} quarantine records")

@@ -114,7 +114,9 @@ def _cell(getter, plan) -> str:
 
 
 def print_table(plans: list[tuple[str, dict]], console: Console | None = None) -> None:
-    console = console or Console()
+    if console is None:
+        console = Console()
+        console = Console(width=max(console.width, 60 + 34 * len(plans)))
     table = Table(title="pretrainlab plan", show_lines=False)
     table.add_column("section", style="dim")
     table.add_column("quantity")
