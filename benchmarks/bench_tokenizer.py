@@ -1,11 +1,18 @@
-"""Benchmark tokenizer training and corpus tokenization on ~5 MB of Python stdlib source.
+"""Benchmark tokenizer training and sharding (`data tokenize`) on the embedded corpus.
 
-    .venv/bin/python benchmarks/bench_tokenizer.py [--vocab 4096] [--repeat 3] [--dir /tmp/tokbench]
+    .venv/bin/python benchmarks/bench_tokenizer.py [--size medium] [--kinds bpe,sp_bpe,sp_unigram]
+        [--vocab 4096] [--repeat 3] [--dir /tmp/pretrainlab_tokbench] [--corpus embedded|stdlib]
 
-Builds a clean corpus with two sources (alternate stdlib files, cut into ~3,000-char
-documents, ~5% held out), trains the byte-level BPE tokenizer (and checks that a run
-with RAYON_NUM_THREADS=1 gives the same file hash), then tokenizes the corpus with
-each backend and prints tokens/s (best of --repeat runs).
+1. Builds the corpus: ``embedded`` runs `corpus build` + `data build` at ``--size``
+   (what the quickstart trains on); ``stdlib`` cuts ~5 MB of stdlib ``*.py`` into
+   ~3,000-character documents in two sources (the issue-2 figures).
+2. For each tokenizer kind: trains it twice (chars/s; both files must be identical)
+   and, for byte-level BPE, once more with RAYON_NUM_THREADS=1 (same file expected).
+3. Peer: the library's own batch encoder on every document already in memory
+   (``encode_batch`` of the whole corpus, all cores: no file reading, JSON parsing or
+   writing). Then `data tokenize` with each backend; prints tokens/s and the ratio to
+   the peer. Target (issue 4): sharding >= 0.7M tokens/s on 2 cores with BPE.
+4. A re-run with nothing changed must report "up to date".
 """
 
 from __future__ import annotations
@@ -24,10 +31,11 @@ from pathlib import Path
 
 from pretrainlab.config import load_config
 from pretrainlab.tokenizer.shards import tokenize_corpus
-from pretrainlab.tokenizer.train import train_tokenizer
+from pretrainlab.tokenizer.train import iter_texts, train_tokenizer
+from pretrainlab.tokenizer.vocab import load_tokenizer
 
 
-def make_corpus(clean: Path, doc_chars: int = 3000) -> None:
+def make_stdlib_corpus(clean: Path, doc_chars: int = 3000) -> None:
     files = sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py")))
     shutil.rmtree(clean, ignore_errors=True)
     for k, source in enumerate(("stdlib_a", "stdlib_b")):
@@ -41,65 +49,83 @@ def make_corpus(clean: Path, doc_chars: int = 3000) -> None:
     (clean / "manifest.json").write_text(json.dumps({"sources": ["stdlib_a", "stdlib_b"]}))
 
 
+def make_embedded_corpus(base: list[str], size: str) -> None:
+    from pretrainlab.corpus.embedded import build_corpus
+    from pretrainlab.data.pipeline import build_clean_corpus
+
+    cfg = load_config(None, base + [f"corpus.size={size}"])
+    build_corpus(cfg)
+    build_clean_corpus(cfg)
+
+
+def best_rate(fn, repeat: int) -> tuple[float, float, int]:
+    """(best, median) tokens/s of ``fn() -> tokens`` over ``repeat`` runs, and the token count."""
+    rates = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        n = fn()
+        rates.append(n / (time.perf_counter() - t))
+    return max(rates), statistics.median(rates), n
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--corpus", choices=["embedded", "stdlib"], default="embedded")
+    ap.add_argument("--size", choices=["small", "medium", "large"], default="small")
+    ap.add_argument("--kinds", default="bpe,sp_bpe,sp_unigram")
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--dir", type=Path, default=Path("/tmp/pretrainlab_tokbench"))
     args = ap.parse_args()
-    clean = args.dir / "clean"
-    make_corpus(clean)
-    mb = sum(p.stat().st_size for p in clean.rglob("*.jsonl")) / 1e6
     base = [f"workdir={args.dir}", f"tokenizer.vocab_size={args.vocab}"]
-    print(f"corpus: {mb:.1f} MB JSONL in {clean}; cpus={os.cpu_count()}; python {sys.version.split()[0]}")
+    clean = args.dir / "clean"
+    if args.corpus == "stdlib":
+        make_stdlib_corpus(clean)
+    else:
+        make_embedded_corpus(base, args.size)
+    mb = sum(p.stat().st_size for p in clean.rglob("*.jsonl")) / 1e6
+    texts = [t for p in sorted(clean.glob("*/*.jsonl")) for t in iter_texts(p)]
+    print(f"corpus: {args.corpus} ({args.size}), {mb:.1f} MB JSONL, {len(texts):,} docs in {clean}; "
+          f"cpus={os.cpu_count()}; python {sys.version.split()[0]}")
 
-    times, hashes = [], set()
-    for _ in range(args.repeat):
-        t = time.perf_counter()
-        m = train_tokenizer(load_config(None, base))
-        times.append(time.perf_counter() - t)
-        hashes.add(m["tokenizer_sha256"])
-    print(
-        f"train vocab={m['vocab_size']}: {m['chars_trained']:,} chars, best {min(times):.2f}s "
-        f"(median {statistics.median(times):.2f}s, {m['chars_trained'] / min(times) / 1e6:.2f} M chars/s); "
-        f"identical across runs: {len(hashes) == 1}"
-    )
-    code = (
-        "from pretrainlab.config import load_config; from pretrainlab.tokenizer.train import train_tokenizer;"
-        f"print(train_tokenizer(load_config(None, {base + [f'tokenizer.out={args.dir}/tok_1thread']!r}))['tokenizer_sha256'])"
-    )
-    env = {**os.environ, "RAYON_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip()
-    print(f"train with RAYON_NUM_THREADS=1 gives the same tokenizer.json: {one in hashes}")
-
-    variants = [
-        ("threads, TOKENIZERS_PARALLELISM=false (1 core)", "threads", 1, "false"),
-        ("threads (library thread pool, all cores)", "threads", 1, None),
-        ("processes x1", "processes", 1, None),
-        ("processes x2", "processes", 2, None),
-    ]
-    for label, backend, workers, par in variants:
-        rates = []
-        for _ in range(args.repeat):
-            out = args.dir / "tokens"
-            shutil.rmtree(out, ignore_errors=True)
-            if par is None:
-                os.environ.pop("TOKENIZERS_PARALLELISM", None)
-            else:
-                os.environ["TOKENIZERS_PARALLELISM"] = par
-            cfg = load_config(None, base + [f"tokenize.backend={backend}", f"tokenize.workers={workers}"])
+    for kind in args.kinds.split(","):
+        kbase = base + [f"tokenizer.kind={kind}", f"tokenizer.out={args.dir / ('tok_' + kind)}",
+                        f"tokenize.out={args.dir / ('tokens_' + kind)}"]
+        times, hashes = [], set()
+        for _ in range(2):
             t = time.perf_counter()
-            m = tokenize_corpus(cfg)
-            dt = time.perf_counter() - t
-            rates.append(m["totals"]["all"]["tokens"] / dt)
-        os.environ.pop("TOKENIZERS_PARALLELISM", None)
-        print(
-            f"tokenize {label}: {m['totals']['all']['tokens']:,} tokens, best {max(rates):,.0f} tok/s "
-            f"(median {statistics.median(rates):,.0f})"
-        )
-    t = time.perf_counter()
-    m = tokenize_corpus(cfg)
-    print(f"re-run with nothing changed: {m['status']} in {time.perf_counter() - t:.3f}s")
+            m = train_tokenizer(load_config(None, kbase))
+            times.append(time.perf_counter() - t)
+            hashes.add(m["tokenizer_sha256"])
+        print(f"[{kind}] train text vocab {m['text_vocab_size']} (model {m['vocab_size']}): {m['chars_trained']:,} chars, "
+              f"best {min(times):.2f}s ({m['chars_trained'] / min(times) / 1e6:.2f} M chars/s); identical twice: {len(hashes) == 1}")
+        if kind == "bpe":
+            code = (
+                "from pretrainlab.config import load_config; from pretrainlab.tokenizer.train import train_tokenizer;"
+                f"print(train_tokenizer(load_config(None, {kbase + [f'tokenizer.out={args.dir}/tok_1thread']!r}))['tokenizer_sha256'])"
+            )
+            env = {**os.environ, "RAYON_NUM_THREADS": "1"}
+            out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+            print(f"[{kind}] train with RAYON_NUM_THREADS=1 gives the same tokenizer: {out.strip().splitlines()[-1] in hashes}")
+
+        tok = load_tokenizer(args.dir / ("tok_" + kind))
+        peer, peer_med, n_peer = best_rate(lambda: sum(map(len, tok.encode_batch(texts))), args.repeat)
+        print(f"[{kind}] peer: library batch encode, all docs in memory, all cores: {n_peer:,} tokens (+ {len(texts):,} eos), "
+              f"best {peer:,.0f} tok/s (median {peer_med:,.0f})")
+        variants = [("threads (default backend)", "threads", 1), ("processes x2", "processes", 2)]
+        for label, backend, workers in variants:
+            cfg = load_config(None, kbase + [f"tokenize.backend={backend}", f"tokenize.workers={workers}"])
+
+            def run() -> int:
+                shutil.rmtree(cfg.tokens_dir, ignore_errors=True)
+                return tokenize_corpus(cfg)["totals"]["all"]["tokens"]
+
+            best, med, n = best_rate(run, args.repeat)
+            print(f"[{kind}] data tokenize, {label}: {n:,} tokens, best {best:,.0f} tok/s (median {med:,.0f}), "
+                  f"{best / peer:.2f}x the peer")
+        t = time.perf_counter()
+        m = tokenize_corpus(cfg)
+        print(f"[{kind}] re-run with nothing changed: {m['status']} in {time.perf_counter() - t:.3f}s")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from pretrainlab.errors import DataError
 from pretrainlab.fsio import sha256_file
 from pretrainlab.tokenizer.shards import (
     ShardReader,
+    check_tokenizer,
     list_sources,
     read_tokens_manifest,
     token_dtype,
@@ -221,3 +222,54 @@ def test_truncated_bin_is_detected_and_repaired_by_rerun(cfg):
     m = tokenize_corpus(cfg)
     assert m["retokenized"] == ["prose/train"]
     assert ShardReader(cfg.tokens_dir, "prose", "train").num_docs == 30
+
+
+@pytest.mark.parametrize("backend", ["threads", "processes"])
+def test_sentencepiece_tokenizer_shards(cfg, tmp_path, backend):
+    sp = load_config(None, [f"workdir={cfg.workdir}", "tokenizer.kind=sp_unigram", "tokenizer.vocab_size=320",
+                            f"tokenizer.out={tmp_path / 'sp'}", f"tokenize.out={tmp_path / 'tokens'}",
+                            f"tokenize.backend={backend}", "tokenize.batch_docs=8"])
+    train_tokenizer(sp)
+    m = tokenize_corpus(sp)
+    tok = load_tokenizer(sp.tokenizer_dir)
+    assert m["tokenizer_kind"] == "sp_unigram" and m["tokenizer_sha256"] == tok.sha256 and m["dtype"] == "uint16"
+    for source in ("prose", "code"):
+        reader = ShardReader(sp.tokens_dir, source, "train")
+        for i, text in enumerate(texts(sp, source, "train")):
+            assert reader.doc(i, with_eos=True).tolist() == tok.encode(text) + [tok.eos_id]
+
+
+def test_vocabulary_over_65536_ids_uses_uint32(cfg):
+    """Code ranges count: a 300-token text vocabulary plus 70,000 image codes needs uint32 ids."""
+    big = load_config(None, [f"workdir={cfg.workdir}", "tokenizer.vocab_size=300", "tokenizer.image_codes=70000"])
+    train_tokenizer(big)
+    tok = load_tokenizer(big.tokenizer_dir)
+    assert tok.vocab_size > 65536
+    m = tokenize_corpus(big)
+    reader = ShardReader(big.tokens_dir, "prose", "train")
+    assert m["dtype"] == "uint32" and reader.dtype == np.uint32
+    assert reader.bin_path.stat().st_size == 4 * reader.num_tokens
+    assert reader.doc(3).tolist() == tok.encode(texts(big, "prose", "train")[3])
+
+
+def test_shards_of_another_tokenizer_are_refused(cfg):
+    tokenize_corpus(cfg)
+    old = load_tokenizer(cfg.tokenizer_dir)
+    assert check_tokenizer(cfg.tokens_dir, old)["tokenizer_sha256"] == old.sha256
+    ShardReader(cfg.tokens_dir, "prose", "train", tokenizer_sha256=old.sha256)
+    train_tokenizer(load_config(None, [f"workdir={cfg.workdir}", "tokenizer.vocab_size=320"]))
+    new = load_tokenizer(cfg.tokenizer_dir)
+    with pytest.raises(DataError, match=r"tokenized with tokenizer .* not with the tokenizer at .*pretrainlab data tokenize") as err:
+        check_tokenizer(cfg.tokens_dir, new)
+    assert "\n" not in str(err.value)
+    with pytest.raises(DataError, match="was made with tokenizer"):
+        ShardReader(cfg.tokens_dir, "prose", "train", tokenizer_sha256=new.sha256)
+
+
+def test_a_shard_range_read_touches_only_its_pages(cfg):
+    """The reader maps the file: reading a range allocates no copy of the shard."""
+    tokenize_corpus(cfg)
+    reader = ShardReader(cfg.tokens_dir, "prose", "train")
+    view = reader.tokens(10, 20)
+    assert isinstance(view, np.memmap) and not view.flags.owndata and view.base is not None
+    assert isinstance(reader.index, np.memmap)

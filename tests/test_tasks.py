@@ -123,3 +123,27 @@ def test_resolve_tasks_rejects_unknown_names(tmp_path):
 
     with pytest.raises(UserError, match="neither a built-in task"):
         resolve_tasks(["nope.jsonl"], tmp_path, tmp_path, None, 10, 0)
+
+
+def test_in_training_task_eval_logs_eval_records_to_metrics(tiny_cfg):
+    from pretrainlab.train.trainer import train
+
+    cfg = tiny_cfg("eval.every_steps=5", "eval.in_training_examples=6", "eval.task_examples=10")
+    train(cfg)
+    recs = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in recs if r.get("kind") == "eval"]
+    assert [r["step"] for r in evals] == [5, 10, 12]  # every 5 steps and the last one
+    assert all(0.0 <= r["acc/cloze"] <= 1.0 and "acc_norm/continuation" in r for r in evals)
+    assert (cfg.run_dir / "tasks" / "builtin" / "cloze.jsonl").is_file()
+
+
+def test_prompts_file_text_and_jsonl(tmp_path):
+    from pretrainlab.eval.run import read_prompts
+
+    (tmp_path / "p.txt").write_text("def \n\nclass A:\\n    \n")
+    assert read_prompts(tmp_path / "p.txt") == ["def ", "class A:\n    "]
+    (tmp_path / "p.jsonl").write_text('{"prompt": "import "}\n{"nope": 1}\n')
+    with pytest.raises(UserError, match="p.jsonl:2"):
+        read_prompts(tmp_path / "p.jsonl")
+    with pytest.raises(UserError, match="not found"):
+        read_prompts(tmp_path / "missing.txt")

@@ -106,9 +106,22 @@ def cmd_corpus_build(args):
 
 
 def cmd_data_build(args):
-    from pretrainlab.data.pipeline import build_clean_corpus
+    from pretrainlab.data.pipeline import EXIT_RECORDS_LOST, build_clean_corpus
 
-    build_clean_corpus(_config_from_args(args))
+    summary = build_clean_corpus(_config_from_args(args))
+    lost = summary["totals"].get("bad_records", 0) if not summary.get("up_to_date") else 0
+    if lost:
+        print(f"warning: {lost:,} input record(s) could not be read and were quarantined "
+              f"(see {summary['out']}/quarantine.jsonl, stage 'read'); exit status {EXIT_RECORDS_LOST}", file=sys.stderr)
+        sys.exit(EXIT_RECORDS_LOST)
+
+
+def cmd_data_report(args):
+    from pretrainlab.data.report import write_data_report
+
+    corpus = Path(args.corpus) if args.corpus else _config_from_args(args).clean_dir
+    json_path, html_path = write_data_report(corpus, args.out)
+    print(f"report: {html_path} and {json_path}")
 
 
 def cmd_tokenizer_train(args):
@@ -150,10 +163,56 @@ def cmd_train(args):
         print(f"validation loss {first:.4f} -> {final:.4f}; run: {summary['run_dir']}")
 
 
-def cmd_eval(args):
-    from pretrainlab.eval.run import evaluate_run
+def _run_overrides(args: argparse.Namespace) -> list[str]:
+    """--set overrides plus the section flags, for commands that re-load a run's saved config."""
+    out = list(args.overrides or [])
+    for key, value in vars(args).items():
+        if key.startswith("cfg__") and value is not None:
+            _, section, name = key.split("__", 2)
+            out.append(f"{section}.{name}={json.dumps(value) if isinstance(value, bool) else value}")
+    return out
 
-    evaluate_run(_run_config(args.run, args), cfg_overrides=args.overrides, checkpoint=args.checkpoint)
+
+def cmd_eval(args):
+    run, overrides = _run_config(args.run, args), _run_overrides(args)
+    if args.harness:
+        from pretrainlab.eval.harness import run_harness
+
+        run_harness(run, [t.strip() for t in args.harness.split(",") if t.strip()], overrides, args.checkpoint,
+                    limit=args.limit)
+    elif args.all_checkpoints:
+        from pretrainlab.eval.sweep import evaluate_all_checkpoints
+
+        evaluate_all_checkpoints(run, overrides)
+    else:
+        from pretrainlab.eval.run import evaluate_run
+
+        evaluate_run(run, cfg_overrides=overrides, checkpoint=args.checkpoint)
+
+
+def cmd_export(args):
+    from pretrainlab.export.package import export_run
+
+    fmt, *rest = args.to
+    if fmt != "hf" or len(rest) > 1 or (rest and args.out):
+        raise UserError(f"--to {' '.join(args.to)}: write `export RUN --to hf DIR` (only 'hf', a transformers folder)")
+    out = rest[0] if rest else args.out
+    record = export_run(_run_config(args.run, args), out, _run_overrides(args), args.checkpoint)
+    print(f"export: {record['out']}")
+
+
+def cmd_gates_check(args):
+    from pretrainlab.gates import check_gates, print_verdict
+
+    verdict = check_gates(args.run, args.gates, out=args.out)
+    print_verdict(verdict)
+    return 0 if verdict["verdict"] == "Go" else 1
+
+
+def cmd_dashboard(args):
+    from pretrainlab.monitor.dashboard import serve_dashboard
+
+    serve_dashboard(args.runs_dir, host=args.host, port=args.port, refresh_s=args.refresh)
 
 
 def cmd_report(args):
@@ -232,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
          cmd_data_build, "data")
     leaf(data, "tokenize", "Encode the clean corpus into per-source token shards with a document index.",
          cmd_data_tokenize, "tokenize")
+    drp = leaf(data, "report", "Write the data-governance report (HTML + JSON) of a clean corpus.", cmd_data_report)
+    drp.add_argument("corpus", nargs="?", metavar="CORPUS", help="clean corpus folder (default: data.out from the config)")
+    drp.add_argument("--out", metavar="DIR", help="where governance.html/.json go (default: the corpus folder)")
     ib = leaf(data, "inspect-batch", "Show one training micro-batch: documents, positions and the attention mask "
               "(HTML with --out); exits 2 if the document mask leaks.", cmd_data_inspect_batch, "packing")
     ib.add_argument("--index", type=int, default=0, help="which micro-batch of the run's data order (default 0)")
@@ -259,13 +321,45 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", default="auto", metavar="auto|never|PATH",
                     help="auto: continue from the newest complete checkpoint if any (default); never: refuse an existing run")
 
-    ev = leaf(sub, "eval", "Evaluate a run: per-source perplexity on held-out data and sample continuations.",
-              cmd_eval)
+    ev = leaf(sub, "eval", "Evaluate a run: per-source held-out perplexity, multiple-choice tasks, sample "
+              "continuations; or every checkpoint (--all-checkpoints); or lm-eval (--harness).", cmd_eval, "eval")
     ev.add_argument("run", nargs="?", metavar="RUN", help="run directory (default: from the config)")
     ev.add_argument("--checkpoint", default=None, metavar="STEP|PATH", help="checkpoint to evaluate (default: newest)")
+    ev.add_argument("--all-checkpoints", action="store_true",
+                    help="evaluate every kept checkpoint; writes eval_sweep.json and eval_sweep.html (metric vs tokens)")
+    ev.add_argument("--harness", default=None, metavar="TASKS",
+                    help="run lm-eval on the Hugging Face export: builtin, cloze, continuation, task JSONL paths "
+                    "(offline) or lm-eval task names like hellaswag (need the network)")
+    ev.add_argument("--limit", type=int, default=None, metavar="N", help="--harness: at most N examples per task")
+
+    ex = leaf(sub, "export", "Export a run as a Hugging Face folder with model card, examples and reproduction bundle.",
+              cmd_export, "export")
+    ex.add_argument("run", nargs="?", metavar="RUN", help="run directory (default: from the config)")
+    ex.add_argument("out", nargs="?", metavar="DIR", help="output folder (default: RUN/export/hf)")
+    ex.add_argument("--to", nargs="+", default=["hf"], metavar=("FORMAT", "DIR"),
+                    help="export format and folder: hf DIR (a transformers folder; DIR default RUN/export/hf)")
+    ex.add_argument("--checkpoint", default=None, metavar="STEP|PATH", help="checkpoint to export (default: newest)")
 
     rp = leaf(sub, "report", "Write a self-contained HTML report of a run.", cmd_report)
     rp.add_argument("run", nargs="?", metavar="RUN", help="run directory (default: from the config)")
+
+    gates = group("gates", "Go/No-Go gates: quantified criteria on a run's artifacts.")
+    gc = gates.add_parser("check", help="Evaluate a gate file on a run; exit 0 for Go, 1 for No-Go.",
+                          description="Evaluate a gate file (see configs/gates/) on a run; prints a verdict table, "
+                          "writes JSON (default <run>/gates/<file>.json); exit 0 for Go, 1 for No-Go.")
+    gc.add_argument("run", metavar="RUN", help="run directory")
+    gc.add_argument("--gates", required=True, metavar="FILE", help="gate YAML file, e.g. configs/gates/foundation.yaml")
+    gc.add_argument("--out", metavar="FILE", help="verdict JSON path (default <run>/gates/<gate file stem>.json)")
+    gc.set_defaults(handler=cmd_gates_check)
+
+    db = sub.add_parser("dashboard", help="Serve the live war-room dashboard of the runs in a folder (127.0.0.1).",
+                        description="Serve a live dashboard (offline page, no CDN) of every run under RUNS_DIR: "
+                        "curves, events, MoE routing, run overlays; it refreshes while runs train. Ctrl-C stops it.")
+    db.add_argument("runs_dir", metavar="RUNS_DIR", help="folder holding run directories (e.g. work/runs), or one run")
+    db.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    db.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    db.add_argument("--refresh", type=float, default=5.0, metavar="S", help="seconds between page updates (default 5)")
+    db.set_defaults(handler=cmd_dashboard)
 
     qs = leaf(sub, "quickstart", "Run every stage end to end with the quickstart defaults (~10 min on 2 CPU cores).",
               cmd_quickstart, config_positional=False)
@@ -297,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     try:
-        args.handler(args)
+        rc = args.handler(args)
     except TrainingPaused as err:
         print(f"paused: {err}", file=sys.stderr)
         return EXIT_PAUSED
@@ -312,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {err.filename}" if err.filename else ""
         print(f"error: {err.strerror or err}{where}; check the path and permissions", file=sys.stderr)
         return EXIT_USER_ERROR
-    return 0
+    return rc if type(rc) is int else 0
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ class LangIdConfig(Section):
 
     languages: list[str] = Field([], description="Keep only these ISO codes (e.g. [zh, en]); empty: keep all, annotate only.")
     min_score: float = Field(0.0, ge=0, le=1, description="Remove documents whose top-language score is lower.")
-    max_chars: int = Field(2000, ge=50, description="Identify on the first N characters (speed; enough for a stable answer).")
+    max_chars: int = Field(1000, ge=50, description="Identify on the first N characters (speed; enough for a stable answer).")
 
 
 class PiiConfig(Section):
@@ -134,7 +134,6 @@ class DataConfig(Section):
     unapproved: Literal["error", "skip"] = Field(
         "error", description="A source not approved in sources.yaml: error stops the build; skip leaves it out (recorded)."
     )
-    workers: int = Field(1, ge=0, description="Processes for the per-document stages (0: one per core); dedup runs in the main process.")
     quality: QualityConfig = QualityConfig()
     langid: LangIdConfig = LangIdConfig()
     pii: PiiConfig = PiiConfig()
@@ -388,6 +387,15 @@ class PackingConfig(Section):
 class CheckpointConfig(Section):
     every: int = Field(100, ge=1, description="Save a checkpoint every N steps (and at the end).")
     keep_last: int = Field(3, ge=1, description="Keep the newest K complete checkpoints.")
+    async_save: bool = Field(
+        False, description="Write checkpoints on a background thread; training blocks only to copy state to CPU."
+    )
+    milestone_every_tokens: int | None = Field(
+        None, ge=1, description="Also keep an immutable checkpoint every N tokens (checkpoints/milestones/tokens_1.5B)."
+    )
+    keep_best: bool = Field(
+        True, description="Keep checkpoints/best: the lowest-validation-loss checkpoint among steps that both validate and save."
+    )
 
 
 class EvalConfig(Section):
@@ -415,6 +423,11 @@ class EvalConfig(Section):
     every_steps: int = Field(0, ge=0, description="Run the tasks during training every N steps (0: never); "
                              "results go to metrics.jsonl as kind 'eval'.")
     in_training_examples: int = Field(40, ge=1, description="Examples per task in in-training evaluation.")
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _comma_separated(cls, v):
+        return [t.strip() for t in v.split(",") if t.strip()] if isinstance(v, str) else v
 
 
 class ExportConfig(Section):

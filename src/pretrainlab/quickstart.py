@@ -54,12 +54,17 @@ def run_quickstart(cfg: ProjectConfig, resume: str = "auto") -> dict:
             f"{summary['steps']} steps ({summary['tokens']:,} tokens, {summary['tokens_per_s']:,.0f} tok/s, "
             f"MFU {100 * summary['mfu']:.1f}%)"
         )
+    tasks = (results.get("eval") or {}).get("tasks") or {}
+    if tasks:
+        console.print("task accuracy (4-way, chance 0.25): " + ", ".join(
+            f"{name} acc {r['acc']:.3f} / acc_norm {r['acc_norm']:.3f} (n={r['n']})" for name, r in tasks.items()))
     console.print(f"report: {results['report']}")
     record = {
         "timings_s": timings,
         "total_s": total,
         "train": {k: v for k, v in summary.items() if k != "losses"},
         "report": str(results["report"]),
+        "tasks": {name: {k: r[k] for k in ("acc", "acc_norm", "n")} for name, r in tasks.items()},
     }
     atomic_write_json(cfg.run_dir / "quickstart.json", record)
     return record

@@ -31,7 +31,7 @@ def _model():
     return fasttext.load_model(str(path))
 
 
-def identify(text: str, max_chars: int = 2000) -> tuple[str, float]:
+def identify(text: str, max_chars: int = 1000) -> tuple[str, float]:
     """(ISO 639 code, probability) of the most likely language of ``text``."""
     sample = text[:max_chars].replace("\n", " ")
     labels, scores = _model().predict(sample, k=1)

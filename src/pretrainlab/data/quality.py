@@ -25,7 +25,9 @@ _NON_ALPHA_WORD = re.compile(r"(?<!\S)(?:[^\w\s]|[\d_])+(?!\S)")
 _BULLET_LINE = re.compile(r"^\s*[•\-*‣●○▪◦·–]", re.MULTILINE)
 _ELLIPSIS_LINE = re.compile(r"(?:\.\.\.|…)\s*$", re.MULTILINE)
 _PARAGRAPHS = re.compile(r"\n\s*\n")
-_SENTENCE_END = re.compile(r"[.!?。！？]+(?:\s|$|[”’」』）)\"'])")
+# Full-width CJK stops end a sentence wherever they are (no space follows in Chinese); ASCII ones
+# only before whitespace, a closing quote/bracket or the end (not in "3.14" or "e.g").
+_SENTENCE_END = re.compile(r"[。！？]+|[.!?]+(?:\s|$|[”’」』）)\"'])")
 _POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
 _HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
 

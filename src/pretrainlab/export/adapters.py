@@ -143,3 +143,6 @@ def adapter_for(model_cfg) -> StateDictAdapter:
         if matches(model_cfg):
             return factory(model_cfg)
     return LlamaAdapter(model_cfg)
+
+
+from pretrainlab.export import moe_adapter as _moe_adapter  # noqa: E402,F401  (registers the MoE adapters)

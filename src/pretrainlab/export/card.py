@@ -73,7 +73,8 @@ def gather_card_facts(run_dir: Path, cfg, checkpoint: Path, step: int | None, to
     tokens_manifest = _json(Path(cfg.train_tokens_dir) / "manifest.json")
     corpus_dir = Path(tokens_manifest.get("corpus_dir") or cfg.clean_dir)
     data_manifest = _json(corpus_dir / "manifest.json")
-    tok_manifest = _json(Path(cfg.tokenizer_dir) / "manifest.json")
+    tok_dir = Path(cfg.tokenizer_dir)
+    tok_manifest = _json((tok_dir if tok_dir.is_dir() else tok_dir.parent) / "manifest.json")
     val = [m for m in metrics if m.get("kind") == "val" and isinstance(m.get("val_loss"), (int, float))]
     return {
         "name": run_dir.resolve().name,

@@ -95,6 +95,10 @@ def _write_examples(tmp: Path, cfg, run_dir: Path, tok) -> list[str]:
         if recs:
             atomic_write_jsonl(ex / "heldout_sample.jsonl", recs)
             files.append("examples/heldout_sample.jsonl")
+    from pretrainlab.eval.suite import ensure_builtin_tasks
+
+    if cfg.eval.tasks:
+        ensure_builtin_tasks(run_dir, cfg.train_tokens_dir, tok, cfg.eval.task_examples, cfg.eval.task_seed)
     tasks_src = builtin_dir(run_dir)
     for path in sorted(tasks_src.glob("*.jsonl")):
         (ex / "tasks").mkdir(exist_ok=True)
@@ -113,13 +117,14 @@ def _write_repro(tmp: Path, cfg, run_dir: Path, out_dir: Path) -> list[str]:
     atomic_write_text(r / "commands.sh", _commands(cfg, run_dir, out_dir))
     files = ["repro/config.yaml", "repro/commands.sh"]
     tokens_dir = Path(cfg.train_tokens_dir)
+    tok_dir = Path(cfg.tokenizer_dir) if Path(cfg.tokenizer_dir).is_dir() else Path(cfg.tokenizer_dir).parent
     try:
         corpus_dir = Path(json.loads((tokens_dir / "manifest.json").read_text()).get("corpus_dir") or cfg.clean_dir)
     except (OSError, ValueError):
         corpus_dir = Path(cfg.clean_dir)
     for src, name in ((run_dir / "meta.json", "meta.json"), (run_dir / "eval.json", "eval.json"),
                       (corpus_dir / "manifest.json", "data_manifest.json"),
-                      (Path(cfg.tokenizer_dir) / "manifest.json", "tokenizer_manifest.json"),
+                      (tok_dir / "manifest.json", "tokenizer_manifest.json"),
                       (tokens_dir / "manifest.json", "tokens_manifest.json")):
         if src.is_file():
             shutil.copyfile(src, r / name)

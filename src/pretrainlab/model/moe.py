@@ -313,13 +313,14 @@ def moe_layers(model: nn.Module) -> list[tuple[int, MoE]]:
 def naive_moe_forward(layer: MoE, x: torch.Tensor) -> torch.Tensor:
     """Reference: a per-expert mask-and-gather loop (the way HF Mixtral's eager path does it).
 
-    Used by tests and as the peer in benchmarks/bench_moe.py; honours dropping by
-    reusing the layer's dispatch plan only for the keep mask.
+    Used by tests and as the peer in benchmarks/bench_moe.py; with capacity it
+    reuses the layer's dispatch plan for the keep mask only.
     """
     shape = x.shape
     flat = x.reshape(-1, shape[-1])
     _, _, top_w, top_i = layer.route(flat)
-    keep = plan_dispatch(top_i, top_w, layer.num_experts, layer.capacity(flat.shape[0])).keep
+    capacity = layer.capacity(flat.shape[0])
+    keep = True if capacity is None else plan_dispatch(top_i, top_w, layer.num_experts, capacity).keep
     out = torch.zeros_like(flat)
     ex = layer.experts
     for e in range(layer.num_experts):

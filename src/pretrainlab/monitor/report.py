@@ -395,6 +395,12 @@ def build_report_html(run_dir: str | Path) -> str:
                 continue
             rows.append((source, r.get("tokens"), r.get("loss"), r.get("ppl"), r.get("skipped") or ""))
         body.append(_table(rows, ("source", "tokens", "loss", "ppl", "note")))
+        tasks = ev.get("tasks") or {}
+        if tasks:
+            body.append("<h2>Tasks (multiple choice, log-likelihood)</h2>")
+            body.append(_table([(name, r.get("n"), r.get("acc"), r.get("acc_stderr"), r.get("acc_norm"),
+                                 r.get("acc_norm_stderr"), r.get("chance")) for name, r in tasks.items()],
+                               ("task", "n", "acc", "± stderr", "acc_norm", "± stderr", "chance")))
         samples = ev.get("samples") or []
         if samples:
             body.append("<h2>Samples</h2>")
@@ -408,6 +414,22 @@ def build_report_html(run_dir: str | Path) -> str:
                 body.append(f'<div class="muted">sampled</div><pre>{_esc(prompt + str(s.get("sampled", "")))}</pre>')
     else:
         body.append('<h2>Evaluation</h2><div class="muted">No eval.json yet (run `pretrainlab eval`).</div>')
+
+    # in-training task evaluation and the checkpoint sweep
+    evals = [r for r in metrics if r.get("kind") == "eval"]
+    sweep = _load_json(run_dir / "eval_sweep.json")
+    if evals or sweep:
+        charts = []
+        acc_keys = sorted({k for r in evals for k in r if k.startswith(("acc/", "acc_norm/"))})
+        if acc_keys:
+            charts.append(svg_line_chart({k: _points(evals, "tokens", k) for k in acc_keys},
+                                         "Task accuracy during training", "tokens", "accuracy"))
+        if sweep and sweep.get("checkpoints"):
+            from pretrainlab.eval.sweep import sweep_charts
+
+            charts += sweep_charts(sweep["checkpoints"])
+        body.append("<h2>Evaluation across training</h2>")
+        body.append('<div class="charts">' + "".join(charts) + "</div>")
 
     # metadata
     body.append("<h2>Run metadata</h2>")

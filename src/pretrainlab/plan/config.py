@@ -46,8 +46,9 @@ class PlanConfig(BaseModel):
     )
 
     # ---- hardware
-    hardware: Literal["a100-40gb", "a100-80gb", "h100-sxm", "h100-pcie", "h200", "custom"] = Field(
-        "h100-sxm", description="Device preset; 'custom' needs peak_tflops and device_memory_gb."
+    hardware: Literal["a100-40gb", "a100-80gb", "h100-sxm", "h100-pcie", "h200", "custom"] | None = Field(
+        None, description="Device preset (default h100-sxm, or the from_run run's device); 'custom' needs "
+        "peak_tflops and device_memory_gb."
     )
     precision: Literal["bf16", "fp8", "tf32", "fp32"] = Field(
         "bf16", description="Which dense datasheet peak the MFU refers to (fp8 needs H100/H200)."
@@ -55,8 +56,10 @@ class PlanConfig(BaseModel):
     peak_tflops: float | None = Field(None, gt=0, description="Per-device peak TFLOP/s (overrides the preset's datasheet peak).")
     device_memory_gb: float | None = Field(None, gt=0, description="Per-device memory in GB (1e9 bytes), overrides the preset.")
     device_power_w: float | None = Field(None, gt=0, description="Average power per device in watts (default: the preset's TDP).")
-    devices: int = Field(8, ge=1, description="Number of devices (GPUs).")
-    mfu: float = Field(0.4, gt=0, le=1, description="Model FLOPs utilization assumed end to end (or measured: from_run).")
+    devices: int | None = Field(None, ge=1, description="Number of devices (default 1, or the from_run run's world size).")
+    mfu: float | None = Field(
+        None, gt=0, le=1, description="Model FLOPs utilization assumed end to end (default 0.4; from_run measures it)."
+    )
     from_run: Path | None = Field(
         None, description="Run directory whose measured MFU (and hardware, model, devices unless set) calibrate the plan."
     )
@@ -82,8 +85,10 @@ class PlanConfig(BaseModel):
         "none", description="Activation recomputation (Korthikanti et al. 2022): none, selective (attention core) or full."
     )
     flash_attention: bool = Field(True, description="Attention kernel keeps no s*s scores (flash/SDPA/FlexAttention).")
-    activation_formula: Literal["llama", "gpt"] = Field(
-        "llama", description="Per-layer activations: llama (derived for RMSNorm/SwiGLU/GQA, no dropout) or gpt "
+    activation_formula: Literal["pretrainlab", "fused", "gpt"] = Field(
+        "pretrainlab",
+        description="Per-layer activations: pretrainlab (this repo's block under bf16 autocast, measured: "
+        "sbh(36 + 8f/h)), fused (Llama block with fused norm/SwiGLU kernels: sbh(12 + 4kv/h + 6f/h)) or gpt "
         "(Korthikanti et al. 2022: sbh(34 + 5as/h)).",
     )
     memory_reserve: float = Field(

@@ -71,23 +71,37 @@ def layer_activation_bytes_gpt(s: int, b: int, h: int, a: int, t: int = 1, sp: b
 def layer_activation_bytes_llama(s: int, b: int, h: int, a: int, kv_ratio: float, ffn: float, t: int = 1,
                                  sp: bool = False, recompute: str = "none", flash: bool = True,
                                  moe_top_k: int = 0, moe_ffn: float = 0.0, capacity: float = 1.0,
-                                 shared_ffn: float = 0.0) -> float:
-    """The same count done for a Llama block (RMSNorm, RoPE, SwiGLU, GQA, no dropout), 2-byte activations.
+                                 shared_ffn: float = 0.0, impl: str = "fused") -> float:
+    """The Korthikanti count redone for a Llama block (RMSNorm, RoPE, SwiGLU, GQA, no dropout), in bytes.
 
-    Attention: norm input 2 + QKV input 2 + Q 2 + K,V 4*kv/h + output-projection input 2 (x sbh);
-    scores 2as^2b only without a flash kernel. MLP: norm input 2 + matmul input 2 + gate, up and
-    down-projection input 6f/h. An MoE MLP keeps, per routed copy (top-k x capacity), the dispatched
-    input 2 + expert output 2 + 6f_e/h, plus shared experts 6f_s/h.
-    Replicated under TP without SP: the two norm inputs and two matmul inputs (8sbh).
+    impl="fused" (fused RMSNorm and SwiGLU kernels, native GQA, 2-byte activations):
+      norm inputs 2+2, QKV input 2, Q 2, K and V 4*kv/h, attention output 2, MLP input 2, SwiGLU gate,
+      up and down-projection input 6f/h  ->  sbh(12 + 4kv/h + 6f/h).
+    impl="pretrainlab" (this repository's Block under bf16 autocast with fp32 weights, as measured by
+      benchmarks/plan_activations.py): the residual stream and the normalized activations are fp32 and both
+      kept (4+4 per norm, two norms), autocast keeps one bf16 copy of the input per linear (q, k, v: 6;
+      gate, up: 4; output projections 2), SDPA keeps q, k, v expanded to all heads and its output (8),
+      and the SwiGLU keeps gate, silu(gate), up and their product (8f/h)  ->  sbh(36 + 8f/h).
+    Scores 2as^2b are kept only without a flash kernel. An MoE MLP keeps, per routed copy (top-k x
+    capacity), the dispatched input 2 and expert output 2 plus the expert's SwiGLU, and shared experts'.
+    Under TP without SP the norm and matmul-input terms stay replicated.
     """
-    if recompute == "full":
-        return 2.0 * s * b * h / (t if sp else 1)
-    replicated = 8.0
-    sharded = 2.0 + 4.0 * kv_ratio + 2.0  # Q, K+V, attention output
-    if moe_top_k:
-        sharded += moe_top_k * capacity * (4.0 + 6.0 * moe_ffn / h) + 6.0 * shared_ffn / h
+    if recompute == "full":  # only the block input: fp32 residual stream in this repository's trainer
+        return (4.0 if impl == "pretrainlab" else 2.0) * s * b * h / (t if sp else 1)
+    if impl == "pretrainlab":
+        base, attn, mlp_in, swiglu = 22.0, 10.0, 4.0, 8.0
+    elif impl == "fused":
+        base, attn, mlp_in, swiglu = 6.0, 4.0 + 4.0 * kv_ratio, 2.0, 6.0
     else:
-        sharded += 6.0 * ffn / h
+        raise ValueError(f"unknown impl {impl!r}")
+    if moe_top_k:  # router input is the (replicated) MLP input; each routed copy is sharded work
+        replicated = base + mlp_in
+        sharded = attn + moe_top_k * capacity * (4.0 + mlp_in + swiglu * moe_ffn / h)
+        if shared_ffn:
+            sharded += swiglu * shared_ffn / h
+    else:
+        replicated = base + mlp_in
+        sharded = attn + swiglu * ffn / h
     core = 0.0 if (flash or recompute == "selective") else 2.0 * a * s / h
     if sp or t == 1:
         return s * b * h * (replicated + sharded + core) / t

@@ -21,6 +21,8 @@ from pretrainlab.plan.model_spec import ModelSpec, spec_from_model_config, spec_
 PRESET_SEQ_LEN = 4096
 PRESET_GLOBAL_BATCH = 4 * 1024 * 1024  # 4M tokens (1024 rows of 4096)
 PRESET_MICRO_BATCH = 1
+DEFAULT_MFU = 0.4
+DEFAULT_HARDWARE = "h100-sxm"
 _RUN_GPU_PRESETS = {"H100 SXM": "h100-sxm", "H100 PCIe": "h100-pcie", "H200": "h200", "A100": "a100-80gb"}
 
 
@@ -30,16 +32,19 @@ def load_plan_config(path: str | Path | None, overrides: list[str]) -> ProjectCo
     if path is None and cfg.plan.from_run is not None and cfg.plan.model_preset is None:
         run_cfg = Path(cfg.plan.from_run) / "config.yaml"
         if run_cfg.exists():
-            cfg = load_config(run_cfg, overrides)
+            try:
+                cfg = load_config(run_cfg, overrides)
+            except ConfigError as err:
+                raise ConfigError(f"{err} (the run's own config; plan another model with -c CONFIG or "
+                                  "--model-preset)") from None
     return cfg
 
 
 def make_plan(cfg: ProjectConfig) -> dict:
     pc = cfg.plan
     measured: RunMeasurement | None = None
-    explicit = pc.model_fields_set
     if pc.from_run is not None:
-        if "mfu" in explicit:
+        if pc.mfu is not None:
             raise ConfigError("give either plan.mfu (--mfu) or plan.from_run (--from-run), not both")
         measured = measure_run(pc.from_run)
         if not F.is_positive_finite(measured.mfu):
@@ -59,11 +64,9 @@ def make_plan(cfg: ProjectConfig) -> dict:
     counts = spec.counts()
 
     # ---- hardware
-    mfu = measured.mfu if measured else pc.mfu
-    devices = pc.devices
-    if measured and "devices" not in explicit:
-        devices = measured.world_size
-    hw = _hardware(pc, measured, explicit)
+    mfu = measured.mfu if measured else (pc.mfu if pc.mfu is not None else DEFAULT_MFU)
+    devices = pc.devices or (measured.world_size if measured else 1)
+    hw = _hardware(pc, measured)
 
     # ---- parallelism
     par = _parallelism(spec, devices, pc.tensor_parallel, pc.pipeline_parallel, pc.expert_parallel)
@@ -163,6 +166,9 @@ def make_plan(cfg: ProjectConfig) -> dict:
     if spec.is_moe:
         notes.append("Chinchilla fit is for dense models; for an MoE it is shown with total parameters as a loose prior")
     energy = _energy(hw, pc, devices, secs)
+    if measured and measured.device == "cpu" and not hw.name.startswith("run device"):
+        notes.append("the MFU was measured on a CPU against its measured matmul rate; it does not carry over to "
+                     "GPUs: calibrate with a short run on the target device")
     if measured:
         notes.append(
             f"calibrated from {measured.run_dir}: MFU {measured.mfu:.1%} (median of {measured.intervals} logged "
@@ -198,8 +204,8 @@ def make_plan(cfg: ProjectConfig) -> dict:
 # ---------------------------------------------------------------------------- pieces
 
 
-def _hardware(pc, measured: RunMeasurement | None, explicit: set[str]) -> Hardware:
-    if measured and "hardware" not in explicit and pc.peak_tflops is None:
+def _hardware(pc, measured: RunMeasurement | None) -> Hardware:
+    if measured and pc.hardware is None and pc.peak_tflops is None:
         preset = next((v for k, v in _RUN_GPU_PRESETS.items() if f"of {k}" in measured.peak_source), None)
         if preset and measured.device.startswith("cuda"):
             return resolve_hardware(preset, pc.precision, None, pc.device_memory_gb, pc.device_power_w)
@@ -207,7 +213,7 @@ def _hardware(pc, measured: RunMeasurement | None, explicit: set[str]) -> Hardwa
         return Hardware(f"run device ({measured.device})", measured.peak_flops_per_device,
                         f"from the run: {measured.peak_source}", memory_gb * 1e9, None, None,
                         pc.device_power_w or (700.0 if measured.device.startswith("cuda") else 100.0))
-    return resolve_hardware(pc.hardware, pc.precision, pc.peak_tflops, pc.device_memory_gb, pc.device_power_w)
+    return resolve_hardware(pc.hardware or DEFAULT_HARDWARE, pc.precision, pc.peak_tflops, pc.device_memory_gb, pc.device_power_w)
 
 
 def _host_memory_bytes() -> float:
@@ -292,7 +298,9 @@ def _memory(spec: ModelSpec, counts: dict, hw: Hardware, pc, par: dict, seq: int
                        "logits": logits, "in_flight_micro_batches": in_flight}
 
     act, act_parts = activations(micro)
-    fixed = sum(states.values()) + transient
+    # fp32 weights under bf16 autocast: each linear keeps a bf16 copy of its weight until backward.
+    autocast_copies = 2.0 * params_per_device if pc.optimizer_scheme == "fp32-master" and pc.zero_stage < 3 else 0.0
+    fixed = sum(states.values()) + transient + autocast_copies
     usable = hw.memory_bytes * (1 - pc.memory_reserve)
     total = fixed + act
     lo, hi = 0, max(1, rows // dp)
@@ -309,6 +317,7 @@ def _memory(spec: ModelSpec, counts: dict, hw: Hardware, pc, par: dict, seq: int
         "optimizer_bytes": states["optimizer"],
         "model_states_bytes": sum(states.values()),
         "zero3_gather_bytes": transient,
+        "autocast_weight_copies_bytes": autocast_copies,
         "activations_bytes": act,
         "activations": act_parts,
         "zero_stage": pc.zero_stage,
@@ -337,12 +346,13 @@ def _layer_act(spec: ModelSpec, pc, s: int, b: int, t: int, sp: bool, recompute:
         eff = "selective" if (recompute == "none" and pc.flash_attention) else recompute
         return F.layer_activation_bytes_gpt(s, b, h, a, t, sp, eff)
     kv = spec.kv_heads / spec.n_heads
-    dense = F.layer_activation_bytes_llama(s, b, h, a, kv, spec.ffn, t, sp, recompute, pc.flash_attention)
+    impl = pc.activation_formula
+    dense = F.layer_activation_bytes_llama(s, b, h, a, kv, spec.ffn, t, sp, recompute, pc.flash_attention, impl=impl)
     if not spec.is_moe:
         return dense
     moe = F.layer_activation_bytes_llama(s, b, h, a, kv, spec.ffn, t, sp, recompute, pc.flash_attention,
                                          moe_top_k=spec.top_k, moe_ffn=spec.expert_ffn,
-                                         capacity=spec.capacity_factor, shared_ffn=spec.shared_ffn)
+                                         capacity=spec.capacity_factor, shared_ffn=spec.shared_ffn, impl=impl)
     return (dense * (spec.n_layers - spec.moe_layers) + moe * spec.moe_layers) / spec.n_layers
 
 

@@ -24,10 +24,22 @@ def _si(x: float, unit: str = "") -> str:
 
 
 def _gb(x: float) -> str:
+    if abs(x) < 1e8:
+        return f"{x / 1e6:,.1f} MB"
     return f"{x / 1e9:,.1f} GB"
 
 
+def _kwh(x: float) -> str:
+    return f"{x / 1000:,.1f} MWh" if x >= 1000 else f"{x:,.3g} kWh"
+
+
+def _tonnes(x: float) -> str:
+    return f"{x:,.1f} t" if x >= 1 else f"{x * 1000:,.3g} kg"
+
+
 def _dur(s: float) -> str:
+    if s < 10:
+        return f"{s:.3g} s"
     if s < 120:
         return f"{s:.1f} s"
     if s < 7200:
@@ -43,7 +55,7 @@ def _range(pair, fmt: Callable[[float], str]) -> str:
 
 
 def _money(x: float) -> str:
-    return f"{x:,.0f}"
+    return f"{x:,.0f}" if x >= 100 else f"{x:,.3g}"
 
 
 # (section, label, getter) — each getter formats one plan's value.
@@ -68,10 +80,10 @@ ROWS: list[tuple[str, str, Callable[[dict], str]]] = [
     ("compute", "tokens/s (per device)",
      lambda p: f"{_si(p['compute']['tokens_per_s'])} ({_si(p['compute']['tokens_per_s_per_device'])})"),
     ("compute", "steps, step time", lambda p: f"{p['compute']['steps']:,.0f}, {_dur(p['compute']['step_seconds'])}"),
-    ("time", "pure compute", lambda p: f"{p['time']['pure_compute_seconds']:.3g} s = {p['time']['pure_compute_days']:.2f} days"),
+    ("time", "pure compute", lambda p: f"{p['time']['pure_compute_seconds']:.3g} s = {_dur(p['time']['pure_compute_seconds'])}"),
     ("time", "wall time with buffer",
-     lambda p: f"{_range(p['time']['wall_days'], lambda d: f'{d:.2f}')} days (x{p['time']['buffer'][0]:g}–{p['time']['buffer'][1]:g})"),
-    ("time", "device-hours", lambda p: _range(p["time"]["device_hours"], lambda h: f"{h:,.0f}")),
+     lambda p: f"{_range(p['time']['wall_seconds'], _dur)} (x{p['time']['buffer'][0]:g}–{p['time']['buffer'][1]:g})"),
+    ("time", "device-hours", lambda p: _range(p["time"]["device_hours"], lambda h: f"{h:,.3g}" if h < 100 else f"{h:,.0f}")),
     ("time", "cost", lambda p: "n/a" if not p["time"]["cost"] else
      f"{_range((p['time']['cost']['low'], p['time']['cost']['high']), _money)} ({_money(p['time']['cost']['per_hour'])}/hour)"),
     ("memory", "weights / grads / optimizer",
@@ -101,8 +113,7 @@ ROWS: list[tuple[str, str, Callable[[dict], str]]] = [
      lambda p: f"{_si(p['chinchilla']['tokens_20_per_param'])} / {_si(p['chinchilla']['tokens_fit_optimal'])}"),
     ("prior", "Chinchilla predicted loss (prior)", lambda p: f"{p['chinchilla']['predicted_loss']:.3f}"),
     ("energy", "energy, CO2e",
-     lambda p: f"{_range([k / 1000 for k in p['energy']['kwh']], lambda x: f'{x:,.0f}')} MWh, "
-     f"{_range(p['energy']['tonnes_co2'], lambda x: f'{x:,.0f}')} t"),
+     lambda p: f"{_range(p['energy']['kwh'], _kwh)}, {_range(p['energy']['tonnes_co2'], _tonnes)}"),
 ]
 
 

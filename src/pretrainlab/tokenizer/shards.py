@@ -2,9 +2,11 @@
 
 Layout of ``cfg.tokens_dir`` (one folder per source, one part per split)::
 
-    manifest.json               tokenizer sha256, dtype, per-part counts, totals
-    <source>/train.bin          flat token array (uint16 if vocab <= 65536 else
-                                uint32, native little-endian); every document's
+    manifest.json               tokenizer hash (sha256 of its vocab_spec.json), dtype,
+                                per-part counts, totals
+    <source>/train.bin          flat token array (uint16 if the spec's total vocabulary,
+                                modality code ranges included, is <= 65536, else
+                                uint32; native little-endian); every document's
                                 tokens followed by eos_id
     <source>/train.idx.npy      int64 [n_docs + 1] document start offsets into
                                 train.bin; the last entry = total tokens
@@ -19,10 +21,14 @@ written last, so a crash leaves either the old complete part or none. A re-run
 re-tokenizes only parts whose input file or tokenizer changed; with nothing
 changed it touches no file and reports "up to date".
 
+Any tokenizer kind works (byte-level BPE or SentencePiece): encoding goes through
+the text model's ``encode_batch``. ``check_tokenizer`` and ``ShardReader(...,
+tokenizer_sha256=...)`` refuse shards made with another tokenizer.
+
 Parallelism (``tokenize.backend``): ``processes`` feeds batches of raw JSONL
 lines to ``tokenize.workers`` forked processes (spawn off Linux) (each parses JSON, encodes
 single-threaded and returns a numpy chunk); ``threads`` encodes in this process
-with the tokenizer library's thread pool. The main process streams chunks to the
+with the tokenizer library's thread pool (SentencePiece: its ``num_threads``, all cores). The main process streams chunks to the
 ``.bin`` file in document order, so memory stays bounded by the in-flight batches.
 """
 
@@ -317,7 +323,9 @@ def tokenize_corpus(cfg: ProjectConfig) -> dict:
         "format": FORMAT,
         "tokenizer_sha256": tok.sha256,
         "tokenizer_dir": str(tok_path.parent),
+        "tokenizer_kind": tok.kind,
         "vocab_size": tok.vocab_size,
+        "text_vocab_size": tok.text_vocab_size,
         "eos_id": tok.eos_id,
         "bos_id": tok.bos_id,
         "pad_id": tok.pad_id,
@@ -374,6 +382,20 @@ def read_tokens_manifest(tokens_dir: str | Path) -> dict:
         raise DataError(f"{path} is unreadable; {RETOKENIZE_HINT}") from None
 
 
+def check_tokenizer(tokens_dir: str | Path, tokenizer) -> dict:
+    """The shard manifest, once it is clear the shards were made with ``tokenizer`` (a TextTokenizer or its hash)."""
+    manifest = read_tokens_manifest(tokens_dir)
+    want = tokenizer if isinstance(tokenizer, str) else tokenizer.sha256
+    have = manifest.get("tokenizer_sha256")
+    if have != want:
+        where = "" if isinstance(tokenizer, str) else f" at {tokenizer.dir}"
+        raise DataError(
+            f"{tokens_dir} was tokenized with tokenizer {str(have)[:12]}, not with the tokenizer{where} ({want[:12]}); "
+            f"{RETOKENIZE_HINT} with this tokenizer, or use the tokenizer the shards were made with"
+        )
+    return manifest
+
+
 def list_sources(tokens_dir: str | Path) -> list[str]:
     """Sources of a token shard directory, from its manifest (sorted)."""
     return sorted(read_tokens_manifest(tokens_dir)["sources"])
@@ -385,11 +407,12 @@ class ShardReader:
     ``doc(i)`` returns document ``i``'s tokens *without* its trailing eos
     (exactly ``tokenizer.encode(text)``); ``doc(i, with_eos=True)`` keeps it.
     ``tokens(start, end)`` reads any range of the flat array, eos included.
-    Nothing is loaded into RAM beyond the pages touched.
+    Nothing is loaded into RAM beyond the pages touched. With ``tokenizer_sha256``
+    the part must have been made with that tokenizer (else a DataError).
     """
 
-    def __init__(self, tokens_dir: str | Path, source: str, split: str = "train"):
-        self._args = (tokens_dir, source, split)
+    def __init__(self, tokens_dir: str | Path, source: str, split: str = "train", tokenizer_sha256: str | None = None):
+        self._args = (tokens_dir, source, split, tokenizer_sha256)
         self.source, self.split = source, split
         self.bin_path, self.idx_path, rec_path = part_paths(tokens_dir, source, split)
         if not rec_path.is_file() or not self.bin_path.is_file() or not self.idx_path.is_file():
@@ -403,6 +426,11 @@ class ShardReader:
             self.index = np.load(self.idx_path, mmap_mode="r")
         except (OSError, ValueError, KeyError, TypeError):
             raise DataError(f"{rec_path.parent / split}: unreadable shard record or index; {RETOKENIZE_HINT}") from None
+        if tokenizer_sha256 is not None and self.record.get("tokenizer_sha256") != tokenizer_sha256:
+            raise DataError(
+                f"{self.bin_path} was made with tokenizer {str(self.record.get('tokenizer_sha256'))[:12]}, "
+                f"expected {tokenizer_sha256[:12]}; {RETOKENIZE_HINT} with the tokenizer you use"
+            )
         size = self.bin_path.stat().st_size
         if (
             self.index.ndim != 1

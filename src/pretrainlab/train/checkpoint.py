@@ -16,10 +16,12 @@ new checkpoint or a whole one; ``latest_checkpoint`` ignores anything unmarked.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -79,30 +81,143 @@ def save_checkpoint(
     trainer_state: dict,
     meta: dict | None = None,
 ) -> Path:
-    """Write a complete checkpoint for ``step`` atomically; returns its directory."""
+    """Write a complete checkpoint for ``step`` atomically; returns its directory.
+
+    A failed write (disk full, permission, I/O error) removes the partial
+    temporary directory, leaves every earlier checkpoint untouched and raises a
+    one-line ``UserError`` naming the newest intact checkpoint.
+    """
     root = checkpoint_root(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / step_dir_name(step)
     tmp = root / f".{final.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        _torch_save(model_state, tmp / "model.pt")
+        _torch_save(optim_state, tmp / "optim.pt")
+        _torch_save(rng_state, tmp / "rng.pt")
+        atomic_write_json(tmp / "state.json", trainer_state)
+        atomic_write_json(tmp / "meta.json", {"step": step, "saved_at": time.time(), **(meta or {})})
+        atomic_write_json(tmp / MARKER, {"step": step})
+        fsync_dir(tmp)
+        if final.exists():  # re-saving a step (e.g. after a rollback): swap, then drop the old one
+            old = root / f".{final.name}.old-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        fsync_dir(root)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = latest_checkpoint(run_dir)
+        why = "disk full" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+        kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+        raise UserError(
+            f"saving checkpoint step {step} failed ({why}); {kept}; free space or fix {root}, then --resume auto"
+        ) from None
+    return final
+
+
+def _stage(obj: Any) -> Any:
+    """Deep-copy tensors to CPU so training can keep mutating the live ones during a background write."""
+    import torch as _torch
+
+    if isinstance(obj, _torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _stage(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_stage(v) for v in obj)
+    return obj
+
+
+class AsyncCheckpointer:
+    """Saves checkpoints on a background thread; the loop blocks only while state is copied to CPU.
+
+    One save is in flight at a time (a new save first waits for the previous
+    one). The completion marker is still written last, so a crash mid-write
+    leaves only an invisible temporary directory. An error in the background
+    write is raised by the next ``save`` or ``wait``.
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.last_path: Path | None = None
+
+    def save(self, run_dir: Path, step: int, model_state: dict, optim_state: dict, rng_state: dict,
+             trainer_state: dict, meta: dict | None = None, on_done=None) -> Path:
+        self.wait()
+        staged = _stage((model_state, optim_state, rng_state))
+
+        def write():
+            try:
+                self.last_path = save_checkpoint(run_dir, step, *staged, trainer_state, meta)
+                if on_done is not None:
+                    on_done(self.last_path)
+            except BaseException as err:  # surfaced on the training thread by wait()
+                self._error = err
+
+        self._thread = threading.Thread(target=write, name=f"checkpoint-{step}", daemon=False)
+        self._thread.start()
+        return checkpoint_root(run_dir) / step_dir_name(step)
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+
+def _link_copy(src: Path, dst: Path) -> Path:
+    """Make ``dst`` an immutable copy of checkpoint ``src`` (hard links: no extra space), atomically."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.parent / f".{dst.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    _torch_save(model_state, tmp / "model.pt")
-    _torch_save(optim_state, tmp / "optim.pt")
-    _torch_save(rng_state, tmp / "rng.pt")
-    atomic_write_json(tmp / "state.json", trainer_state)
-    atomic_write_json(tmp / "meta.json", {"step": step, "saved_at": time.time(), **(meta or {})})
-    atomic_write_json(tmp / MARKER, {"step": step})
+    for f in sorted(src.iterdir()):
+        if f.name == MARKER:
+            continue
+        try:
+            os.link(f, tmp / f.name)
+        except OSError:
+            shutil.copy2(f, tmp / f.name)
+    shutil.copy2(src / MARKER, tmp / MARKER)
     fsync_dir(tmp)
-    if final.exists():  # re-saving a step (e.g. after a rollback): swap, then drop the old one
-        old = root / f".{final.name}.old-{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
+    if dst.exists():
+        old = dst.parent / f".{dst.name}.old-{os.getpid()}"
+        os.replace(dst, old)
+        os.replace(tmp, dst)
         shutil.rmtree(old, ignore_errors=True)
     else:
-        os.replace(tmp, final)
-    fsync_dir(root)
-    return final
+        os.replace(tmp, dst)
+    fsync_dir(dst.parent)
+    return dst
+
+
+def format_tokens(n: int) -> str:
+    """1500000000 -> '1.5B', 250000 -> '250K': names for milestone checkpoints."""
+    for unit, scale in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if n >= scale:
+            return f"{n / scale:.4g}{unit}"
+    return str(n)
+
+
+def save_milestone(run_dir: Path, checkpoint: Path, tokens: int) -> Path:
+    """An immutable copy named by tokens seen (``milestones/tokens_1.5B``); never pruned."""
+    return _link_copy(checkpoint, checkpoint_root(run_dir) / "milestones" / f"tokens_{format_tokens(tokens)}")
+
+
+def save_best(run_dir: Path, checkpoint: Path, val_loss: float) -> Path:
+    """Point ``checkpoints/best`` at the checkpoint with the lowest validation loss so far."""
+    dst = _link_copy(checkpoint, checkpoint_root(run_dir) / "best")
+    atomic_write_json(dst / "best.json", {"val_loss": val_loss, "source": checkpoint.name})
+    return dst
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int) -> list[Path]:

@@ -56,6 +56,8 @@ class TrainContext:
     step: int = 0
     tokens_seen: int = 0
     skip_step: bool = False
+    checkpointer: "ckpt.AsyncCheckpointer | None" = None  # set when checkpoint.async_save
+    best_val: float = float("inf")
     history: list[dict] = field(default_factory=list)
     data_batches: int = 0  # global batches drawn from the loader (steps + batches skipped by rollbacks)
     callbacks: CallbackList | None = None
@@ -209,7 +211,13 @@ def validate(ctx: TrainContext) -> dict:
     return record
 
 
-def save(ctx: TrainContext, step_start: dict | None = None) -> Path | None:
+def wait_for_saves(ctx: TrainContext) -> None:
+    """Block until an in-flight async checkpoint is complete (before reading or replacing checkpoints)."""
+    if ctx.checkpointer is not None:
+        ctx.checkpointer.wait()
+
+
+def save(ctx: TrainContext, step_start: dict | None = None, best: float | None = None) -> Path | None:
     """Checkpoint the state after ``ctx.step`` completed steps.
 
     ``step_start`` (loader and RNG state captured when the current step began) is
@@ -225,17 +233,27 @@ def save(ctx: TrainContext, step_start: dict | None = None) -> Path | None:
         "data_batches": step_start.get("data_batches", ctx.data_batches) if step_start else ctx.data_batches,
         "callbacks": ctx.callbacks.state_dict() if ctx.callbacks else {},
     }
-    path = ckpt.save_checkpoint(
-        ctx.run_dir,
-        ctx.step,
-        model_state=model_state,
-        optim_state=optim_state,
-        rng_state=step_start["rng"] if step_start else _rng_state(ctx.device),
-        trainer_state=state,
-        meta={"tokens": ctx.tokens_seen},
-    )
-    removed = ckpt.prune_checkpoints(ctx.run_dir, ctx.cfg.checkpoint.keep_last)
-    ctx.event("checkpoint", path=str(path), pruned=[p.name for p in removed])
+    tokens_before = ctx.last_save_tokens if hasattr(ctx, "last_save_tokens") else 0
+    ctx.last_save_tokens = ctx.tokens_seen
+    every = ctx.cfg.checkpoint.milestone_every_tokens
+    milestone = bool(every) and ctx.tokens_seen // every > tokens_before // every
+
+    def after_write(path: Path) -> None:
+        removed = ckpt.prune_checkpoints(ctx.run_dir, ctx.cfg.checkpoint.keep_last)
+        extra = {}
+        if milestone:
+            extra["milestone"] = str(ckpt.save_milestone(ctx.run_dir, path, (ctx.tokens_seen // every) * every))
+        if best is not None:
+            extra["best"] = str(ckpt.save_best(ctx.run_dir, path, best))
+        ctx.event("checkpoint", path=str(path), pruned=[p.name for p in removed], **extra)
+
+    args = (ctx.run_dir, ctx.step, model_state, optim_state,
+            step_start["rng"] if step_start else _rng_state(ctx.device), state, {"tokens": ctx.tokens_seen})
+    if ctx.checkpointer is not None:
+        path = ctx.checkpointer.save(*args, on_done=after_write)
+    else:
+        path = ckpt.save_checkpoint(*args)
+        after_write(path)
     return path
 
 
@@ -249,6 +267,7 @@ def rollback(ctx: TrainContext, accum: int, reason: str, skip_batches: int) -> d
     """
     from pretrainlab.errors import TrainingStopped
 
+    wait_for_saves(ctx)
     path = ckpt.latest_checkpoint(ctx.run_dir)
     if path is None:
         raise TrainingStopped(f"{ctx.run_dir}: a rollback was needed ({reason}) but no complete checkpoint exists; "
@@ -282,6 +301,7 @@ def pause(ctx: TrainContext, request: dict | None, already_saved: bool = False) 
     request = request or {"rule": "pause", "message": "requested on another rank"}
     ctx.pause_request = None
     path = ckpt.latest_checkpoint(ctx.run_dir) if already_saved else save(ctx)
+    wait_for_saves(ctx)
     ctx.event("pause", rule=request["rule"], message=request["message"], checkpoint=str(path))
     raise TrainingPaused(f"training paused at step {ctx.step} by guard rule {request['rule']}: {request['message']}; "
                          "inspect the run, then continue with `pretrainlab train ... --resume auto`", checkpoint=str(path))
@@ -358,6 +378,8 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
     )
     ctx = TrainContext(cfg, run_dir, wrapped, model, optimizer, loader, device, rank, world)
     loader.on_event = ctx.event
+    if cfg.checkpoint.async_save:
+        ctx.checkpointer = ckpt.AsyncCheckpointer()
     fpt = flops_per_token(cfg.model, tc.seq_len)
     peak, peak_source = resolve_peak_flops(cfg, device)
     params = count_params(cfg.model)
@@ -416,7 +438,10 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
     from pretrainlab.train.guard import build_guard_callbacks
     from pretrainlab.train.moe_monitor import build_moe_callbacks
 
-    cbs = CallbackList([*(callbacks or []), *build_moe_callbacks(ctx, callbacks), *build_guard_callbacks(ctx)])
+    from pretrainlab.eval.callback import eval_callbacks
+
+    cbs = CallbackList([*(callbacks or []), *build_moe_callbacks(ctx, callbacks), *build_guard_callbacks(ctx),
+                        *eval_callbacks(cfg)])
     ctx.callbacks = cbs
     if resume_from is not None:
         cbs.load_state_dict(state["state"].get("callbacks", {}))
@@ -506,8 +531,13 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
                 continue
 
             t_pause = time.perf_counter()
+            best = None
             if ctx.step % tc.val_every == 0 or last:
                 val = validate(ctx)  # every rank runs it: FSDP2 forwards are collective
+                will_save = ctx.step % cfg.checkpoint.every == 0 or last
+                # best-by-validation among checkpointed steps (no extra saves)
+                if cfg.checkpoint.keep_best and will_save and (val.get("val_loss") or float("inf")) < ctx.best_val:
+                    ctx.best_val = best = val["val_loss"]
                 if ctx.is_main:
                     sinks.log(val)
                     console.print(f"step {ctx.step:>6}/{tc.steps} | val_loss {val.get('val_loss', float('nan')):.4f}")
@@ -517,7 +547,7 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
                     ctx.event("mix_shares", stages=loader.shares())
                 model.train()
             if ctx.step % cfg.checkpoint.every == 0 or last:
-                path = save(ctx)
+                path = save(ctx, best=best)
                 cbs.on_checkpoint(ctx, path)
             if not last and _any_rank(ctx, ctx.pause_request is not None):
                 pause(ctx, ctx.pause_request, already_saved=ctx.step % cfg.checkpoint.every == 0)
@@ -525,12 +555,14 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
     except KeyboardInterrupt:
         if ctx.step > start_step:
             path = save(ctx, step_start)
+            wait_for_saves(ctx)
             ctx.event("interrupted", checkpoint=str(path))
             console.print(f"interrupted: saved {path}; continue with --resume auto")
         raise
     finally:
         if sinks is not None:
             sinks.close()
+    wait_for_saves(ctx)
 
     cbs.on_train_end(ctx)
     seconds = time.perf_counter() - t_start

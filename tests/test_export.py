@@ -1,0 +1,151 @@
+"""Hugging Face export: transformers loads it offline and reproduces our logits; card, examples, bundle."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from conftest import tiny_overrides
+from pretrainlab.config import ModelConfig, load_config
+from pretrainlab.errors import UserError
+from pretrainlab.eval.generate import generate
+from pretrainlab.export.adapters import LlamaAdapter, adapter_for
+from pretrainlab.export.hf import export_hf, load_hf_state
+from pretrainlab.model.transformer import Transformer
+from pretrainlab.tokenizer.vocab import load_tokenizer
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_data, tmp_path_factory):
+    """A 12-step tiny run with checkpoints at steps 4, 8, 12 (keep_last 3)."""
+    from pretrainlab.train.trainer import train
+
+    run = tmp_path_factory.mktemp("exp") / "run"
+    cfg = load_config(None, tiny_overrides(tiny_data) + [f"run.dir={run}", "checkpoint.keep_last=3",
+                                                        "eval.task_examples=12", "eval.max_tokens_per_source=300"])
+    train(cfg)
+    return run
+
+
+def tiny_model(vocab: int, tie: bool, seed: int = 0) -> Transformer:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(vocab_size=vocab, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64, tie_embeddings=tie)
+    return Transformer(cfg).eval()
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_transformers_loads_the_export_offline_with_equal_logits_and_greedy_tokens(tiny_data, tmp_path, tie, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tok = load_tokenizer(tiny_data / "tokenizer")
+    model = tiny_model(tok.vocab_size + 5, tie)  # embedding rows beyond the tokenizer are kept
+    with torch.no_grad():  # make every layer matter (the init scales residual paths down)
+        for p in model.parameters():
+            p.mul_(3.0) if p.dim() > 1 else p.uniform_(0.5, 1.5)
+    out = tmp_path / "hf"
+    export_hf(model, tok, out, shard_bytes=40_000)  # small shards: exercises the index file too
+    assert (out / "model.safetensors.index.json").is_file()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, local_files_only=True, dtype=torch.float32).eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out, local_files_only=True)
+    text = "def f(x):\n    return the model reads tokens"
+    ids = tok.encode(text)
+    assert hf_tok(text)["input_ids"] == ids
+    assert (hf_tok.eos_token_id, hf_tok.bos_token_id, hf_tok.pad_token_id) == (tok.eos_id, tok.bos_id, tok.pad_id)
+    x = torch.tensor([ids, ids[::-1]])
+    with torch.no_grad():
+        diff = (model(x)[0] - hf(x).logits).abs().max().item()
+    assert diff < 1e-4
+    greedy_hf = hf.generate(torch.tensor([ids[:5]]), max_new_tokens=20, min_new_tokens=20, do_sample=False,
+                            eos_token_id=None, pad_token_id=tok.pad_id)[0, 5:].tolist()
+    assert generate(model, ids[:5], 20, greedy=True) == greedy_hf
+    assert (hf.lm_head.weight.data_ptr() == hf.model.embed_tokens.weight.data_ptr()) == tie
+
+
+def test_adapter_round_trip_restores_every_tensor(tiny_data, tmp_path):
+    model = tiny_model(100, tie=True)
+    adapter = adapter_for(model.cfg)
+    assert isinstance(adapter, LlamaAdapter)
+    tok = load_tokenizer(tiny_data / "tokenizer")
+    model = tiny_model(tok.vocab_size, tie=False)
+    export_hf(model, tok, tmp_path / "hf")
+    back = adapter_for(model.cfg).from_hf(load_hf_state(tmp_path / "hf"))
+    state = model.state_dict()
+    assert set(back) == {k for k in state if not k.startswith("rope_")}
+    assert all(torch.equal(back[k], state[k]) for k in back)
+
+
+def test_export_refuses_a_foreign_non_empty_folder(tiny_data, tmp_path):
+    tok = load_tokenizer(tiny_data / "tokenizer")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match="not a pretrainlab export"):
+        export_hf(tiny_model(tok.vocab_size, True), tok, tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    export_hf(tiny_model(tok.vocab_size, True), tok, tmp_path / "ok")
+    export_hf(tiny_model(tok.vocab_size, True, seed=1), tok, tmp_path / "ok")  # re-export replaces its own folder
+
+
+def test_export_command_writes_card_examples_and_reproduction_bundle(trained_run, tmp_path):
+    from pretrainlab.eval.run import evaluate_run
+
+    evaluate_run(trained_run, print_results=False)
+    out = tmp_path / "delivery"
+    proc = subprocess.run([sys.executable, "-m", "pretrainlab.cli", "export", str(trained_run), "--to", "hf", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                 "special_tokens_map.json", "README.md", "MODEL_CARD.md", "examples/inference.py",
+                 "examples/heldout_sample.jsonl", "examples/tasks/cloze.jsonl", "repro/config.yaml", "repro/commands.sh",
+                 "repro/meta.json", "repro/data_manifest.json", "repro/tokenizer_manifest.json",
+                 "repro/tokens_manifest.json", "repro/eval.json", "verification.json"]:
+        assert (out / name).is_file(), name
+    check = json.loads((out / "verification.json").read_text())
+    assert check["max_abs_logit_diff"] < 1e-4 and check["greedy_equal"]
+    card = (out / "README.md").read_text()
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert front["library_name"] == "transformers" and front["model-index"][0]["results"]
+    for section in ["## Model Details", "## Uses", "## Bias, Risks, and Limitations", "## How to Get Started",
+                    "## Training Details", "### Training Data", "## Evaluation", "## Environmental Impact",
+                    "## Technical Specifications"]:
+        assert section in card, section
+    # filled from the run: sources with their license and approval, token counts, results, compute
+    data = json.loads((out / "repro" / "data_manifest.json").read_text())
+    for source in ("prose", "code"):
+        assert f"| {source} |" in card
+    assert "| cloze |" in card and "| overall |" in card and "kWh" in card
+    assert "LlamaForCausalLM" in card and "step 12" in card
+    assert isinstance(data, dict)
+
+
+def test_all_checkpoints_sweep_writes_one_record_per_checkpoint_and_charts(trained_run):
+    from pretrainlab.eval.sweep import SWEEP_FILE, SWEEP_HTML, evaluate_all_checkpoints
+
+    records = evaluate_all_checkpoints(trained_run)
+    assert [r["step"] for r in records] == [4, 8, 12]
+    assert [r["tokens"] for r in records] == [4 * 256, 8 * 256, 12 * 256]
+    saved = json.loads((trained_run / SWEEP_FILE).read_text())["checkpoints"]
+    assert [r["step"] for r in saved] == [4, 8, 12]
+    assert all(set(r["tasks"]) == {"cloze", "continuation"} for r in saved)
+    assert records[-1]["perplexity"]["overall"]["loss"] < records[0]["perplexity"]["overall"]["loss"]
+    assert (trained_run / SWEEP_HTML).read_text().count("<svg") == 2
+    from pretrainlab.monitor.report import build_report_html
+
+    assert "Evaluation across training" in build_report_html(trained_run)
+
+
+@pytest.mark.slow
+def test_lm_eval_harness_offline_on_the_export_equals_our_accuracy(trained_run):
+    pytest.importorskip("lm_eval")
+    from pretrainlab.eval.harness import run_harness
+
+    record = run_harness(trained_run, ["builtin"])
+    assert set(record["tasks"]) == {"cloze", "continuation"}
+    for name, r in record["tasks"].items():
+        assert r["acc"] == pytest.approx(r["ours"]["acc"]) and r["acc_norm"] == pytest.approx(r["ours"]["acc_norm"]), name
+    assert json.loads((trained_run / "harness.json").read_text())["tasks"]["cloze"]["acc"] == record["tasks"]["cloze"]["acc"]
