@@ -61,7 +61,7 @@ def main() -> int:
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--kv-heads", type=int, default=2)
     ap.add_argument("--ffn", type=int, default=None)
-    ap.add_argument("--vocab", type=int, default=4096)
+    ap.add_argument("--vocab", type=int, default=None, help="default: the --workdir tokenizer's size, else 4096")
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -78,6 +78,14 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.vocab is None:
+        from pretrainlab.errors import UserError
+        from pretrainlab.tokenizer.vocab import load_tokenizer
+
+        try:
+            args.vocab = load_tokenizer(Path(args.workdir) / "tokenizer").vocab_size
+        except UserError:
+            args.vocab = 4096
     cfg = ModelConfig(vocab_size=args.vocab, d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
                       n_kv_heads=args.kv_heads, ffn_hidden=args.ffn, max_seq_len=args.seq, tie_embeddings=True)
     hf_cfg = LlamaConfig(vocab_size=args.vocab, hidden_size=args.d_model, intermediate_size=cfg.ffn_dim,

@@ -129,3 +129,11 @@ def test_the_page_loads_in_a_headless_browser_and_updates_as_metrics_grow(tmp_pa
         driver.quit()
         server.shutdown()
         server.server_close()
+
+
+def test_the_static_report_carries_the_events_timeline(tmp_path):
+    from pretrainlab.monitor.report import write_report
+
+    run = make_run(tmp_path, "r")
+    text = write_report(run).read_text()
+    assert 'id="timeline"' in text and "ev-rollback" in text and "<script" not in text

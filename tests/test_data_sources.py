@@ -190,3 +190,13 @@ def test_an_unchanged_rebuild_does_no_work_and_a_change_bumps_the_version(tmp_pa
     changed = build_clean_corpus(_cfg(tmp_path, "data.stages=[normalize, exact_dedup]"))
     assert not changed["up_to_date"] and changed["manifest_id"] != first["manifest_id"]
     assert changed["dataset_version"] == "dataset-v0.2"
+
+
+def test_a_corrupt_zstd_file_is_reported_not_fatal(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "ok.jsonl").write_bytes(_jsonl([{"text": _prose(1)}]))
+    (raw / "bad.jsonl.zst").write_bytes(b"\x28\xb5\x2f\xfd" + b"not really zstd" * 10)
+    _registry(raw, {"ok": {"path": "ok.jsonl"}, "bad": {"path": "bad.jsonl.zst"}})
+    summary = build_clean_corpus(_cfg(tmp_path, "data.stages=[normalize]"))
+    assert summary["sources"]["bad"]["removed"] == {"corrupt_file": 1} and summary["sources"]["ok"]["docs_out"] == 1

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-
 import pytest
 import torch
 import yaml
 
 from conftest import tiny_overrides
+from pretrainlab.cli import main
 from pretrainlab.config import ModelConfig, load_config
 from pretrainlab.errors import UserError
 from pretrainlab.eval.generate import generate
@@ -91,20 +89,19 @@ def test_export_refuses_a_foreign_non_empty_folder(tiny_data, tmp_path):
     export_hf(tiny_model(tok.vocab_size, True, seed=1), tok, tmp_path / "ok")  # re-export replaces its own folder
 
 
-def test_export_command_writes_card_examples_and_reproduction_bundle(trained_run, tmp_path):
+def test_export_command_writes_card_examples_and_reproduction_bundle(trained_run, tmp_path, capsys):
     from pretrainlab.eval.run import evaluate_run
 
     evaluate_run(trained_run, print_results=False)
     out = tmp_path / "delivery"
-    proc = subprocess.run([sys.executable, "-m", "pretrainlab.cli", "export", str(trained_run), "--to", "hf", str(out)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert main(["export", str(trained_run), "--to", "hf", str(out)]) == 0
     for name in ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
                  "special_tokens_map.json", "README.md", "MODEL_CARD.md", "examples/inference.py",
                  "examples/heldout_sample.jsonl", "examples/tasks/cloze.jsonl", "repro/config.yaml", "repro/commands.sh",
                  "repro/meta.json", "repro/data_manifest.json", "repro/tokenizer_manifest.json",
                  "repro/tokens_manifest.json", "repro/eval.json", "verification.json"]:
         assert (out / name).is_file(), name
+    assert f"export: {out}" in capsys.readouterr().out
     check = json.loads((out / "verification.json").read_text())
     assert check["max_abs_logit_diff"] < 1e-4 and check["greedy_equal"]
     card = (out / "README.md").read_text()
@@ -149,3 +146,29 @@ def test_lm_eval_harness_offline_on_the_export_equals_our_accuracy(trained_run):
     for name, r in record["tasks"].items():
         assert r["acc"] == pytest.approx(r["ours"]["acc"]) and r["acc_norm"] == pytest.approx(r["ours"]["acc_norm"]), name
     assert json.loads((trained_run / "harness.json").read_text())["tasks"]["cloze"]["acc"] == record["tasks"]["cloze"]["acc"]
+
+
+def test_verification_of_a_capacity_limited_moe_export_compares_dropless_routing(tiny_data, tmp_path):
+    from pretrainlab.export.package import verify_export
+
+    tok = load_tokenizer(tiny_data / "tokenizer")
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64,
+                      moe={"num_experts": 4, "top_k": 2, "capacity_factor": 0.5, "num_shared_experts": 1})
+    model = Transformer(cfg).eval()
+    record = export_hf(model, tok, tmp_path / "hf")
+    assert record["architecture"] == "Qwen2MoeForCausalLM"
+    check = verify_export(model, tok, tmp_path / "hf")
+    assert check["max_abs_logit_diff"] < 1e-4 and check["greedy_equal"]
+    assert "capacity" not in vars(next(m for m in model.modules() if type(m).__name__ == "MoE"))  # patch undone
+
+
+def test_export_command_errors_are_one_line(trained_run, tmp_path, capsys):
+    assert main(["export", str(tmp_path / "nope"), "--to", "hf", str(tmp_path / "o")]) == 2
+    assert "run directory not found" in capsys.readouterr().err
+    assert main(["export", str(trained_run), "--to", "onnx", str(tmp_path / "o")]) == 2
+    assert "only 'hf'" in capsys.readouterr().err
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x").write_text("x")
+    assert main(["export", str(trained_run), "--to", "hf", str(tmp_path / "busy")]) == 2
+    assert "not a pretrainlab export" in capsys.readouterr().err

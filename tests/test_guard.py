@@ -166,3 +166,67 @@ def test_a_flat_loss_pauses_with_exit_75_and_resume_auto_continues(tiny_data, tm
     assert resumed["checkpoint"] == pause["checkpoint"] and resumed["step"] == pause["step"]
     assert [r["step"] for r in train_steps(run)] == list(range(1, 25))
     assert events(run, "end")
+
+
+class FakeCtx:
+    """Just enough of TrainContext to drive the guard's trend rules step by step."""
+
+    def __init__(self):
+        from types import SimpleNamespace
+
+        self.cfg = SimpleNamespace(train=SimpleNamespace(log_every=1))
+        self.history, self.events, self.pauses = [], [], []
+
+    def event(self, name, **fields):
+        self.events.append({"event": name, **fields})
+
+    def request_pause(self, rule, message):
+        self.pauses.append(rule)
+
+    def step(self, guard, step, loss, tokens_per_s):
+        metrics = {"step": step, "loss": loss, "grad_norm": 1.0, "time": 1000.0 + step}
+        guard.on_step_end(self, metrics)
+        self.history.append({**metrics, "tokens_per_s": tokens_per_s})
+
+
+def make_guard(tmp_path, **cfg):
+    from pretrainlab.config import AlertsConfig, GuardConfig
+    from pretrainlab.monitor.alerts import AlertManager
+    from pretrainlab.train.guard import Guard
+
+    return Guard(GuardConfig(**cfg), AlertManager(AlertsConfig(console=False), tmp_path))
+
+
+def test_a_throughput_drop_alerts_once_and_rearms_after_recovery(tmp_path):
+    guard = make_guard(tmp_path, throughput_window="20steps", throughput_fraction=0.5)
+    ctx = FakeCtx()
+    speeds = [1000.0] * 30 + [300.0] * 10 + [1000.0] * 30 + [200.0] * 10
+    for i, tps in enumerate(speeds, start=1):
+        ctx.step(guard, i, 5.0 - 0.01 * i, tps)
+    drops = [e for e in ctx.events if e.get("rule") == "throughput_drop"]
+    assert [e["step"] for e in drops] == [33, 73]  # the median of the last 3 points falls below 50% two steps in
+    assert all(e["action"] == "alert" for e in drops) and not ctx.pauses
+    assert any(e.get("rule") == "throughput_recovered" for e in ctx.events)
+    alerts = list(iter_jsonl(tmp_path / "alerts.jsonl"))
+    assert [a["rule"] for a in alerts] == ["throughput_drop", "throughput_drop"]
+
+
+def test_trend_rules_over_wall_clock_hours(tmp_path):
+    guard = make_guard(tmp_path, flat_window="2h", flat_action="alert", rising_action="off")
+    ctx = FakeCtx()
+    for i in range(1, 200):  # one step a minute, loss flat at 3.0 +- noise
+        metrics = {"step": i, "loss": 3.0 + 0.001 * ((i * 7919) % 13 - 6), "grad_norm": 1.0, "time": 60.0 * i}
+        guard.on_step_end(ctx, metrics)
+    flats = [e for e in ctx.events if e.get("rule") == "loss_flat"]
+    assert [e["step"] for e in flats] == [121]  # first full 2-hour window; alert-only re-arms after another 2h
+    assert not ctx.pauses
+
+
+def test_the_trend_statistics():
+    from pretrainlab.monitor.trend import linear_trend, t_sf
+
+    assert 2 * t_sf(2.228, 10) == pytest.approx(0.05, abs=1e-3)  # textbook two-sided 5% critical value
+    assert 2 * t_sf(12.706, 1) == pytest.approx(0.05, abs=1e-3)
+    tr = linear_trend(list(range(20)), [10 - 0.5 * x + (0.1 if x % 2 else -0.1) for x in range(20)])
+    assert tr.slope == pytest.approx(-0.5, abs=0.01) and tr.p_decrease < 1e-6 and tr.p_increase > 0.99
+    assert linear_trend([1, 1, 1], [1, 2, 3]) is None

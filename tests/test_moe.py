@@ -84,6 +84,8 @@ def test_a_token_whose_assignments_are_all_dropped_gets_zero_from_the_layer():
     assert cap == 1
     assert out[0, 0].abs().sum() > 0  # the first token got expert 2's only slot
     assert torch.equal(out[0, 1:], torch.zeros(15, 16))  # the rest pass through the block's residual unchanged
+    layer.eval()  # evaluation and generation never drop: every token gets its expert
+    assert (layer(x).abs().sum(-1) > 0).all()
 
 
 def test_dropped_tokens_pass_through_the_residual_of_the_block():
@@ -184,3 +186,16 @@ def test_bf16_autocast_runs_experts_in_bf16_with_an_fp32_router():
     assert out.dtype == torch.float32  # the block keeps its input dtype
     assert layer.z_loss.dtype == torch.float32
     torch.testing.assert_close(out, layer(x), rtol=0.05, atol=0.05)
+
+
+def test_routing_stats_count_each_training_forward_once_even_under_activation_checkpointing():
+    from torch.utils.checkpoint import checkpoint
+
+    layer = make_layer()
+    x = torch.randn(2, 8, 16, requires_grad=True)
+    checkpoint(layer, x, use_reentrant=False).sum().backward()  # the backward re-runs the forward
+    stats = layer.pop_stats()
+    assert stats["calls"].item() == 1 and stats["demand"].sum().item() == 2 * 8 * 2
+    layer.eval()
+    layer(x)
+    assert layer.pop_stats() == {}  # evaluation forwards are not training statistics

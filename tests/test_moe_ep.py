@@ -13,6 +13,7 @@ from pretrainlab.model.moe import MoE
 from pretrainlab.train.parallel_ep import apply_expert_parallel, expert_param_names
 
 WORLD = 2
+pytestmark = pytest.mark.slow  # spawns two Python processes (~5 s idle machine, far more on a busy one)
 
 
 def make_layer(dropless: bool) -> MoE:

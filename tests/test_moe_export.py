@@ -20,7 +20,7 @@ transformers = pytest.importorskip("transformers")
 def moe_model(vocab: int, *sets: str) -> Transformer:
     cfg = load_config(None, [f"model.vocab_size={vocab}", "model.d_model=64", "model.n_layers=3", "model.n_heads=4",
                              "model.n_kv_heads=2", "model.max_seq_len=64", "model.moe.num_experts=4",
-                             "model.moe.top_k=2", "model.moe.expert_hidden=48", "model.moe.dropless=true", *sets]).model
+                             "model.moe.top_k=2", "model.moe.expert_hidden=48", "model.moe.capacity_factor=1.0", *sets]).model
     torch.manual_seed(0)
     model = Transformer(cfg).eval()
     with torch.no_grad():  # make every layer, router and expert matter
@@ -30,7 +30,8 @@ def moe_model(vocab: int, *sets: str) -> Transformer:
 
 
 CASES = {
-    "mixtral": ([], MixtralAdapter, "mixtral"),
+    "mixtral": (["model.moe.dropless=true"], MixtralAdapter, "mixtral"),
+    "mixtral, trained with capacity (eval never drops)": ([], MixtralAdapter, "mixtral"),
     "qwen2_moe shared experts": (["model.moe.num_shared_experts=2"], Qwen2MoeAdapter, "qwen2_moe"),
     "qwen2_moe dense block, unnormalized top-k": (["model.moe.layers=[0,2]", "model.moe.normalize_top_k=false",
                                                    "model.tie_embeddings=false"], Qwen2MoeAdapter, "qwen2_moe"),

@@ -82,6 +82,10 @@ def test_a_forced_routing_collapse_is_an_event_and_an_alert(tiny_cfg, monkeypatc
     alerts = list(iter_jsonl(cfg.run_dir / "alerts.jsonl"))
     assert any(a["rule"] == "moe_routing_collapse" and "layer 0" in a["message"] for a in alerts)
     assert train_records(cfg.run_dir)[-1]["moe/collapsed_layers"] == 2
+    # resuming the still-collapsed run does not raise the same alarm again (the rule's state is checkpointed)
+    train(cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": 6})}), resume="auto")
+    again = [e for e in iter_jsonl(cfg.run_dir / "events.jsonl") if e["event"] == "moe_routing_collapse"]
+    assert len(again) == len(events)
 
 
 def test_a_dense_run_logs_no_moe_metrics(tiny_cfg):

@@ -106,3 +106,49 @@ def test_compute_seconds_of_the_corrected_003_example():
     assert secs == pytest.approx(5.859375e5)
     assert secs / 86400 == pytest.approx(6.78, abs=0.005)
     assert math.isclose(secs, 1.5e23 / 2.56e17)
+
+
+def test_pretrainlab_block_formula():
+    s, b, h, f = 1024, 2, 512, 1408
+    assert F.layer_activation_bytes_llama(s, b, h, 8, 0.25, f, impl="pretrainlab") == s * b * h * (36 + 8 * f / h)
+    assert F.layer_activation_bytes_llama(s, b, h, 8, 0.25, f, impl="pretrainlab", recompute="full") == 4 * s * b * h
+
+
+def _saved_activation_bytes(block, x, cos, sin) -> int:
+    """Bytes autograd keeps for backward in one block: unique storages, weights and their casts excluded."""
+    import torch
+
+    weight_shapes = {tuple(p.shape) for p in block.parameters()} | {tuple(p.shape[::-1]) for p in block.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if tuple(t.shape) not in weight_shapes:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = block(x, cos, sin)
+    y.float().sum().backward()
+    return sum(seen.values())
+
+
+def test_pretrainlab_formula_matches_what_autograd_keeps_for_our_block():
+    """First-principles check: run the repository's Block under bf16 autocast and count the saved tensors."""
+    import torch
+
+    from pretrainlab.config import ModelConfig
+    from pretrainlab.model.transformer import Block, rope_tables
+
+    torch.manual_seed(0)
+    s, b, h = 96, 2, 128
+    cfg = ModelConfig(vocab_size=64, d_model=h, n_layers=1, n_heads=4, n_kv_heads=2, max_seq_len=s)
+    block = Block(cfg, 0)
+    cos, sin = rope_tables(cfg.head_dim, s, cfg.rope_theta)
+    x = torch.randn(b, s, h, requires_grad=True)
+    measured = _saved_activation_bytes(block, x, cos[None, None], sin[None, None])
+    predicted = F.layer_activation_bytes_llama(s, b, h, 4, 0.5, cfg.ffn_dim, impl="pretrainlab")
+    assert measured == pytest.approx(predicted, rel=0.05)
+    fused = F.layer_activation_bytes_llama(s, b, h, 4, 0.5, cfg.ffn_dim, impl="fused")
+    assert measured > 1.5 * fused  # unfused norms, fp32 residual and autocast copies cost this much

@@ -48,10 +48,10 @@ class CorpusConfig(Section):
 
 class QualityConfig(Section):
     """Quality-filter thresholds (Gopher, C4, FineWeb rules). A document is 'CJK' when at least
-    `cjk_ratio` of its letters are CJK; then words are counted per character and CJK stop words,
-    punctuation and line lengths apply."""
+    `cjk_ratio` of its non-space characters are CJK; then every CJK character counts as a word and
+    Chinese stop words, full-width punctuation and character-based line lengths apply."""
 
-    cjk_ratio: float = Field(0.3, ge=0, le=1, description="Share of CJK characters among letters that makes a document CJK.")
+    cjk_ratio: float = Field(0.3, ge=0, le=1, description="Share of CJK characters among non-space characters that makes a document CJK.")
     min_words: int = Field(50, ge=0, description="gopher_quality: fewest words (CJK: characters count as words).")
     max_words: int = Field(100_000, ge=1, description="gopher_quality: most words.")
     min_avg_word_len: float = Field(3.0, ge=0, description="gopher_quality: shortest mean word length (non-CJK only).")
@@ -112,6 +112,9 @@ class NearDedupConfig(Section):
     ngram: int = Field(5, ge=1, description="Word n-gram size of a shingle.")
     cjk_ngram: int = Field(5, ge=1, description="Character n-gram size for CJK documents.")
     seed: int = Field(1, description="Seed of the hash permutations.")
+    verify: Literal["exact", "signature"] = Field(
+        "exact", description="Check LSH candidates on exact shingle-set Jaccard (sets spilled to a temp file) or on the MinHash estimate."
+    )
 
 
 class DataConfig(Section):
@@ -213,7 +216,8 @@ class MoEConfig(Section):
     num_shared_experts: int = Field(0, ge=0, description="Always-on experts (same size) added to every token's output.")
     layers: list[int] | None = Field(None, description="Indices of the decoder blocks whose MLP is MoE; default all.")
     capacity_factor: float = Field(
-        1.25, gt=0, description="Expert capacity = ceil(factor * tokens * top_k / num_experts); overflow is dropped."
+        1.25, gt=0, description="Training: expert capacity = ceil(factor * tokens * top_k / num_experts) per micro-batch; "
+        "overflow is dropped. Evaluation and generation never drop."
     )
     dropless: bool = Field(False, description="Never drop tokens (capacity_factor ignored).")
     normalize_top_k: bool = Field(True, description="Renormalize the top-k gate weights to sum to 1 (Mixtral).")
@@ -790,13 +794,13 @@ def config_reference_markdown() -> str:
             section = getattr(root, name)
             for key, sub in ann.model_fields.items():
                 default = getattr(section, key)
-                lines.append(
-                    f"| `{name}.{key}` | `{_type_name(sub.annotation)}` | `{default!r}` | {sub.description or ''} |"
-                )
                 nested = _nested_model(sub.annotation)
-                if nested is not None and default is None:  # an optional sub-section: list its keys too
+                shown = "sub-section" if isinstance(default, BaseModel) else repr(default)
+                about = sub.description or (" ".join((nested.__doc__ or "").split()) if nested else "")
+                lines.append(f"| `{name}.{key}` | `{_type_name(sub.annotation)}` | `{shown}` | {about} |")
+                if nested is not None and (default is None or isinstance(default, BaseModel)):  # a sub-section: list its keys
                     for k2, f2 in nested.model_fields.items():
-                        d2 = f2.get_default(call_default_factory=True)
+                        d2 = getattr(default, k2) if default is not None else f2.get_default(call_default_factory=True)
                         lines.append(f"| `{name}.{key}.{k2}` | `{_type_name(f2.annotation)}` | `{d2!r}` | {f2.description or ''} |")
             lines.append("")
         else:

@@ -44,8 +44,10 @@ class NearDedup(Stage):
 
     A document whose estimated Jaccard similarity to an earlier kept document is at
     least ``near_dedup.threshold`` is quarantined with that document's id (its
-    cluster id); kept documents are the cluster representatives. Memory: one
-    ``bands*rows`` uint32 signature plus ``bands`` bucket entries per kept document.
+    cluster id); kept documents are the cluster representatives. Candidates are
+    verified on exact Jaccard (``near_dedup.verify: exact``, shingle sets spilled to a
+    temporary file) or on the signatures. Memory: one ``bands*rows`` uint32 signature
+    plus ``bands`` bucket entries per kept document.
     """
 
     name = "near_dedup"
@@ -56,22 +58,26 @@ class NearDedup(Stage):
 
         nd = cfg.near_dedup
         self.hasher = MinHasher(nd.bands * nd.rows, nd.seed, nd.ngram, nd.cjk_ngram, cfg.quality.cjk_ratio)
-        self.index = LSHIndex(nd.bands, nd.rows)
+        self.index = LSHIndex(nd.bands, nd.rows, exact=nd.verify == "exact")
         self.cluster_sizes: dict[str, int] = {}
         self.duplicates = 0
 
     def process(self, doc: Document) -> Document | Reject:
-        sig = self.hasher.signature(doc.text)
-        hit = self.index.query(sig, self.cfg.near_dedup.threshold)
+        shingles = self.hasher.shingles(doc.text)
+        sig = self.hasher.signature_of(shingles)
+        hit = self.index.query(sig, self.cfg.near_dedup.threshold, shingles)
         if hit is not None:
             rep = self.index.keys[hit[0]]
             self.cluster_sizes[rep] = self.cluster_sizes.get(rep, 1) + 1
             self.duplicates += 1
-            return Reject("near_duplicate", f"near-duplicate of {rep} (estimated Jaccard {hit[1]:.2f}); cluster {rep}")
-        self.index.insert(sig, doc.id)
+            how = "Jaccard" if self.index.store is not None else "estimated Jaccard"
+            return Reject("near_duplicate", f"near-duplicate of {rep} ({how} {hit[1]:.2f}); cluster {rep}")
+        self.index.insert(sig, doc.id, shingles)
         return doc
 
     def finish(self) -> dict:
+        if self.index.store is not None:
+            self.index.store.close()
         biggest = sorted(self.cluster_sizes.items(), key=lambda kv: (-kv[1], kv[0]))[:20]
         return {
             "kept_docs": len(self.index.keys),

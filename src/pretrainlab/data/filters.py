@@ -10,7 +10,8 @@ from pretrainlab.data.stages import Document, Reject, Stage, register_stage
 
 # C0 controls except \t and \n (\r is handled as a line break first), DEL, and C1 controls.
 _CONTROL = {c: None for c in [*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0)] if c not in (0x09, 0x0A)}
-_TRAILING_WS = re.compile(r"[^\S\n]+$", re.MULTILINE)
+_HAS_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_TRAILING_WS = re.compile(r"[^\S\n]\n")  # only a test: is there any trailing whitespace before a line break?
 _MANY_BLANK_LINES = re.compile(r"\n{4,}")  # 3+ blank lines
 
 
@@ -35,10 +36,12 @@ def normalize_text(text: str, strip_control_chars: bool = True, collapse_whitesp
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     if text.startswith("\ufeff"):
         text = text[1:]
-    if strip_control_chars:
+    # Each step first checks cheaply whether it has anything to do (most documents are clean).
+    if strip_control_chars and _HAS_CONTROL.search(text):
         text = text.translate(_CONTROL)
     if collapse_whitespace:
-        text = _TRAILING_WS.sub("", text)
+        if _TRAILING_WS.search(text):
+            text = "\n".join(line.rstrip() for line in text.split("\n"))
         text = _MANY_BLANK_LINES.sub("\n\n\n", text)
         text = text.lstrip("\n").rstrip()
     return text

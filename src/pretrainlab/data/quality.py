@@ -17,11 +17,10 @@ import numpy as np
 
 from pretrainlab.config import DataConfig
 from pretrainlab.data.stages import Document, Reject, Stage, register_stage
-from pretrainlab.data.textstats import CJK_CHAR, TERMINAL, cjk_ratio, words
+from pretrainlab.data.textstats import CJK_CHAR, TERMINAL, alpha_token_count, cjk_ratio, token_arrays, words
 
 EN_STOP_WORDS = re.compile(r"\b(?:the|be|to|of|and|that|have|with)\b", re.IGNORECASE)
 ZH_STOP_WORDS = re.compile(r"[的了是在和有我不这也就都而及与着或]")
-_NON_ALPHA_WORD = re.compile(r"(?<!\S)(?:[^\w\s]|[\d_])+(?!\S)")
 _BULLET_LINE = re.compile(r"^\s*[•\-*‣●○▪◦·–]", re.MULTILINE)
 _ELLIPSIS_LINE = re.compile(r"(?:\.\.\.|…)\s*$", re.MULTILINE)
 _PARAGRAPHS = re.compile(r"\n\s*\n")
@@ -45,21 +44,24 @@ def _duplicates(items: list[str]) -> tuple[int, int]:
     return n, chars
 
 
-def ngram_repetition(tokens: list[str], top_ns: list[int], dup_ns: list[int]) -> tuple[dict[int, float], dict[int, float]]:
-    """Gopher's n-gram repetition statistics over ``tokens``.
+def ngram_repetition(ids: np.ndarray, lengths: np.ndarray, top_ns: list[int], dup_ns: list[int],
+                     stop_below: float | None = None) -> tuple[dict[int, float], dict[int, float]]:
+    """Gopher's n-gram repetition statistics over a token sequence (``ids``: 64-bit token hashes,
+    ``lengths``: characters per token).
 
     top[n]: characters of the most frequent n-gram times its count / all characters (0 when nothing repeats);
     dup[n]: characters of the tokens covered by any n-gram that occurs more than once / all characters.
+    One sort per n: equal neighbours in sorted order are the repeats. Coverage can only shrink as
+    n grows (a repeated (n+1)-gram holds two repeated n-grams covering the same tokens), so once
+    dup[n] <= ``stop_below`` the larger n get dup[n] as their (upper-bound) value without a sort.
     """
     top: dict[int, float] = {}
     dup: dict[int, float] = {}
-    if not tokens:
-        return top, dup
-    vocab: dict[str, int] = {}
-    ids = np.fromiter((vocab.setdefault(t, len(vocab)) for t in tokens), dtype=np.uint64, count=len(tokens)) + np.uint64(1)
-    lengths = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
     total = int(lengths.sum())
-    csum = np.concatenate([[0], np.cumsum(lengths)])
+    if len(ids) == 0 or total == 0:
+        return top, dup
+    csum = np.zeros(len(ids) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=csum[1:])
     h = ids.copy()
     with np.errstate(over="ignore"):
         for n in range(1, max([*top_ns, *dup_ns], default=1) + 1):
@@ -67,22 +69,37 @@ def ngram_repetition(tokens: list[str], top_ns: list[int], dup_ns: list[int]) ->
                 h = h[:-1] * _HASH_MUL + ids[n - 1:]  # polynomial hash of the n-gram starting at each position
             if n not in top_ns and n not in dup_ns:
                 continue
-            if len(h) == 0:  # document shorter than n tokens
+            if n not in top_ns and n in dup and stop_below is not None:
+                continue  # bound already filled in below
+            if len(h) < 2:  # fewer than two n-grams: nothing can repeat
                 top[n] = dup[n] = 0.0
                 continue
-            _, first, inverse, counts = np.unique(h, return_index=True, return_inverse=True, return_counts=True)
+            order = np.argsort(h)
+            sh = h[order]
+            same = sh[1:] == sh[:-1]
+            if not same.any():
+                top[n] = dup[n] = 0.0
+                continue
             if n in top_ns:
-                best = int(np.argmax(counts))
-                c = int(counts[best])
-                start = int(first[best])
-                top[n] = 0.0 if c < 2 else c * int(csum[start + n] - csum[start]) / total
+                bounds = np.flatnonzero(np.concatenate([[True], ~same, [True]]))
+                runs = np.diff(bounds)
+                best = int(np.argmax(runs))
+                start = int(order[bounds[best]])
+                top[n] = int(runs[best]) * int(csum[start + n] - csum[start]) / total
             if n in dup_ns:
-                starts = np.nonzero(counts[inverse] > 1)[0]
-                cover = np.zeros(len(tokens) + 1, dtype=np.int64)
+                repeated = np.zeros(len(h), dtype=bool)
+                repeated[order[1:][same]] = True
+                repeated[order[:-1][same]] = True
+                starts = np.flatnonzero(repeated)
+                cover = np.zeros(len(ids) + 1, dtype=np.int64)
                 np.add.at(cover, starts, 1)
                 np.add.at(cover, starts + n, -1)
                 covered = np.cumsum(cover[:-1]) > 0
                 dup[n] = int(lengths[covered].sum()) / total
+                if stop_below is not None and dup[n] <= stop_below:
+                    for m in dup_ns:
+                        if m > n:
+                            dup.setdefault(m, dup[n])
     return top, dup
 
 
@@ -101,15 +118,15 @@ class GopherQuality(_QualityStage):
     def process(self, doc: Document) -> Document | Reject:
         q = self.cfg.quality
         text = doc.text
-        cjk = self._cjk(text)
-        toks = words(text)
-        n = len(toks)
+        _, starts, ends, ratio = token_arrays(text)
+        cjk = ratio >= q.cjk_ratio
+        n = len(starts)
         if n < q.min_words:
             return Reject("gopher_too_few_words", f"{n} words < quality.min_words={q.min_words}" + (" (CJK: characters)" if cjk else ""))
         if n > q.max_words:
             return Reject("gopher_too_many_words", f"{n} words > quality.max_words={q.max_words}")
         if not cjk:
-            mean = sum(map(len, toks)) / n
+            mean = float((ends - starts).mean())
             if not q.min_avg_word_len <= mean <= q.max_avg_word_len:
                 return Reject("gopher_word_length", f"mean word length {mean:.1f} outside [{q.min_avg_word_len}, {q.max_avg_word_len}]")
         symbols = text.count("#") + text.count("...") + text.count("…")
@@ -122,7 +139,7 @@ class GopherQuality(_QualityStage):
         ellipses = len(_ELLIPSIS_LINE.findall(text))
         if ellipses / lines > q.max_ellipsis_lines_ratio:
             return Reject("gopher_ellipsis_lines", f"{ellipses}/{lines} lines end with an ellipsis > {q.max_ellipsis_lines_ratio}")
-        alpha = 1 - len(_NON_ALPHA_WORD.findall(text)) / n
+        alpha = alpha_token_count(text, starts, ends) / n
         if alpha < q.min_alpha_words_ratio:
             return Reject("gopher_non_alpha_words", f"only {alpha:.2f} of words contain a letter < {q.min_alpha_words_ratio}")
         if q.min_stop_words:
@@ -159,10 +176,11 @@ class GopherRepetition(_QualityStage):
             return Reject("gopher_dup_lines", f"{n_dup}/{len(lines)} lines repeated > {q.max_dup_line_ratio}")
         if c_dup / max(1, len(text)) > q.max_dup_line_char_ratio:
             return Reject("gopher_dup_line_chars", f"{c_dup / len(text):.2f} of characters in repeated lines > {q.max_dup_line_char_ratio}")
-        scale = q.cjk_ngram_scale if self._cjk(text) else 1
+        ids, starts, ends, ratio = token_arrays(text)
+        scale = q.cjk_ngram_scale if ratio >= q.cjk_ratio else 1
         top_limits = {n * scale: v for n, v in q.max_top_ngram_ratio.items()}
         dup_limits = {n * scale: v for n, v in q.max_dup_ngram_ratio.items()}
-        top, dup = ngram_repetition(words(text), list(top_limits), list(dup_limits))
+        top, dup = ngram_repetition(ids, ends - starts, list(top_limits), list(dup_limits), min(dup_limits.values(), default=None))
         for n, limit in sorted(top_limits.items()):
             if top.get(n, 0.0) > limit:
                 return Reject("gopher_top_ngram", f"most frequent {n}-gram covers {top[n]:.2f} of characters > {limit}")
@@ -172,8 +190,11 @@ class GopherRepetition(_QualityStage):
         return doc
 
 
+_TERMINAL = tuple(TERMINAL)
+
+
 def _ends_with_terminal(line: str) -> bool:
-    return line.rstrip().endswith(tuple(TERMINAL))
+    return line.rstrip().endswith(_TERMINAL)
 
 
 @register_stage
@@ -198,19 +219,26 @@ class C4Lines(_QualityStage):
             return Reject("c4_curly_brace", "contains '{' (code or templates; quality.c4_drop_curly_brace)")
         kept: list[str] = []
         removed = Counter()
+        # Document-level pre-checks skip the per-line phrase tests when the phrase is nowhere.
+        check_js = "javascript" in lower
+        check_policy = any(p in lower for p in _POLICY)
+        min_words = q.c4_min_words_per_line
         for line in doc.text.split("\n"):
             stripped = line.strip()
             if not stripped:
                 kept.append(line)
                 continue
-            low = stripped.lower()
-            if "javascript" in low:
-                removed["javascript"] += 1
-            elif any(p in low for p in _POLICY):
-                removed["policy"] += 1
-            elif not _ends_with_terminal(stripped):
+            if check_js or check_policy:
+                low = stripped.lower()
+                if check_js and "javascript" in low:
+                    removed["javascript"] += 1
+                    continue
+                if check_policy and any(p in low for p in _POLICY):
+                    removed["policy"] += 1
+                    continue
+            if not stripped.endswith(_TERMINAL):
                 removed["no_terminal_punct"] += 1
-            elif len(words(stripped)) < q.c4_min_words_per_line:
+            elif len(stripped.split()) < min_words and len(words(stripped)) < min_words:
                 removed["too_few_words"] += 1
             else:
                 kept.append(line)

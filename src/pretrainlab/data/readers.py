@@ -20,6 +20,12 @@ from pretrainlab.data.stages import Document
 
 _SLICE = 1 << 20
 
+try:
+    from zstandard import ZstdError as _ZstdError
+except ImportError:  # zstandard missing: .zst sources fail with a clear message when opened
+    class _ZstdError(Exception):
+        pass
+
 
 def _open_binary(path: Path, fmt: str):
     if fmt == "jsonl.gz":
@@ -95,8 +101,8 @@ def read_jsonl(spec: SourceSpec, path: Path, prefix: str, max_doc_bytes: int) ->
                     yield BadRecord(bad_id, lineno, "invalid_json", f"line {lineno}: invalid JSON ({exc.msg} at column {exc.colno})", line[:PREVIEW_CHARS])
                     continue
                 yield _record_to_doc(rec, spec, bad_id, lineno, line[:PREVIEW_CHARS])
-    except (OSError, EOFError, ValueError) as exc:  # gzip/zstd corruption surfaces as these
-        code = "unreadable_file" if isinstance(exc, PermissionError) or lineno == 0 and isinstance(exc, FileNotFoundError) else "corrupt_file"
+    except (OSError, EOFError, ValueError, _ZstdError) as exc:  # how gzip/zstd corruption surfaces
+        code = "unreadable_file" if isinstance(exc, (PermissionError, FileNotFoundError, IsADirectoryError)) else "corrupt_file"
         yield BadRecord(f"{prefix}{path.name}", lineno or None, code, f"{path}: {code.replace('_', ' ')} after line {lineno}: {exc}", "")
 
 

@@ -5,7 +5,7 @@ conventions: ``hf_config`` gives the transformers ``config.json`` dict,
 ``to_hf``/``from_hf`` rename (and, where layouts differ, reshape) tensors.
 ``adapter_for(model_cfg)`` picks the first registered adapter whose ``matches``
 accepts the config; the dense Llama adapter is the fallback. An MoE adapter
-(e.g. to ``OlmoeForCausalLM`` / ``MixtralForCausalLM``) registers itself with
+(``moe_adapter.py``: Mixtral / Qwen2-MoE) registers itself with
 ``register_adapter`` and is tried first.
 
 Dense mapping (ours -> ``LlamaForCausalLM``), checked against transformers'

@@ -136,9 +136,22 @@ def verify_export(model, tok, out_dir: Path, device="cpu") -> dict[str, Any]:
     """Load ``out_dir`` with transformers and compare logits and greedy tokens with ``model``."""
     from transformers import AutoModelForCausalLM
 
-    from pretrainlab.eval.generate import generate
+    from pretrainlab.model.moe import MoE
 
     hf = AutoModelForCausalLM.from_pretrained(out_dir, local_files_only=True, dtype=torch.float32).eval()
+    moe = [m for m in model.modules() if isinstance(m, MoE)]
+    for m in moe:  # transformers' MoE is dropless: compare with our dropless routing
+        m.capacity = lambda num_tokens: None
+    try:
+        return _compare(model, hf, tok)
+    finally:
+        for m in moe:
+            del m.capacity
+
+
+def _compare(model, hf, tok) -> dict[str, Any]:
+    from pretrainlab.eval.generate import generate
+
     ids = (tok.encode("def main():\n    return the value of the model\n") or [tok.bos_id])[: model.cfg.max_seq_len]
     x = torch.tensor([ids])
     with torch.no_grad():

@@ -6,7 +6,10 @@ token, weighted by their (optionally renormalized) gate probabilities. Expert
 capacity is ``ceil(capacity_factor * tokens * k / experts)``; assignments past it
 are dropped (first choices of all tokens fill experts before second choices,
 earlier tokens first), and a dropped assignment simply contributes nothing, so
-the token passes through the block's residual. ``dropless`` never drops.
+the token passes through the block's residual. ``dropless`` never drops, and
+neither does evaluation or generation (eval mode): dropping is a training-time
+throughput device, so a model's outputs at inference never depend on what else
+is in the batch, and they equal the (dropless) Hugging Face export's.
 
 Dispatch sorts the (token, expert) assignments by expert and runs all experts
 with one grouped matrix product per projection (``torch._grouped_mm``), a padded
@@ -241,7 +244,8 @@ class MoE(nn.Module):
         self.stats: dict[str, torch.Tensor] = {}
 
     def capacity(self, num_tokens: int) -> int | None:
-        if self.cfg.dropless:
+        """Per-expert capacity for a batch of ``num_tokens``; None (dropless) in eval mode or when configured."""
+        if self.cfg.dropless or not self.training:
             return None
         return expert_capacity(num_tokens, self.num_experts, self.top_k, self.cfg.capacity_factor)
 
@@ -274,7 +278,7 @@ class MoE(nn.Module):
         out = torch.zeros(flat.shape[0], shape[-1], dtype=y.dtype, device=x.device).index_add_(0, plan.token_idx, y)
         if self.shared is not None:
             out = out + self.shared(flat).to(out.dtype)
-        if self.training:
+        if self.training and not _in_backward():  # an activation-checkpoint recompute must not count twice
             self._accumulate(plan, logits)
         return out.to(x.dtype).view(shape)
 
@@ -300,6 +304,11 @@ class MoE(nn.Module):
         """Routing statistics summed over the training forwards since the last call; resets them."""
         stats, self.stats = self.stats, {}
         return stats
+
+
+def _in_backward() -> bool:
+    task = getattr(torch._C, "_current_graph_task_id", None)
+    return task is not None and task() != -1
 
 
 def moe_layers(model: nn.Module) -> list[tuple[int, MoE]]:

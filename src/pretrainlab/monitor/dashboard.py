@@ -165,8 +165,8 @@ def global_view(runs: list[RunData]) -> str:
     return '<div class="charts">' + "".join(charts) + "</div>"
 
 
-def events_timeline(runs: list[RunData], width: int = 1300, limit: int = 40) -> str:
-    """One lane per run: a marker per event at its step; then the latest events as a table."""
+def events_timeline(runs: list[RunData], width: int = 1300, limit: int = 40, table: bool = True) -> str:
+    """One lane per run: a marker per event at its step; then (``table``) the latest events as a table."""
     shown = [(r, [e for e in r.events if e.get("event") in EVENT_COLORS and isinstance(e.get("step"), (int, float))])
              for r in runs]
     max_step = max([e["step"] for _, evs in shown for e in evs] + [r.planned_steps or 1 for r in runs] + [1])
@@ -190,6 +190,8 @@ def events_timeline(runs: list[RunData], width: int = 1300, limit: int = 40) -> 
                      f'<text x="{lx + 7}" y="{height - 6}" class="lg">{name}</text>')
         lx += 24 + 6.5 * len(name)
     parts.append("</svg>")
+    if not table:
+        return "".join(parts)
     recent = sorted(((e, r.name) for r, evs in shown for e in evs if e["event"] not in ("checkpoint",)),
                     key=lambda t: t[0].get("time", 0))[-limit:]
     rows = ["<table><tr><th>time</th><th>run</th><th>step</th><th>event</th><th>details</th></tr>"]

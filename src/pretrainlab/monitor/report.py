@@ -438,6 +438,9 @@ def build_report_html(run_dir: str | Path) -> str:
     # events
     body.append("<h2>Events</h2>")
     if events:
+        from pretrainlab.monitor.dashboard import RunData, events_timeline  # the dashboard's timeline view
+
+        body.append(events_timeline([RunData(name, run_dir)], table=False))
         rows = []
         for e in events:
             extra = ", ".join(f"{k}={fmt_num(v) if isinstance(v, (int, float)) else v}"

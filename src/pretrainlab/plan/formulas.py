@@ -96,7 +96,8 @@ def layer_activation_bytes_llama(s: int, b: int, h: int, a: int, kv_ratio: float
         raise ValueError(f"unknown impl {impl!r}")
     if moe_top_k:  # router input is the (replicated) MLP input; each routed copy is sharded work
         replicated = base + mlp_in
-        sharded = attn + moe_top_k * capacity * (4.0 + mlp_in + swiglu * moe_ffn / h)
+        # dispatched input (= the expert's matmul input, plus autocast copies beyond it) and expert output
+        sharded = attn + moe_top_k * capacity * (4.0 + (mlp_in - 2.0) + swiglu * moe_ffn / h)
         if shared_ffn:
             sharded += swiglu * shared_ffn / h
     else:

@@ -126,7 +126,7 @@ def spec_from_model_config(cfg: ModelConfig, name: str = "model section",
     if cfg.vocab_size is None:
         raise ConfigError(
             "the planner needs model.vocab_size (the trainer takes it from the tokenizer); "
-            "set it in the YAML or with --set model.vocab_size=32000"
+            "set it with --set model.vocab_size=32000, or plan a preset with --model-preset 1b|7b|14b|30b|moe-10b"
         )
     kwargs: dict = {}
     if cfg.moe is not None:

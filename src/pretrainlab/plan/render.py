@@ -90,6 +90,8 @@ ROWS: list[tuple[str, str, Callable[[dict], str]]] = [
      lambda p: " / ".join(_gb(p["memory"][k]) for k in ("weights_bytes", "gradients_bytes", "optimizer_bytes"))),
     ("memory", "model states by ZeRO stage 0/1/2/3",
      lambda p: " / ".join(_gb(v) for v in p["memory"]["by_zero_stage"].values())),
+    ("memory", "ZeRO-3 gathered layers, autocast weight copies",
+     lambda p: f"{_gb(p['memory']['zero3_gather_bytes'])}, {_gb(p['memory']['autocast_weight_copies_bytes'])}"),
     ("memory", "activations", lambda p: f"{_gb(p['memory']['activations_bytes'])} ({p['memory']['activation_formula']}, "
      f"recompute {p['memory']['recompute']})"),
     ("memory", "total per device / usable",

@@ -116,6 +116,14 @@ class MoEMonitor(Callback):
             self.writer.close()
             self.writer = None
 
+    def state_dict(self) -> dict:
+        """The collapse rule's streaks, so a resumed run neither re-alerts nor forgets a building streak."""
+        return {"streak": [[i, r, n] for (i, r), n in self.streak.items()], "firing": [[i, r] for i, r in self.firing]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.streak = {(int(i), str(r)): int(n) for i, r, n in state.get("streak", [])}
+        self.firing = {(int(i), str(r)) for i, r in state.get("firing", [])}
+
     # ---- pieces
 
     def _layer_metrics(self, ctx: "TrainContext", index: int, layer: MoE) -> dict | None:
