@@ -68,7 +68,8 @@ def test_planner_flops_agree_with_the_trainer_for_dense_and_moe():
 
 def test_zero_paper_example_through_the_planner():
     # 7.5B parameters, 64 data-parallel GPUs: 120 -> 31.4 -> 16.6 -> 1.9 GB of model states, stages 0-3.
-    p = plan("plan.model_preset=7b", "plan.total_params=7.5e9", "plan.devices=64", "plan.global_batch_tokens=262144")
+    p = plan("plan.model_preset=7b", "plan.total_params=7.5e9", "plan.devices=64", "plan.global_batch_tokens=262144",
+             "plan.optimizer_scheme=mixed")
     stages = [v / 1e9 for v in p["memory"]["by_zero_stage"].values()]
     assert [round(x, 1) for x in stages] == [120.0, 31.4, 16.6, 1.9]
 
@@ -102,9 +103,10 @@ def test_camera_io_and_checkpoint_numbers():
     assert v["raw_bytes_per_recorded_second"] == 66_355_200
     assert v["stored_bytes_per_recorded_second"] == 66_355_200 / 20
     assert v["read_bytes_per_s"] == pytest.approx(p["compute"]["tokens_per_s"] / (6 * 12 * 256) * 66_355_200 / 20)
-    ck = plan(path=DOC003)["checkpoint"]
+    ck = plan("plan.optimizer_scheme=mixed", path=DOC003)["checkpoint"]
     assert ck["size_bytes"] == 10e9 * 14  # bf16 weights + fp32 master, m, v
     assert ck["write_seconds"] == pytest.approx(140e9 / 5e9)
+    assert plan(path=DOC003)["checkpoint"]["size_bytes"] == 10e9 * 12  # fp32 weights + m, v (this trainer)
 
 
 def test_energy_uses_stated_assumptions():
@@ -186,3 +188,11 @@ def test_from_run_uses_the_measured_mfu_and_tokens_per_second(tiny_cfg, capsys):
     assert h100["hardware"]["peak_flops"] == 989.5e12
     assert main(["plan", "--from-run", str(run), "--mfu", "0.4"]) == 2
     assert main(["plan", "--from-run", str(run.parent / "missing")]) == 2
+
+
+def test_trainer_activation_checkpointing_means_full_recompute():
+    model = ["model.vocab_size=4096"]
+    assert plan(*model)["memory"]["recompute"] == "none"
+    on = plan(*model, "train.activation_checkpointing=true")
+    assert on["memory"]["recompute"] == "full"
+    assert plan(*model, "train.activation_checkpointing=true", "plan.recompute=selective")["memory"]["recompute"] == "selective"

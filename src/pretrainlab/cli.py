@@ -155,6 +155,11 @@ def cmd_data_inspect_batch(args):
 
 
 def cmd_train(args):
+    if args.dry_run:
+        from pretrainlab.train.dry_run import dry_run
+
+        dry_run(_config_from_args(args), world=args.world)
+        return
     from pretrainlab.train.trainer import train
 
     summary = train(_config_from_args(args), resume=args.resume)
@@ -320,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
               config_positional=True)
     tr.add_argument("--resume", default="auto", metavar="auto|never|PATH",
                     help="auto: continue from the newest complete checkpoint if any (default); never: refuse an existing run")
+    tr.add_argument("--dry-run", action="store_true",
+                    help="build the model on the meta device; print parameters, FLOPs/token, batch geometry and memory")
+    tr.add_argument("--world", type=int, default=None, help="with --dry-run: data-parallel size to check (default 1)")
 
     ev = leaf(sub, "eval", "Evaluate a run: per-source held-out perplexity, multiple-choice tasks, sample "
               "continuations; or every checkpoint (--all-checkpoints); or lm-eval (--harness).", cmd_eval, "eval")

@@ -77,12 +77,13 @@ class PlanConfig(BaseModel):
     )
     sequence_parallel: bool = Field(True, description="Megatron sequence parallelism with tensor parallelism.")
     optimizer_scheme: Literal["mixed", "fp32-master", "mixed-fp32-grads"] = Field(
-        "mixed",
-        description="Bytes/param weights+grads+AdamW: mixed 2+2+12 (ZeRO paper); fp32-master 4+4+8 (fp32 params "
-        "with autocast, this trainer); mixed-fp32-grads 2+4+12 (Megatron fp32 main grads).",
+        "fp32-master",
+        description="Bytes/param weights+grads+AdamW: fp32-master 4+4+8 (fp32 params with bf16 autocast, this "
+        "trainer); mixed 2+2+12 (ZeRO paper, Megatron bf16 params); mixed-fp32-grads 2+4+12 (Megatron fp32 main grads).",
     )
-    recompute: Literal["none", "selective", "full"] = Field(
-        "none", description="Activation recomputation (Korthikanti et al. 2022): none, selective (attention core) or full."
+    recompute: Literal["none", "selective", "full"] | None = Field(
+        None, description="Activation recomputation (Korthikanti et al. 2022): none, selective (attention core) or "
+        "full. Default: full when train.activation_checkpointing is on for the `model` section, else none.",
     )
     flash_attention: bool = Field(True, description="Attention kernel keeps no s*s scores (flash/SDPA/FlexAttention).")
     activation_formula: Literal["pretrainlab", "fused", "gpt"] = Field(

@@ -143,6 +143,9 @@ def make_plan(cfg: ProjectConfig) -> dict:
     if cost is None:
         notes.append("no cost: set plan.price_per_device_hour (--price-per-device-hour)")
 
+    if pc.recompute is None:
+        ac = pc.model_preset is None and getattr(cfg.train, "activation_checkpointing", False)
+        pc = pc.model_copy(update={"recompute": "full" if ac else "none"})
     memory = _memory(spec, counts, hw, pc, par, seq, micro, m, int(rows_per_step))
     if not memory["fits"]:
         notes.append(

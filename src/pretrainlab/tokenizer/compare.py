@@ -213,6 +213,10 @@ def compare_tokenizers(cfg: ProjectConfig, tokenizers: list[str | Path] | None =
             "tokenizer_sha256": tok.sha256,
             **measure(tok, docs),
         })
+    names = Counter(r["name"] for r in rows)
+    for r in rows:  # two tokenizers of the same kind and size: tell them apart by folder
+        if names[r["name"]] > 1:
+            r["name"] = f"{r['name']} ({Path(r['path']).name})"
     out = cfg.tokenizer_compare_dir
     out.mkdir(parents=True, exist_ok=True)
     result = {

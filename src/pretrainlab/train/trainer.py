@@ -307,15 +307,15 @@ def pause(ctx: TrainContext, request: dict | None, already_saved: bool = False) 
                          "inspect the run, then continue with `pretrainlab train ... --resume auto`", checkpoint=str(path))
 
 
-def _any_rank(ctx: TrainContext, flag: bool) -> bool:
-    """True when ``flag`` is set on any rank, so every rank takes the same guard action."""
+def _any_rank(ctx: TrainContext, *flags: bool) -> list[bool]:
+    """Each flag OR-ed over the ranks (one collective), so every rank takes the same guard action."""
     if ctx.world <= 1:
-        return flag
+        return list(flags)
     import torch.distributed as dist
 
-    t = torch.tensor([1 if flag else 0], device=ctx.device)
+    t = torch.tensor([1 if f else 0 for f in flags], device=ctx.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return [bool(v) for v in t.tolist()]
 
 
 def _make_sinks(ctx: TrainContext):
@@ -523,8 +523,10 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
                         f"MFU {100 * mfu_value:.1f}% | eta {_fmt_duration(eta)}"
                     )
             ctx.history.append(metrics)
-            if _any_rank(ctx, ctx.rollback_request is not None):
-                request = ctx.rollback_request or {"reason": "requested on another rank", "skip_batches": 0}
+            roll_back, pause_now = _any_rank(ctx, ctx.rollback_request is not None, ctx.pause_request is not None)
+            if roll_back:
+                request = ctx.rollback_request or {"reason": "requested on another rank",
+                                                   "skip_batches": cfg.guard.skip_batches}
                 ctx.rollback_request = None
                 rollback(ctx, accum, request["reason"], request["skip_batches"])
                 t_last, tokens_last = time.perf_counter(), ctx.tokens_seen
@@ -549,7 +551,7 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
             if ctx.step % cfg.checkpoint.every == 0 or last:
                 path = save(ctx, best=best)
                 cbs.on_checkpoint(ctx, path)
-            if not last and _any_rank(ctx, ctx.pause_request is not None):
+            if pause_now and not last:
                 pause(ctx, ctx.pause_request, already_saved=ctx.step % cfg.checkpoint.every == 0)
             t_last += time.perf_counter() - t_pause  # validation and saving don't count against throughput
     except KeyboardInterrupt:
