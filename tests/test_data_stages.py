@@ -244,3 +244,16 @@ def test_chinese_documents_are_shingled_by_characters():
     a = ZH * 3
     b = a.replace("瓶颈", "难点", 1)
     assert float(np.mean(hasher.signature(a) == hasher.signature(b))) > 0.8
+
+
+def test_numpy_tokenizer_finds_the_same_tokens_as_the_regex():
+    from pretrainlab.data.textstats import token_arrays, words
+
+    text = "Hello  wörld,\u3000数据准备 foo\tbar\u00a0baz\n\nhello wörld, 数 x"
+    _, starts, ends, ratio = token_arrays(text)
+    assert [text[s:e] for s, e in zip(starts, ends)] == words(text)
+    hashes = token_arrays(text)[0]
+    toks = words(text)
+    for i, j in [(1, toks.index("wörld,", 2)), (2, len(toks) - 2)]:  # equal tokens hash equal wherever they are
+        assert toks[i] == toks[j] and hashes[i] == hashes[j]
+    assert 0 < ratio < 0.5

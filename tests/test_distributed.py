@@ -46,3 +46,16 @@ def test_fsdp2_checkpoint_resumes_on_one_process(tiny_data, tmp_path):
     losses = run_train(tiny_data, run, 1, "train.steps=8", "train.parallel=fsdp2", "checkpoint.every=4")
     assert len(losses) == 8
     assert all(abs(a - b) < 2e-4 * max(1.0, abs(a)) for a, b in zip(losses[:4], reference[:4]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp2"])
+def test_two_process_resume_is_exact(tiny_data, tmp_path, parallel):
+    import shutil
+
+    run = tmp_path / f"resume-{parallel}"
+    args = ("train.steps=8", "checkpoint.every=4", f"train.parallel={parallel}")
+    full = run_train(tiny_data, run, 2, *args)
+    shutil.rmtree(ckpt.latest_checkpoint(run))  # as if killed after step 4's checkpoint
+    resumed = run_train(tiny_data, run, 2, *args)
+    assert resumed == full
