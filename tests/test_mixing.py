@@ -156,3 +156,22 @@ def test_best_fit_keeps_documents_whole_and_ignores_padding(tiny_data):
                 assert piece in docs  # a whole document, never split across rows
         assert (y[pad] == IGNORE).all()
     assert 0.5 < ld.packing_efficiency() <= 1.0
+
+
+def test_training_logs_stage_transitions_and_reports_intended_vs_realized_shares(tiny_cfg):
+    from pretrainlab.fsio import iter_jsonl
+    from pretrainlab.monitor.report import write_report
+    from pretrainlab.train.trainer import train
+
+    cfg = tiny_cfg("train.steps=8", "train.val_every=4",
+                   "mix.stages=[{name: cold, until_tokens: 1024, sources: [prose]}, {name: mid, temperature: 3}]")
+    train(cfg)
+    events = list(iter_jsonl(cfg.run_dir / "events.jsonl"))
+    stage_events = [e for e in events if e["event"] == "mix_stage"]
+    assert len(stage_events) == 1 and stage_events[0]["stage"] == "mid"
+    shares = [e for e in events if e["event"] == "mix_shares"][-1]["stages"]
+    assert shares["cold"]["realized"] == {"code": 0.0, "prose": 1.0}
+    metrics = [r for r in iter_jsonl(cfg.run_dir / "metrics.jsonl") if r["kind"] == "train"]
+    assert metrics[-1]["mix/stage"] == 1.0 and "mix/share/code" in metrics[-1]
+    html = write_report(cfg.run_dir).read_text()
+    assert "Data mixture" in html and "intended share" in html

@@ -167,10 +167,9 @@ def loglikelihoods(model, tokenizer, pairs: list[tuple[str, str]], batch_size: i
             for k, (_, x, _) in enumerate(batch):
                 inp[k, : len(x)] = torch.tensor(x, dtype=torch.long)
             logits, _ = model(inp.to(dev))
-            logp = F.log_softmax(logits.float(), dim=-1)
             for k, (i, x, cont) in enumerate(batch):
                 n = len(cont)
-                lp = logp[k, len(x) - n : len(x)]
+                lp = F.log_softmax(logits[k, len(x) - n : len(x)].float(), dim=-1)  # continuation positions only
                 target = torch.tensor(cont, dtype=torch.long, device=lp.device)
                 ll = float(lp.gather(1, target[:, None]).sum().double().item())
                 greedy = bool(torch.equal(lp.argmax(-1), target))

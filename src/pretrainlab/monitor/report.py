@@ -332,6 +332,24 @@ pre{white-space:pre-wrap;background:#f7f7f7;padding:6px 8px;margin:2px 0 10px;bo
 """.strip()
 
 
+def _mixture_section(events: list[dict]) -> str:
+    """Intended vs realized token share per source and stage, from the latest mix_shares event."""
+    shares = [e for e in events if e.get("event") == "mix_shares"]
+    if not shares:
+        return ""
+    rows = []
+    for stage, info in (shares[-1].get("stages") or {}).items():
+        for source, intended in sorted((info.get("intended") or {}).items()):
+            realized = (info.get("realized") or {}).get(source)
+            rows.append((stage, source, f"{100 * intended:.1f}%",
+                         "-" if not info.get("tokens") else f"{100 * (realized or 0):.1f}%", info.get("tokens")))
+    stages = [e for e in events if e.get("event") == "mix_stage"]
+    note = "".join(f"<div class=\"muted\">stage {_esc(e.get('previous'))} → {_esc(e.get('stage'))} at "
+                   f"{_esc(fmt_num(e.get('tokens')))} tokens (step {_esc(e.get('step'))})</div>" for e in stages)
+    return ("<h2>Data mixture</h2>" + note
+            + _table(rows, ("stage", "source", "intended share", "realized share", "stage tokens so far")))
+
+
 def build_report_html(run_dir: str | Path) -> str:
     """The report for ``run_dir`` as an HTML string (see ``write_report``)."""
     run_dir = Path(run_dir)
@@ -385,6 +403,7 @@ def build_report_html(run_dir: str | Path) -> str:
     from pretrainlab.monitor.moe_report import moe_section  # imports this module: keep it local
 
     body.append(moe_section(train))  # "" for dense runs
+    body.append(_mixture_section(events))
 
     # eval
     if ev:

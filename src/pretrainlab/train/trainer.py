@@ -300,8 +300,9 @@ def pause(ctx: TrainContext, request: dict | None, already_saved: bool = False) 
 
     request = request or {"rule": "pause", "message": "requested on another rank"}
     ctx.pause_request = None
-    path = ckpt.latest_checkpoint(ctx.run_dir) if already_saved else save(ctx)
-    wait_for_saves(ctx)
+    path = None if already_saved else save(ctx)
+    wait_for_saves(ctx)  # complete before the process exits (and before looking up an async save)
+    path = path or ckpt.latest_checkpoint(ctx.run_dir)
     ctx.event("pause", rule=request["rule"], message=request["message"], checkpoint=str(path))
     raise TrainingPaused(f"training paused at step {ctx.step} by guard rule {request['rule']}: {request['message']}; "
                          "inspect the run, then continue with `pretrainlab train ... --resume auto`", checkpoint=str(path))
