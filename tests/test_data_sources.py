@@ -200,3 +200,47 @@ def test_a_corrupt_zstd_file_is_reported_not_fatal(tmp_path):
     _registry(raw, {"ok": {"path": "ok.jsonl"}, "bad": {"path": "bad.jsonl.zst"}})
     summary = build_clean_corpus(_cfg(tmp_path, "data.stages=[normalize]"))
     assert summary["sources"]["bad"]["removed"] == {"corrupt_file": 1} and summary["sources"]["ok"]["docs_out"] == 1
+
+
+def test_data_report_cli_writes_offline_html_and_json(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "s.jsonl").write_bytes(_jsonl([{"text": _prose(i)} for i in range(3)] + [{"text": "tiny"}]))
+    _registry(raw, {"s": {"path": "s.jsonl"}})
+    build_clean_corpus(_cfg(tmp_path, "data.stages=[normalize, length_filter, langid]"))
+    assert main(["data", "report", "--workdir", str(tmp_path), "--out", str(tmp_path / "rep")]) == 0
+    assert "governance.html" in capsys.readouterr().out
+    data = json.loads((tmp_path / "rep" / "governance.json").read_text())
+    assert data["sources"]["s"]["docs_out"] == 3 and data["sources"]["s"]["token_share"] == 1.0
+    assert data["quarantine_samples"]["length_filter:too_short"][0]["preview"] == "tiny"
+    assert "<script" not in (tmp_path / "rep" / "governance.html").read_text()
+    assert main(["data", "report", str(tmp_path / "nothing")]) == 2  # one-line error, exit 2
+
+
+def _without_seconds(obj):
+    if isinstance(obj, dict):
+        return {k: _without_seconds(v) for k, v in obj.items() if k != "seconds"}
+    return obj
+
+
+def test_worker_processes_give_the_same_corpus_quarantine_and_stats(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    recs = [{"id": f"d{i}", "text": _prose(i % 150, 20) + (" Mail bob@example.com." if i % 7 == 0 else "")} for i in range(300)]
+    recs[5] = {"id": "short", "text": "tiny"}
+    lines = _jsonl(recs[:100]) + b"{broken\n" + _jsonl(recs[100:]) + b"[1]\n"
+    (raw / "a.jsonl").write_bytes(lines)
+    (raw / "b.jsonl").write_bytes(_jsonl([{"id": "b0", "text": _prose(3, 20)}, {"id": "b1", "text": _prose(900, 20)}]))
+    _registry(raw, {"a": {"path": "a.jsonl", "pii_policy": "redact"}, "b": {"path": "b.jsonl", "skip_stages": ["c4_lines"]}})
+    common = ["data.min_chars=50", "data.quality.min_words=20", "data.pii.trend_batch_docs=50"]
+    build_clean_corpus(_cfg(tmp_path, *common, f"data.out={tmp_path / 'one'}"))
+    build_clean_corpus(_cfg(tmp_path, *common, f"data.out={tmp_path / 'two'}", "data.workers=2"))
+    one, two = tmp_path / "one", tmp_path / "two"
+    for rel in ("a/train.jsonl", "b/train.jsonl", "quarantine.jsonl"):
+        assert (one / rel).read_bytes() == (two / rel).read_bytes(), rel
+    s1, s2 = (json.loads((d / "stats.json").read_text()) for d in (one, two))
+    assert _without_seconds(s1["stages"]) == _without_seconds(s2["stages"])
+    assert s1["sources"] == s2["sources"] and s1["totals"] == s2["totals"]
+    batches = s1["stages"]["pii"]["extra"]["batches"]
+    assert batches[0]["docs"] == 49  # the window of the first 50 documents read, less the one too short
+    assert sum(b["docs"] for b in batches) == s1["stages"]["pii"]["docs_in"] and len(batches) == 7

@@ -257,3 +257,10 @@ def test_numpy_tokenizer_finds_the_same_tokens_as_the_regex():
     for i, j in [(1, toks.index("wörld,", 2)), (2, len(toks) - 2)]:  # equal tokens hash equal wherever they are
         assert toks[i] == toks[j] and hashes[i] == hashes[j]
     assert 0 < ratio < 0.5
+
+
+def test_normalize_repairs_mojibake_only_when_asked():
+    text = "The cafÃ© served naÃ¯ve â€œcoffeeâ€\x9d to everyone who came in."
+    assert _run(_stage("normalize"), text).text == text.replace("\x9d", "")  # control char stripped, rest untouched
+    fixed = _run(_stage("normalize", "data.fix_mojibake=true"), text).text
+    assert fixed == "The café served naïve “coffee” to everyone who came in."

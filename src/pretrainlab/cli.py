@@ -262,6 +262,24 @@ def cmd_config_docs(args):
 # --------------------------------------------------------------------------- parser
 
 
+def cmd_experiments_accidents(args):
+    from pretrainlab.experiments.accidents import run_accidents
+
+    run_accidents(_config_from_args(args))
+
+
+def cmd_experiments_lr_range(args):
+    from pretrainlab.experiments.lr_range import run_lr_range
+
+    run_lr_range(_config_from_args(args))
+
+
+def cmd_sweep(args):
+    from pretrainlab.experiments.sweep import run_sweep
+
+    run_sweep(_config_from_args(args), args.grid)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pretrainlab",
@@ -382,6 +400,20 @@ def build_parser() -> argparse.ArgumentParser:
                     "(e.g. --compare devices=128 devices=256; bare keys are plan keys)")
     pl.add_argument("--json", metavar="FILE|-", help="write the plan as JSON to FILE ('-': print JSON instead of the table)")
     pl.add_argument("--html", metavar="FILE", help="write a self-contained HTML page of the plan")
+
+    exps = group("experiments", "Cause training accidents on purpose, or find the LR range; each ends in a report.")
+    acc = leaf(exps, "accidents", "Train a baseline and one run per accident (LR x10, no warmup, batch 1, no clipping, "
+               "SGD, fp16 without loss scaling, bf16); diagnose each; write report.html/.md.",
+               cmd_experiments_accidents, "experiments")
+    acc.add_argument("--base", dest="config", metavar="CONFIG",
+                     help="base config (same as -c), e.g. configs/experiments/accidents.yaml")
+    leaf(exps, "lr-range", "LR range test: exponential LR ramp, loss vs LR chart, a suggested peak LR with its rule.",
+         cmd_experiments_lr_range, "experiments", config_positional=True)
+    sw = leaf(sub, "sweep", "Train every combination of --grid values on a base config; compare them in a report "
+              "(table, curves, conclusion against seed-to-seed noise).", cmd_sweep, "experiments", config_positional=True)
+    sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                    help="a config key and its values, e.g. --grid optim.lr=1e-4,3e-4 (repeatable; dict values "
+                    "keep their commas: --grid 'mix.weights={a: 3, b: 1},{a: 1, b: 3}')")
 
     cfg = group("config", "Inspect configuration.")
     leaf(cfg, "show", "Print the fully resolved config.", cmd_config_show)

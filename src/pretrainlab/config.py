@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pretrainlab.errors import ConfigError
+from pretrainlab.experiments.config import ExperimentsConfig
 from pretrainlab.plan.config import PlanConfig
 
 SOURCE_NAMES = ("stdlib_code", "stdlib_docstrings", "man_pages", "share_doc")
@@ -137,6 +138,10 @@ class DataConfig(Section):
     unapproved: Literal["error", "skip"] = Field(
         "error", description="A source not approved in sources.yaml: error stops the build; skip leaves it out (recorded)."
     )
+    workers: int = Field(
+        1, ge=0, description="Processes for the stages before the first dedup stage (0: one per core); dedup, "
+        "counting and writing stay in the main process, so the output is the same for any value.",
+    )
     quality: QualityConfig = QualityConfig()
     langid: LangIdConfig = LangIdConfig()
     pii: PiiConfig = PiiConfig()
@@ -229,7 +234,7 @@ class MoEConfig(Section):
     dispatch: Literal["auto", "grouped_mm", "bmm", "loop"] = Field(
         "auto",
         description="Expert compute after sort-by-expert: torch._grouped_mm, padded bmm, or a loop over experts; "
-        "auto: grouped_mm when torch has it, else bmm.",
+        "auto: grouped_mm on CUDA in bf16, else bmm (fastest on the CPU, see docs/BENCHMARKS.md).",
     )
 
     @model_validator(mode="after")
@@ -298,8 +303,12 @@ class ModelConfig(Section):
 
 
 class OptimConfig(Section):
-    """AdamW with linear warmup then cosine decay to min_lr_ratio * lr."""
+    """AdamW (or SGD with momentum) with linear warmup then cosine decay to min_lr_ratio * lr."""
 
+    name: Literal["adamw", "sgd"] = Field(
+        "adamw", description="Optimizer: adamw, or sgd with momentum (the accident suite's 'wrong optimizer')."
+    )
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (optim.name=sgd only).")
     lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final LR as a fraction of the peak.")
     warmup_steps: int = Field(50, ge=0, description="Linear warmup steps (from lr/warmup_steps to lr).")
@@ -321,7 +330,12 @@ class TrainConfig(Section):
     global_batch_tokens: int = Field(8192, ge=8, description="Tokens per optimizer step (all ranks, all micro-batches).")
     seed: int = Field(1234, description="Seeds init, data order and sampling.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available.")
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 = bf16 autocast with fp32 master weights.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="bf16/fp16 = autocast to that dtype with fp32 master weights."
+    )
+    loss_scaling: bool = Field(
+        True, description="fp16 only: dynamic loss scaling (torch.amp.GradScaler); false lets small gradients underflow."
+    )
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores).")
     parallel: Literal["ddp", "fsdp2"] = Field(
         "ddp", description="Data parallelism under torchrun: DDP replicas or FSDP2 (fully_shard) sharding."
@@ -589,6 +603,7 @@ class ProjectConfig(Section):
     moe_monitor: MoEMonitorConfig = MoEMonitorConfig()
     run: RunConfig = RunConfig()
     plan: PlanConfig = PlanConfig()
+    experiments: ExperimentsConfig = ExperimentsConfig()
 
     # Resolved paths between stages: each section may override, else under workdir.
     @property

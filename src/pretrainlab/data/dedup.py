@@ -19,6 +19,7 @@ class ExactDedup(Stage):
     """
 
     name = "exact_dedup"
+    stateful = True
 
     def __init__(self, cfg: DataConfig) -> None:
         super().__init__(cfg)
@@ -51,6 +52,7 @@ class NearDedup(Stage):
     """
 
     name = "near_dedup"
+    stateful = True
 
     def __init__(self, cfg: DataConfig) -> None:
         super().__init__(cfg)

@@ -156,7 +156,7 @@ class PiiRedaction(Stage):
         self.by_source: dict[str, Counter] = {}
         self.docs_with_pii = 0
         self.redacted_docs = 0
-        self.batches: list[dict] = []
+        self.batches: dict[int, dict] = {}
         self._seen = 0
 
     def _policy(self, source: str) -> str:
@@ -164,10 +164,11 @@ class PiiRedaction(Stage):
         return (spec.pii_policy if spec is not None and spec.pii_policy else None) or self.cfg.pii.default_policy
 
     def process(self, doc: Document) -> Document | Reject:
-        if self._seen % self.cfg.pii.trend_batch_docs == 0:
-            self.batches.append({"docs": 0, "detections": {}})
+        # Ingestion batch = window of `trend_batch_docs` documents in read order (doc.seq, set by the
+        # pipeline, so workers that each see part of the stream agree on the windows).
+        ordinal = doc.seq if doc.seq >= 0 else self._seen
         self._seen += 1
-        batch = self.batches[-1]
+        batch = self.batches.setdefault(ordinal // self.cfg.pii.trend_batch_docs, {"docs": 0, "detections": {}})
         batch["docs"] += 1
         spans = find_pii(doc.text, self.types)
         if not spans:
@@ -193,6 +194,20 @@ class PiiRedaction(Stage):
             "by_source": {k: dict(sorted(v.items())) for k, v in sorted(self.by_source.items())},
             "docs_with_pii": self.docs_with_pii,
             "docs_redacted": self.redacted_docs,
-            "batches": self.batches,
+            "batches": [{"batch": i, **self.batches[i]} for i in sorted(self.batches)],
             "batch_docs": self.cfg.pii.trend_batch_docs,
         }
+
+    @classmethod
+    def merge_extras(cls, parts: list[dict]) -> dict:
+        batches: dict[int, dict] = {}
+        for part in parts:
+            for b in part.get("batches", []):
+                acc = batches.setdefault(b["batch"], {"docs": 0, "detections": {}})
+                acc["docs"] += b["docs"]
+                for k, v in b["detections"].items():
+                    acc["detections"][k] = acc["detections"].get(k, 0) + v
+        merged = super().merge_extras([{k: v for k, v in p.items() if k not in ("batches", "batch_docs")} for p in parts])
+        merged["batches"] = [{"batch": i, **batches[i]} for i in sorted(batches)]
+        merged["batch_docs"] = parts[0]["batch_docs"] if parts else None  # a setting, not a count
+        return merged

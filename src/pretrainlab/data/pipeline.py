@@ -40,7 +40,8 @@ import os
 import shutil
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,7 @@ from rich.table import Table
 import pretrainlab
 from pretrainlab.config import ProjectConfig, config_to_dict
 from pretrainlab.data.sources import PREVIEW_CHARS, BadRecord, SourceSpec, check_sources, load_registry, read_documents, scan_file
+from pretrainlab.data.parallel import PrefixPool, Trace, prefix_length, resolve_workers
 from pretrainlab.data.stages import STAGES, Document, Reject, Stage, build_stages
 from pretrainlab.errors import DataError
 from pretrainlab.fsio import atomic_open, atomic_write_json, fsync_dir, sha256_file
@@ -170,20 +172,24 @@ def _swap_in(tmp: Path, out_dir: Path) -> None:
 class _Run:
     """State of one build: stages, counters, the quarantine writer."""
 
-    def __init__(self, stages: list[Stage], quarantine) -> None:
+    def __init__(self, stages: list[Stage], quarantine, pool: PrefixPool | None = None) -> None:
         self.stages = stages
         self.quarantine = quarantine
         self.stage_counts: dict[str, Counts] = {"read": Counts(), **{s.name: Counts() for s in stages}}
         self.quarantined = 0
+        self.seq = 0  # documents read so far (Document.seq)
+        self.pool = pool
+        self.prefix = prefix_length(stages) if pool is not None else 0
 
-    def _quarantine(self, doc_id: str, source: str, stage: str, code: str, reason: str, text: str | None, line: int | None = None) -> None:
+    def _quarantine(self, doc_id: str, source: str, stage: str, code: str, reason: str, text: str | None,
+                    line: int | None = None, chars: int | None = None) -> None:
         rec = {
             "id": doc_id,
             "source": source,
             "stage": stage,
             "code": code,
             "reason": reason,
-            "chars": len(text) if text is not None else None,
+            "chars": chars if chars is not None else (len(text) if text is not None else None),
             "line": line,
             "preview": (text or "")[:PREVIEW_CHARS],
         }
@@ -200,16 +206,44 @@ class _Run:
         src.removed_by_stage["read"] += 1
         self._quarantine(bad.id, spec.name, "read", bad.code, bad.reason, bad.preview, line=bad.line)
 
-    def run(self, doc: Document, src: SourceCounts, skip: frozenset = frozenset()) -> Document | None:
+    def _replay(self, doc: Document, trace: Trace, src: SourceCounts) -> Document | None:
+        """Count what the worker-side stages did to ``doc`` exactly as :meth:`run` would have."""
+        for step in trace.steps:
+            c = self.stage_counts[step.stage]
+            if step.skipped:
+                c.skipped += 1
+                continue
+            c.docs_in += 1
+            c.chars_in += step.chars_in
+            c.seconds += step.seconds
+            if step.code is not None:
+                c.removed[step.code] += 1
+                src.removed[step.code] += 1
+                src.removed_by_stage[step.stage] += 1
+                self._quarantine(doc.id, doc.source, step.stage, step.code, step.reason, step.preview, chars=step.chars_in)
+                return None
+            c.docs_out += 1
+            c.chars_out += step.chars_out
+        return trace.doc
+
+    def run(self, doc: Document, src: SourceCounts, skip: frozenset = frozenset(), trace: Trace | None = None) -> Document | None:
+        """Count ``doc`` as read and pass it through the stages (those after the worker-side
+        prefix when ``trace`` holds what the workers did)."""
         read = self.stage_counts["read"]
-        n = len(doc.text)
+        n = len(doc.text) if trace is None else trace.chars_read
         read.docs_in += 1
         read.docs_out += 1
         read.chars_in += n
         read.chars_out += n
         src.docs_in += 1
         src.chars_in += n
-        for stage in self.stages:
+        stages = self.stages
+        if trace is not None:
+            doc = self._replay(doc, trace, src)
+            if doc is None:
+                return None
+            stages = self.stages[self.prefix:]
+        for stage in stages:
             c = self.stage_counts[stage.name]
             if stage.name in skip:
                 c.skipped += 1
@@ -243,13 +277,12 @@ def _process_source(spec: SourceSpec, run: _Run, out: Path, fraction: float, lin
         train = stack.enter_context(atomic_open(train_path, "w"))
         held = stack.enter_context(atomic_open(held_path, "w"))
         bar = stack.enter_context(progress_bar(f"data {spec.name}", lines, unit="docs"))
-        skip = frozenset(spec.skip_stages)
-        for item in read_documents(spec, max_doc_bytes):
+        for item, trace in _items(spec, run, max_doc_bytes):
             bar.advance(1)
             if isinstance(item, BadRecord):
                 run.read_bad(item, spec, src)
                 continue
-            doc = run.run(item, src, skip)
+            doc = run.run(item, src, frozenset(spec.skip_stages), trace)
             if doc is None:
                 continue
             line = json.dumps(doc.to_record(), ensure_ascii=False) + "\n"
@@ -268,6 +301,40 @@ def _process_source(spec: SourceSpec, run: _Run, out: Path, fraction: float, lin
         src.heldout_docs += 1
         src.heldout_fallback = True
     return src
+
+
+def _items(spec: SourceSpec, run: _Run, max_doc_bytes: int) -> Iterator[tuple[Document | BadRecord, Trace | None]]:
+    """The source's records in read order, each Document numbered (``seq``) and, with a worker
+    pool, paired with the trace of the worker-side stages."""
+    skip = frozenset(spec.skip_stages)
+    if run.pool is None:
+        for item in read_documents(spec, max_doc_bytes):
+            if isinstance(item, Document):
+                item.seq = run.seq
+                run.seq += 1
+            yield item, None
+        return
+    pending: deque = deque()  # records in read order; filled by the pool's feeder thread
+
+    def feed() -> Iterator[tuple[Document, frozenset]]:
+        for item in read_documents(spec, max_doc_bytes):
+            if isinstance(item, Document):
+                item.seq = run.seq
+                run.seq += 1
+            pending.append(item)
+            if isinstance(item, Document):
+                yield item, skip
+
+    for trace in run.pool.map(feed()):
+        while True:  # the bad records read before this document, then the document
+            item = pending.popleft()
+            if isinstance(item, BadRecord):
+                yield item, None
+                continue
+            yield item, trace
+            break
+    while pending:  # bad records after the last document
+        yield pending.popleft(), None
 
 
 def _move_line(train_path: Path, held_path: Path, index: int) -> None:
@@ -406,16 +473,24 @@ def build_clean_corpus(cfg: ProjectConfig) -> dict:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the corpus dir should get normal permissions
+    workers = resolve_workers(cfg.data.workers)
+    pool = None
+    if workers > 1 and prefix_length(stages) > 0:
+        pool = PrefixPool(cfg.data, [s.name for s in stages[: prefix_length(stages)]], {s.name: s for s in specs}, workers)
     try:
         per_source: dict[str, SourceCounts] = {}
         with atomic_open(tmp / "quarantine.jsonl", "w") as quarantine:
-            run = _Run(stages, quarantine)
+            run = _Run(stages, quarantine, pool)
             for spec in specs:
                 per_source[spec.name] = _process_source(
                     spec, run, tmp / spec.name, cfg.data.heldout_fraction, inputs[spec.name]["progress_total"],
                     cfg.data.max_doc_bytes,
                 )
         stage_extra = {s.name: s.finish() for s in stages}
+        if pool is not None:
+            pool.close()
+            stage_extra.update(pool.merged_extras())
+            pool = None
         _check_conservation(per_source, run)
 
         docs_in = sum(s.docs_in for s in per_source.values())
@@ -491,6 +566,8 @@ def build_clean_corpus(cfg: ProjectConfig) -> dict:
         atomic_write_json(tmp / "manifest.json", manifest)  # last: its presence marks a complete corpus
         _swap_in(tmp, out_dir)
     except BaseException:
+        if pool is not None:
+            pool.terminate()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 

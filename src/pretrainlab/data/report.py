@@ -83,7 +83,7 @@ def collect(clean: Path, samples_per_reason: int = SAMPLES_PER_REASON) -> dict:
     pii = stats["stages"].get("pii", {}).get("extra", {})
     trend = []
     for i, b in enumerate(pii.get("batches", [])):
-        trend.append({"batch": i, "docs": b["docs"],
+        trend.append({"batch": b.get("batch", i), "docs": b["docs"],
                       "per_1000_docs": {k: round(1000 * v / b["docs"], 2) for k, v in sorted(b["detections"].items())}})
     samples: dict[str, list] = {}
     qpath = clean / "quarantine.jsonl"

@@ -35,6 +35,8 @@ class Document:
     text: str
     source: str
     meta: dict = field(default_factory=dict)
+    # Position among the documents read by this build (all sources, read order); not written out.
+    seq: int = field(default=-1, repr=False, compare=False)
 
     def to_record(self) -> dict:
         return {"id": self.id, "text": self.text, "source": self.source, "meta": self.meta}
@@ -66,9 +68,34 @@ class Stage:
     def process(self, doc: Document) -> Document | Reject:
         raise NotImplementedError
 
+    # True for stages whose decision depends on earlier documents (dedup): they run in the main
+    # process in read order; the stages before the first of them may run in worker processes.
+    stateful: ClassVar[bool] = False
+
     def finish(self) -> dict:
         """Extra statistics after the last document (merged into stats.json)."""
         return {}
+
+    @classmethod
+    def merge_extras(cls, parts: list[dict]) -> dict:
+        """Combine ``finish()`` results of several instances that each saw part of the documents
+        (parallel workers): numbers add up, dicts merge key by key, lists concatenate."""
+        out: dict = {}
+        for part in parts:
+            _merge_into(out, part)
+        return out
+
+
+def _merge_into(acc: dict, part: dict) -> None:
+    for key, value in part.items():
+        if isinstance(value, dict):
+            _merge_into(acc.setdefault(key, {}), value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and key in acc:
+            acc[key] += value
+        elif isinstance(value, list) and key in acc:
+            acc[key] = acc[key] + value
+        else:
+            acc[key] = value
 
 
 STAGES: dict[str, type[Stage]] = {}

@@ -87,7 +87,10 @@ def run_harness(run_dir: str | Path, names: list[str], cfg_overrides: list[str] 
     from pretrainlab.tokenizer.vocab import load_tokenizer
     from pretrainlab.train.checkpoint import load_model
 
-    lm_eval, HFLM, TaskManager = _import_lm_eval()
+    import importlib.util
+
+    if importlib.util.find_spec("lm_eval") is None:
+        raise UserError("--harness needs lm-eval (the EleutherAI harness): pip install 'pretrainlab[eval]'")
     run_dir = Path(run_dir)
     _check_run_dir(run_dir)
     if not names:
@@ -118,10 +121,11 @@ def run_harness(run_dir: str | Path, names: list[str], cfg_overrides: list[str] 
 
     device = _device(cfg)
     saved_env = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    if not public:
+    if not public:  # before lm_eval (and through it huggingface_hub) is first imported, which reads these
         os.environ.update({k: "1" for k in saved_env})
     t0 = time.time()
     try:
+        lm_eval, HFLM, TaskManager = _import_lm_eval()
         lm = HFLM(pretrained=str(export_dir), device=str(device), batch_size=cfg.eval.task_batch_size,
                   dtype="float32", prefix_token_id=tok.eos_id, trust_remote_code=False)
         tm = TaskManager(include_path=str(yaml_dir), include_defaults=bool(public))

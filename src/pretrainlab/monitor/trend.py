@@ -2,13 +2,16 @@
 
 Used by the trend guards (loss rising / flat) and by the go/no-go gates (loss
 decreasing). The t distribution's tail comes from the regularized incomplete
-beta function (continued fraction, Numerical Recipes 6.4), so no SciPy is needed.
+beta function (continued fraction, Numerical Recipes 6.4), so no SciPy is needed;
+the fit itself is vectorized (numpy) because windows can hold 100k+ steps.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+import numpy as np
 
 
 def _betacf(a: float, b: float, x: float) -> float:
@@ -81,26 +84,29 @@ class Trend:
         return self.change / abs(self.mean) if self.mean else math.inf * (1 if self.change > 0 else -1)
 
 
-def linear_trend(xs: list[float], ys: list[float]) -> Trend | None:
+def linear_trend(xs, ys) -> Trend | None:
     """Ordinary least squares y = a + b x with a t-test on b; None with < 3 points or constant x."""
-    pts = [(float(x), float(y)) for x, y in zip(xs, ys) if math.isfinite(x) and math.isfinite(y)]
-    n = len(pts)
+    x = np.asarray(xs, dtype=np.float64)
+    y = np.asarray(ys, dtype=np.float64)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    n = int(x.size)
     if n < 3:
         return None
-    mx = sum(x for x, _ in pts) / n
-    my = sum(y for _, y in pts) / n
-    sxx = sum((x - mx) ** 2 for x, _ in pts)
+    mx, my = float(x.mean()), float(y.mean())
+    dx = x - mx
+    sxx = float(dx @ dx)
     if sxx <= 0:
         return None
-    sxy = sum((x - mx) * (y - my) for x, y in pts)
-    slope = sxy / sxx
+    slope = float(dx @ (y - my)) / sxx
     intercept = my - slope * mx
-    sse = sum((y - intercept - slope * x) ** 2 for x, y in pts)
+    resid = y - intercept - slope * x
+    sse = float(resid @ resid)
     df = n - 2
     stderr = math.sqrt(sse / df / sxx) if sse > 0 else 0.0
     if stderr > 0:
         t = slope / stderr
     else:
         t = math.inf if slope > 0 else (-math.inf if slope < 0 else 0.0)
-    span = max(x for x, _ in pts) - min(x for x, _ in pts)
+    span = float(x.max() - x.min())
     return Trend(n, slope, intercept, stderr, t, t_sf(t, df), t_sf(-t, df), my, span)

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from pretrainlab.errors import DataError
-from pretrainlab.fsio import atomic_write_json, sha256_file
+from pretrainlab.fsio import atomic_write_text, sha256_file
 
 SPEC_FILE = "vocab_spec.json"
 SPEC_FORMAT = "pretrainlab.vocab_spec"
@@ -283,7 +283,7 @@ class VocabSpec:
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / SPEC_FILE
-        atomic_write_json(path, self.to_dict())
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")  # in id order
         return path
 
     @classmethod

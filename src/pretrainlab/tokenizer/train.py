@@ -323,7 +323,7 @@ def train_tokenizer(cfg: ProjectConfig) -> dict:
         "rayon_threads": os.environ.get("RAYON_NUM_THREADS"),
     }
     atomic_write_json(out / MANIFEST_FILE, manifest)
-    console.print(f"tokenizer: {label}, text {text_size:,} + modality ids = {spec.total_size:,} -> {out}")
+    console.print(f"tokenizer: {label}, {text_size:,} text ids, {spec.total_size:,} ids in all (see {SPEC_FILE}) -> {out}")
     return manifest
 
 

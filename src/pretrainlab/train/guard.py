@@ -23,6 +23,7 @@ events.jsonl and, from warnings up, an alert (monitor/alerts.py).
 
 from __future__ import annotations
 
+import bisect
 import math
 import statistics
 import time
@@ -61,6 +62,7 @@ class Guard(Callback):
         self.tput: list[tuple[int, float, float]] = []
         self.tput_low = False
         self.last_alert_x: dict[str, float] = {}
+        self.last_check_x: dict[str, float] = {}
 
     # ----------------------------------------------------------------- bad steps
 
@@ -145,7 +147,8 @@ class Guard(Callback):
         last = points[-1][idx] / scale
         if last - points[0][idx] / scale < size:
             return None, unit
-        return [p for p in points if p[idx] / scale >= last - size], unit
+        start = bisect.bisect_left(points, (last - size) * scale, key=lambda p: p[idx])  # x grows along the list
+        return points[start:], unit
 
     def _fire(self, ctx, rule: str, action: str, message: str, step: int, x: float, **details) -> None:
         ctx.event("trend", step=step, rule=rule, action=action, message=message, **details)
@@ -165,11 +168,20 @@ class Guard(Callback):
         unit, size = parse_window(window)
         return (x - self.last_alert_x[rule]) / (1.0 if unit == "steps" else 3600.0) >= size
 
+    def _due(self, rule: str, window: str) -> bool:
+        """Check a window every 1/1000 of its length at most (a 72h window holds ~260k steps at 1 step/s)."""
+        unit, size = parse_window(window)
+        x = self.points[-1][0] if unit == "steps" else self.points[-1][1] / 3600.0
+        if x - self.last_check_x.get(rule, -math.inf) < size / 1000:
+            return False
+        self.last_check_x[rule] = x
+        return True
+
     def _check_loss_trends(self, ctx, step: int) -> None:
         cfg = self.cfg
         for rule, window, action in (("loss_rising", cfg.rising_window, cfg.rising_action),
                                      ("loss_flat", cfg.flat_window, cfg.flat_action)):
-            if action == "off":
+            if action == "off" or not self.points or not self._due(rule, window):
                 continue
             pts, unit = self._window(self.points, window)
             if not pts or len(pts) < MIN_TREND_POINTS:

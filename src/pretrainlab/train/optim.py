@@ -1,4 +1,4 @@
-"""AdamW with decay only on matmul weights, and the warmup + cosine learning-rate schedule."""
+"""AdamW (or SGD with momentum) with decay only on matmul weights, and the warmup + cosine learning-rate schedule."""
 
 from __future__ import annotations
 
@@ -29,6 +29,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, device_type: str) -> torch.optim.Optimizer:
+    if cfg.name == "sgd":
+        # weight decay here is SGD's (L2 added to the gradient), on the same parameter groups
+        return torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
     return torch.optim.AdamW(
         param_groups(model, cfg.weight_decay),
         lr=cfg.lr,

@@ -61,10 +61,11 @@ def wrap_model(model: nn.Module, cfg: ProjectConfig, device: torch.device, world
 
 
 def autocast_context(cfg: ProjectConfig, device: torch.device, world: int):
-    """bf16 autocast, unless FSDP2's mixed-precision policy already casts parameters."""
-    if cfg.train.precision != "bf16" or (cfg.train.parallel == "fsdp2" and world > 1):
+    """bf16/fp16 autocast, unless FSDP2's mixed-precision policy already casts parameters (bf16)."""
+    if cfg.train.precision == "fp32" or (cfg.train.precision == "bf16" and cfg.train.parallel == "fsdp2" and world > 1):
         return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def grad_sync_context(model: nn.Module, sync: bool):

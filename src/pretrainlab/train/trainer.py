@@ -451,6 +451,8 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
     cbs.on_train_start(ctx)
 
     amp = autocast_context(cfg, device, world)
+    # fp16 without loss scaling is allowed on purpose (accident experiments): small gradients then underflow
+    scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16" and tc.loss_scaling)
     params_list = [p for p in model.parameters() if p.requires_grad]
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
     t_start = time.perf_counter()
@@ -478,9 +480,10 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
                 with grad_sync_context(wrapped, sync=micro == accum - 1):
                     with amp:
                         _, loss = wrapped(batch.inputs, batch.targets, doc_ids=batch.doc_ids)
-                    (loss / accum).backward()
+                    scaler.scale(loss / accum).backward()
                 loss_sum += loss.detach()
             ctx.data_batches += 1
+            scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(params_list, clip)
             loss_value = loss_sum / accum
             if world > 1:
@@ -496,12 +499,17 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
                 "grad_norm": float(grad_norm),
                 "time": time.time(),
             }
+            if scaler.is_enabled():
+                metrics["loss_scale"] = float(scaler.get_scale())
+            if tc.precision == "fp16":
+                metrics["overflow"] = not math.isfinite(metrics["grad_norm"])
             ctx.skip_step = False
             cbs.on_after_backward(ctx, metrics)
             if ctx.skip_step:
                 metrics["skipped"] = True
             else:
-                optimizer.step()
+                scaler.step(optimizer)  # a plain optimizer.step() unless loss scaling (then skipped on overflow)
+            scaler.update()
             optimizer.zero_grad(set_to_none=True)
             ctx.step += 1
             ctx.tokens_seen += tc.global_batch_tokens

@@ -1,0 +1,75 @@
+"""The `experiments` config section: thresholds of the accident diagnoses, sweep and LR-range settings.
+
+Kept free of imports from ``pretrainlab.config`` (which imports this module),
+like the plan section. The size of the runs is not here: it is the base
+config's ``model``/``train`` sections (see configs/experiments/).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+ACCIDENTS = ("lr_x10", "no_warmup", "batch_1", "no_clip", "sgd", "fp16_no_scaling", "bf16")
+
+
+class ExperimentsConfig(BaseModel):
+    """`experiments accidents`, `experiments lr-range`, `sweep`: what to run and how results are judged."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    out: Path | None = Field(None, description="Report folder (default: <workdir>/experiments/<accidents|sweep|lr_range>).")
+    accidents: list[str] = Field(
+        list(ACCIDENTS), description=f"Accidents run after the baseline (list or comma-separated), from "
+        f"{list(ACCIDENTS)}; bf16 is fp16_no_scaling's control and is added with it."
+    )
+    lr_multiplier: float = Field(10.0, gt=1, description="lr_x10: the baseline's optim.lr times this.")
+    early_steps: int = Field(20, ge=4, description="Window (first steps) in which loss oscillation is measured.")
+    oscillation_ratio: float = Field(
+        1.5, gt=1, description="Early oscillation (std of step-to-step loss changes) above this multiple of the baseline's is flagged."
+    )
+    diverge_margin: float = Field(
+        0.5, gt=0, description="Diverged: loss non-finite, or this many nats above the run's best loss so far and its first loss."
+    )
+    slow_ratio: float = Field(
+        1.5, gt=1, description="Slow: needs more than this multiple of the baseline's steps to reach the baseline's loss (target_fraction)."
+    )
+    target_fraction: float = Field(
+        0.5, gt=0, le=1, description="Slow convergence target: the baseline's mean loss at this fraction of its steps."
+    )
+    smooth_steps: int = Field(10, ge=1, description="Trailing mean window (steps) used for 'loss reached' and final losses.")
+    grad_explosion_ratio: float = Field(
+        5.0, gt=1, description="Gradient-norm explosion: a step's norm above this multiple of the baseline's median norm."
+    )
+    zero_grad_ratio: float = Field(
+        1.5, gt=1, description="fp16 underflow: share of exactly-zero gradient entries above this multiple of the control's."
+    )
+
+    @field_validator("accidents", mode="before")
+    @classmethod
+    def _accident_names(cls, v):
+        if isinstance(v, str):
+            v = [x.strip() for x in v.split(",") if x.strip()]
+        for name in v or []:
+            if name not in ACCIDENTS:
+                raise ValueError(f"unknown accident {name!r}; choose from {list(ACCIDENTS)}")
+        return v
+
+    # sweep
+    parallel: int = Field(1, ge=1, description="Sweep runs trained at once (each gets train.threads = cores / parallel).")
+    metric: Literal["final_val_ppl", "final_val_loss", "steps_to_target", "tokens_per_s"] = Field(
+        "final_val_ppl", description="Sweep ranking metric (tokens_per_s: higher is better; the others: lower)."
+    )
+    target_loss: float | None = Field(
+        None, gt=0, description="Sweep: train loss whose first (smoothed) arrival is reported (default: the worst run's final loss)."
+    )
+    seed_repeats: int = Field(
+        1, ge=0, description="Sweep: reruns of the best configuration with other seeds, to measure seed-to-seed noise."
+    )
+    # LR range test
+    lr_min: float = Field(1e-6, gt=0, description="LR range test: first learning rate.")
+    lr_max: float = Field(1.0, gt=0, description="LR range test: last learning rate (the ramp is exponential).")
+    lr_steps: int = Field(300, ge=10, description="LR range test: steps of the ramp.")
+    lr_stop_factor: float = Field(4.0, gt=1, description="LR range test: stop once the smoothed loss exceeds this multiple of its best.")
