@@ -94,11 +94,13 @@ ZH_SAMPLES = [
     "数据准备是大模型预训练的基础，也是最主要的瓶颈。", "今年春天，研究小组走访了十几个村庄，记录下老人们讲述的故事。",
     "他们发现许多传统手艺已经很少有年轻人学习。", "清洗流程包括去重、过滤和隐私信息的删除。",
     "北京今天天气晴朗，最高气温二十五度。", "这本书讲述了一个普通家庭三代人的生活变迁。",
+    "数据准备是大模型预训练的基础", "北京今天天气晴朗", "人工智能技术正在改变世界",
 ]
 EN_SAMPLES = [
     "Data preparation is the foundation and the bottleneck of pretraining.", "The river rose quickly after three days of rain.",
     "Farmers moved their animals to higher ground before night fell.", "Return the number of items in the container.",
     "The committee reviewed the proposal and agreed that the plan was sound.", "This manual page documents the GNU version of ls.",
+    "The river rose quickly after three days of rain", "Return the number of items", "open the file and read it",
 ]
 
 

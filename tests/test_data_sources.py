@@ -241,6 +241,8 @@ def test_worker_processes_give_the_same_corpus_quarantine_and_stats(tmp_path):
     s1, s2 = (json.loads((d / "stats.json").read_text()) for d in (one, two))
     assert _without_seconds(s1["stages"]) == _without_seconds(s2["stages"])
     assert s1["sources"] == s2["sources"] and s1["totals"] == s2["totals"]
+    m1, m2 = (json.loads((d / "manifest.json").read_text()) for d in (one, two))
+    assert m1["manifest_id"] == m2["manifest_id"]  # workers change speed, not the dataset
     batches = s1["stages"]["pii"]["extra"]["batches"]
     assert batches[0]["docs"] == 49  # the window of the first 50 documents read, less the one too short
     assert sum(b["docs"] for b in batches) == s1["stages"]["pii"]["docs_in"] and len(batches) == 7

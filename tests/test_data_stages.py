@@ -138,6 +138,19 @@ def test_langid_annotates_chinese_and_english_and_filters_by_allowlist():
     assert _run(_stage("langid"), EN).meta["lang"] == "en"  # no allowlist: annotate only
 
 
+@pytest.mark.parametrize("text,lang", [
+    ("数据准备是大模型预训练的基础", "zh"),  # no punctuation: one long "word" to fastText unless split
+    ("北京今天天气晴朗", "zh"),
+    ("今日はとても良い天気ですね、散歩に行きましょう", "ja"),
+    ("오늘은 날씨가 아주 좋네요 산책하러 갑시다", "ko"),
+    ("The river rose quickly after three days of rain", "en"),
+])
+def test_langid_on_short_unpunctuated_cjk_and_english(text, lang):
+    from pretrainlab.data.langid import identify
+
+    assert identify(text)[0] == lang
+
+
 # --------------------------------------------------------------------------- PII
 
 

@@ -172,3 +172,22 @@ def test_export_command_errors_are_one_line(trained_run, tmp_path, capsys):
     (tmp_path / "busy" / "x").write_text("x")
     assert main(["export", str(trained_run), "--to", "hf", str(tmp_path / "busy")]) == 2
     assert "not a pretrainlab export" in capsys.readouterr().err
+
+
+def test_card_lists_each_source_with_license_approval_tokens_and_mixture(trained_run):
+    from pretrainlab.export.card import gather_card_facts, render_card
+    from pretrainlab.train.checkpoint import latest_checkpoint
+
+    cfg = load_config(trained_run / "config.yaml")
+    facts = gather_card_facts(trained_run, cfg, latest_checkpoint(trained_run), 12, 3072,
+                              {"architecture": "LlamaForCausalLM", "dtype": "float32"})
+    facts["data_manifest"] = {"manifest_id": "abc", "stages": ["normalize", "exact_dedup"], "counts": {"docs_out": 90},
+                              "sources": {"prose": {"license": "CC-BY-4.0",
+                                                    "approval": {"status": "approved", "by": "legal", "date": "2026-11-01"}},
+                                          "code": {"license": "PSF-2.0", "approval": {"status": "approved"}}}}
+    card = render_card(facts, "apache-2.0")
+    train_tokens = facts["tokens_manifest"]["sources"]["prose"]["train"]["tokens"]
+    weight = facts["meta"]["mix_stages"][0]["weights"]["prose"]
+    assert f"| prose | CC-BY-4.0 | approved legal 2026-11-01 | {train_tokens:,} |" in card
+    assert f"| {weight:.3f} |" in card and "| code | PSF-2.0 | approved |" in card
+    assert card.startswith("---\nlicense: apache-2.0\n") and "manifest `abc`" in card and "90 documents kept" in card

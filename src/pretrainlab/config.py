@@ -207,8 +207,8 @@ class TokenizeConfig(Section):
     backend: Literal["auto", "threads", "processes"] = Field(
         "auto",
         description="threads: one process, the tokenizer library's own thread pool on all cores (RAYON_NUM_THREADS "
-        "caps it); processes: `workers` forked encoder processes, each single-threaded; auto: threads (measured "
-        "faster on 2 cores: 1.44M vs 1.09M tokens/s, see benchmarks/bench_tokenizer.py).",
+        "caps it); processes: `workers` forked encoder processes, each single-threaded; auto: processes for "
+        "byte-level BPE, threads for SentencePiece (faster on 2 cores, see docs/BENCHMARKS.md).",
     )
 
 

@@ -132,8 +132,8 @@ class SourceCounts(Counts):
 
 def _config_for_id(cfg: ProjectConfig) -> dict:
     d = config_to_dict(cfg.data)
-    d.pop("input", None)
-    d.pop("out", None)
+    for key in ("input", "out", "workers"):  # where and how fast, not what: same data, same id
+        d.pop(key, None)
     return d
 
 

@@ -60,8 +60,7 @@ def _cut_before(text: str, pos: int, chars: int) -> str:
 def _cloze(rng: random.Random, docs: list[str], vocab: list[str]) -> Example | None:
     doc = rng.choice(docs)
     spots = [m for m in _WORD.finditer(doc) if m.start() >= 40]
-    pool = [w for w in vocab if w != ""]
-    if not spots or len(pool) < N_CHOICES:
+    if not spots or len(vocab) < N_CHOICES:
         return None
     m = rng.choice(spots)
     word = m.group(1)
@@ -69,7 +68,7 @@ def _cloze(rng: random.Random, docs: list[str], vocab: list[str]) -> Example | N
     stripped = before.rstrip()
     gap = before[len(stripped):]  # the whitespace before the word belongs to every choice
     context = _cut_before(stripped, len(stripped), CONTEXT_CHARS)
-    others = [w for w in pool if w != word]
+    others = [w for w in vocab if w != word]
     if not context.strip() or len(others) < N_CHOICES - 1:
         return None
     choices = [gap + w for w in [word, *rng.sample(others, N_CHOICES - 1)]]

@@ -67,8 +67,10 @@ ACCIDENTS: dict[str, Accident] = {
     ),
     "no_clip": Accident(
         "No gradient clipping",
-        lambda c: ["optim.grad_clip=0"],
-        lambda c: f"optim.grad_clip {c.optim.grad_clip:g} -> 0 (off)",
+        lambda c: ["optim.grad_clip=0", *_clip_lr(c)],
+        lambda c: f"optim.grad_clip {c.optim.grad_clip:g} -> 0 (off)" + (
+            f", at optim.lr {c.optim.lr * c.experiments.no_clip_lr_multiplier:g} (x{c.experiments.no_clip_lr_multiplier:g}; "
+            "judged against the clipped run at the same LR)" if c.experiments.no_clip_lr_multiplier > 1 else ""),
         ("grad_explosion",),
         "Without clipping, a rare batch with a huge gradient applies its full size to the weights; the next "
         "gradients grow with it (a feedback loop) and the run can spike or collapse.",
@@ -108,8 +110,23 @@ ACCIDENTS: dict[str, Accident] = {
 }
 
 
+def _clip_lr(c: ProjectConfig) -> list[str]:
+    mult = c.experiments.no_clip_lr_multiplier
+    return [f"optim.lr={c.optim.lr * mult:g}"] if mult > 1 else []
+
+
+def _clip_control(c: ProjectConfig, names: list[str]) -> str | None:
+    """The clipped run at no_clip's LR: the lr_x10 run when it has the same LR, else a 'clip_control' run."""
+    ex = c.experiments
+    if ex.no_clip_lr_multiplier <= 1:
+        return None
+    return "lr_x10" if "lr_x10" in names and ex.no_clip_lr_multiplier == ex.lr_multiplier else "clip_control"
+
+
 def _variants(base: ProjectConfig, names: list[str]) -> list[Variant]:
     out = [Variant("baseline", [], record_zero_grads=True)]
+    if "no_clip" in names and base.experiments.no_clip_lr_multiplier > 1 and _clip_control(base, names) == "clip_control":
+        out.append(Variant("clip_control", _clip_lr(base)))
     for name in names:
         acc = ACCIDENTS[name]
         out.append(Variant(name, acc.overrides(base), record_zero_grads=name in ("fp16_no_scaling", "bf16")))
@@ -129,15 +146,17 @@ def analyze(base: ProjectConfig, results: list[dict]) -> dict:
     for r in results[1:]:
         measures[r["name"]] = measure(r["steps"], ex, target, r["global_batch_tokens"], base_losses)
     out = {"target_loss": target, "runs": {}}
+    controls = {name: acc.control for name, acc in ACCIDENTS.items()}
+    controls["no_clip"] = _clip_control(base, list(measures))
     for r in results:
         name = r["name"]
         acc = ACCIDENTS.get(name)
-        control = measures.get(acc.control or "baseline") if acc and acc.control else None
-        found = {} if name == "baseline" else diagnose(measures[name], base_m, ex, control)
+        control = measures.get(controls.get(name) or "")
+        found = {} if acc is None else diagnose(measures[name], base_m, ex, control)
         expected = list(acc.expected) if acc else []
         reproduced = (not expected and not found) or any(s in found for s in expected)
         out["runs"][name] = {"measures": measures[name].__dict__, "symptoms": found, "expected": expected,
-                             "reproduced": reproduced if name != "baseline" else None}
+                             "reproduced": reproduced if acc is not None else None}
     return out
 
 
@@ -171,7 +190,7 @@ def build_record(base: ProjectConfig, results: list[dict], analysis: dict) -> Re
         rows.append([r["name"], fmt(m["final_loss"]), m["diverged_at"] or "-", fmt(m["oscillation"]),
                      m["steps_to_baseline"] or "never", fmt(m["grad_norm_max"]), m["overflow_steps"],
                      fmt(100 * m["grad_zero_frac"]) + "%" if m["grad_zero_frac"] is not None else "-",
-                     "baseline" if r["name"] == "baseline" else ", ".join(SYMPTOMS[s] for s in info["symptoms"]) or "none"])
+                     "(reference)" if r["name"] not in ACCIDENTS else ", ".join(SYMPTOMS[s] for s in info["symptoms"]) or "none"])
     rec.table(["run", "final loss", "diverged at", f"oscillation (first {base.experiments.early_steps})",
                "steps to target", "max grad norm", "overflow steps", "zero grads", "symptoms"], rows)
     loss = {r["name"]: [(s["step"], s["loss"]) for s in r["steps"]] for r in results}
@@ -181,6 +200,8 @@ def build_record(base: ProjectConfig, results: list[dict], analysis: dict) -> Re
     early = {k: v[: 3 * base.experiments.early_steps] for k, v in loss.items()}
     rec.chart("loss_early", early, f"loss, first {3 * base.experiments.early_steps} steps", "step", "loss")
     for r in results[1:]:
+        if r["name"] not in ACCIDENTS:
+            continue  # a control run: shown in the table and curves
         acc = ACCIDENTS[r["name"]]
         info = analysis["runs"][r["name"]]
         rec.h(f"{r['name']}: {acc.title}")
@@ -195,7 +216,7 @@ def build_record(base: ProjectConfig, results: list[dict], analysis: dict) -> Re
     rec.h("How the symptoms are measured")
     ex = base.experiments
     rec.bullets([
-        f"diverged: a non-finite loss, or the {ex.smooth_steps}-step mean loss rising {ex.diverge_margin} nats above "
+        f"diverged: a non-finite loss, or the {ex.diverge_window}-step mean loss rising {ex.diverge_margin} nats above "
         "its best so far and above the baseline's at the same step (same data order), or never getting below "
         "the first loss; the step is reported",
         f"early oscillation: std of step-to-step loss changes over the first {ex.early_steps} steps, above "
@@ -229,7 +250,7 @@ def run_accidents(base: ProjectConfig) -> dict:
     atomic_write_json(out / "accidents.json", {"analysis": analysis,
                                                "runs": [{k: v for k, v in r.items() if k != "config"} for r in results]})
     for name, info in analysis["runs"].items():
-        if name != "baseline":
+        if name in ACCIDENTS:
             console.print(f"  {name:<16} {_verdict(info)}")
     console.print(f"report: {html_path} (markdown: {md_path})")
     return {"out": str(out), "report": str(html_path), "markdown": str(md_path), **analysis}

@@ -26,12 +26,20 @@ class ExperimentsConfig(BaseModel):
         f"{list(ACCIDENTS)}; bf16 is fp16_no_scaling's control and is added with it."
     )
     lr_multiplier: float = Field(10.0, gt=1, description="lr_x10: the baseline's optim.lr times this.")
+    no_clip_lr_multiplier: float = Field(
+        1.0, ge=1, description="no_clip runs at optim.lr times this; above 1 it is judged against a clipped run at "
+        "the same LR (lr_x10 when the multipliers match, else an extra 'clip_control' run): clipping only matters "
+        "once gradients spike."
+    )
     early_steps: int = Field(20, ge=4, description="Window (first steps) in which loss oscillation is measured.")
+    diverge_window: int = Field(
+        3, ge=1, description="Steps averaged before the divergence rule compares a run with its best and the baseline."
+    )
     oscillation_ratio: float = Field(
         1.5, gt=1, description="Early oscillation (std of step-to-step loss changes) above this multiple of the baseline's is flagged."
     )
     diverge_margin: float = Field(
-        0.5, gt=0, description="Diverged: loss non-finite, or this many nats above the run's best loss so far and its first loss."
+        0.5, gt=0, description="Diverged: loss non-finite, or this many nats above both the run's best so far and the baseline at that step."
     )
     slow_ratio: float = Field(
         1.5, gt=1, description="Slow: needs more than this multiple of the baseline's steps to reach the baseline's loss (target_fraction)."

@@ -117,7 +117,7 @@ def measure(steps: list[dict], cfg: ExperimentsConfig, target_loss: float | None
     losses = series(steps, "loss")
     gnorms = series(steps, "grad_norm")
     finite_g = sorted(g for g in gnorms if math.isfinite(g))
-    div_step, how = divergence_step(losses, cfg.diverge_margin, cfg.smooth_steps, baseline_losses)
+    div_step, how = divergence_step(losses, cfg.diverge_margin, cfg.diverge_window, baseline_losses)
     reach = steps_to_reach(losses, target_loss, cfg.smooth_steps) if target_loss is not None else None
     zero = [s["grad_zero_frac"] for s in steps if _finite(s.get("grad_zero_frac"))]
     med = statistics.median(finite_g) if finite_g else math.nan
@@ -142,8 +142,10 @@ def measure(steps: list[dict], cfg: ExperimentsConfig, target_loss: float | None
 
 
 def diagnose(m: Measures, base: Measures, cfg: ExperimentsConfig, control: Measures | None = None) -> dict[str, str]:
-    """Symptom name -> measured evidence, for every symptom this run shows relative to the baseline
-    (and, for the precision runs, relative to their ``control``)."""
+    """Symptom name -> measured evidence, for every symptom this run shows relative to the baseline.
+
+    A ``control`` (the run that differs from this one only in the accident's setting) is the reference
+    for the zero-gradient share, and its peak gradient norm is quoted beside this run's."""
     found: dict[str, str] = {}
     if m.diverged_at is not None:
         found["diverged"] = f"at step {m.diverged_at} ({m.diverged_how})"
@@ -163,9 +165,10 @@ def diagnose(m: Measures, base: Measures, cfg: ExperimentsConfig, control: Measu
                              f"{m.steps_to_baseline / base.steps_to_baseline:.1f}x the baseline's {base.steps_to_baseline}")
     limit = cfg.grad_explosion_ratio * base.grad_norm_median
     if m.nonfinite_grad_steps or (math.isfinite(m.grad_norm_max) and m.grad_norm_max > limit):
+        vs_control = f"; the control peaked at {control.grad_norm_max:.3g}" if control is not None else ""
         found["grad_explosion"] = (f"max grad norm {m.grad_norm_max:.3g} = "
                                    f"{m.grad_norm_max / base.grad_norm_median:.1f}x the baseline's median "
-                                   f"{base.grad_norm_median:.3g} (baseline max {base.grad_norm_max:.3g}); "
+                                   f"{base.grad_norm_median:.3g} (baseline max {base.grad_norm_max:.3g}{vs_control}); "
                                    f"{m.nonfinite_grad_steps} steps with a non-finite norm")
     if m.overflow_steps:
         found["overflow"] = f"{m.overflow_steps} of {m.steps} steps had inf/NaN gradients"

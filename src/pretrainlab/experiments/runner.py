@@ -80,6 +80,13 @@ def variant_config(base: ProjectConfig, variant: Variant, run_dir: Path, threads
                               f"checkpoint.milestone_every_tokens=null"], base=cfg.model_dump(mode="json"))
 
 
+def _training_key(config_json: dict) -> dict:
+    """What decides a run's numbers: not its name or folder, thread count, or the experiment's thresholds."""
+    key = {k: v for k, v in config_json.items() if k not in ("run", "experiments", "alerts")}
+    key["train"] = {k: v for k, v in key.get("train", {}).items() if k != "threads"}
+    return key
+
+
 def _read_records(run_dir: Path) -> tuple[list[dict], list[dict]]:
     val = [r for r in iter_jsonl(run_dir / "metrics.jsonl") if r.get("kind") == "val"] \
         if (run_dir / "metrics.jsonl").exists() else []
@@ -96,11 +103,10 @@ def run_variant(base: ProjectConfig, variant: Variant, out: Path, threads: int |
     run_dir = (out / "runs" / variant.name).resolve()
     cfg = variant_config(base, variant, run_dir, threads)
     config_json = cfg.model_dump(mode="json")
-    config_json["train"]["threads"] = None  # thread count does not change results; don't retrain for it
     result_path = run_dir / RESULT_FILE
     if result_path.is_file():
         cached = read_json(result_path)
-        if cached.get("config") == config_json:
+        if _training_key(cached.get("config") or {}) == _training_key(config_json):
             cached["cached"] = True
             return cached
     if run_dir.exists():

@@ -104,20 +104,35 @@ def _fmt(x: Any, spec: str = ",") -> str:
         return str(x)
 
 
+def _short(n: int) -> str:
+    for div, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.3g}{suffix}"
+    return str(n)
+
+
 def _data_rows(f: dict) -> list[str]:
     sources = (f["data_manifest"].get("sources") or {})
     tok_sources = f["tokens_manifest"].get("sources") or {}
-    weights = f["meta"].get("source_weights") or {}
+    stages = [st for st in (f["meta"].get("mix_stages") or []) if isinstance(st, dict)]
+    if not stages and f["meta"].get("source_weights"):
+        stages = [{"name": "main", "weights": f["meta"]["source_weights"]}]
     names = sorted(set(sources) | set(tok_sources))
-    rows = ["| source | license | approval | train tokens | held-out tokens | mixture weight |", "|---|---|---|---:|---:|---:|"]
+    head = "".join(f" {st.get('name', i)} weight |" for i, st in enumerate(stages)) or " mixture weight |"
+    rows = [f"| source | license | approval | train tokens | held-out tokens |{head}",
+            "|---|---|---|---:|---:|" + "---:|" * max(1, len(stages))]
     for s in names:
         spec = sources.get(s) or {}
         appr = spec.get("approval") or {}
         appr_txt = " ".join(str(appr.get(k)) for k in ("status", "by", "date") if appr.get(k)) or "n/a"
         parts = tok_sources.get(s) or {}
-        w = weights.get(s)
+        ws = [(st.get("weights") or {}).get(s) for st in stages] or [None]
+        cells = "".join(f" {_fmt(w, '.3f') if isinstance(w, (int, float)) else 'n/a'} |" for w in ws)
         rows.append(f"| {s} | {spec.get('license') or 'n/a'} | {appr_txt} | {_fmt((parts.get('train') or {}).get('tokens'))} "
-                    f"| {_fmt((parts.get('heldout') or {}).get('tokens'))} | {_fmt(w, '.3f') if isinstance(w, (int, float)) else 'n/a'} |")
+                    f"| {_fmt((parts.get('heldout') or {}).get('tokens'))} |{cells}")
+    if stages:
+        rows += ["", "Mixture stages: " + "; ".join(
+            f"{st.get('name')} until {_fmt(st.get('until_tokens')) if st.get('until_tokens') else 'the end'}" for st in stages) + "."]
     return rows
 
 
@@ -127,7 +142,7 @@ def _eval_rows(f: dict) -> list[str]:
     ppl = ev.get("perplexity") or {}
     if ppl:
         rows += ["| held-out source | tokens | loss (nats/token) | perplexity |", "|---|---:|---:|---:|"]
-        for s, r in ppl.items():
+        for s, r in sorted(ppl.items(), key=lambda kv: (kv[0] == "overall", kv[0])):
             if isinstance(r, dict):
                 rows.append(f"| {s} | {_fmt(r.get('tokens'))} | {_fmt(r.get('loss'), '.4f')} | {_fmt(r.get('ppl'), '.2f')} |")
         rows.append("")
@@ -178,7 +193,7 @@ def render_card(f: dict, license_tag: str = "other") -> str:
         _front_matter(f, license_tag),
         f"# {f['name']}",
         "",
-        f"A {p['total'] / 1e6:.1f}M-parameter decoder-only language model (Llama architecture) trained from scratch "
+        f"A {_short(p['total'])}-parameter decoder-only language model (Llama architecture) trained from scratch "
         f"with pretrainlab on {len(dm.get('sources') or {}) or 'the'} approved source(s), exported at step "
         f"{_fmt(f['step'])} after {_fmt(f['tokens'])} training tokens.",
         "",
@@ -279,11 +294,11 @@ def render_card(f: dict, license_tag: str = "other") -> str:
         "## Environmental Impact",
         "",
         f"- **Hardware:** {comp['world_size']} x {comp['device']}",
-        f"- **Training time:** {comp['seconds'] / 3600:.3f} h wall ({comp['seconds_source']}), "
-        f"{comp['device_hours']:.3f} device-hours",
-        f"- **Energy (estimate):** {comp['energy_kwh']:.4f} kWh = device-hours x {comp['watts']:.0f} W "
+        f"- **Training time:** {comp['seconds'] / 3600:.3g} h wall ({comp['seconds_source']}), "
+        f"{comp['device_hours']:.3g} device-hours",
+        f"- **Energy (estimate):** {comp['energy_kwh']:.3g} kWh = device-hours x {comp['watts']:.0f} W "
         f"({comp['watts_source']}) x PUE {comp['pue']}",
-        f"- **CO2 (estimate):** {comp['co2_kg']:.4f} kg CO2e at {comp['carbon_kg_per_kwh']} kg/kWh (a world-average "
+        f"- **CO2 (estimate):** {comp['co2_kg']:.3g} kg CO2e at {comp['carbon_kg_per_kwh']} kg/kWh (a world-average "
         "grid assumption; set `export.carbon_kg_per_kwh` for the real grid)",
         "",
         "## Technical Specifications",

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from pretrainlab.errors import DataError
+from pretrainlab.export.adapters import adapter_for
 from pretrainlab.export.card import gather_card_facts, render_card
 from pretrainlab.export.hf import export_hf
 from pretrainlab.fsio import atomic_write_json, atomic_write_jsonl, atomic_write_text
@@ -188,10 +189,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, cfg_overr
 
     def extras(tmp: Path) -> list[str]:
         files = _write_examples(tmp, cfg, run_dir, tok) + _write_repro(tmp, cfg, run_dir, out)
-        record = {"architecture": "LlamaForCausalLM", "dtype": ec.dtype}
-        from pretrainlab.export.adapters import adapter_for
-
-        record["architecture"] = adapter_for(model.cfg).architecture
+        record = {"architecture": adapter_for(model.cfg).architecture, "dtype": ec.dtype}
         card = render_card(gather_card_facts(run_dir, cfg, ckpt, step, tokens, record), ec.license)
         atomic_write_text(tmp / "README.md", card)
         atomic_write_text(tmp / "MODEL_CARD.md", card)

@@ -266,12 +266,19 @@ def _tokenize_part(
 # --------------------------------------------------------------------------- the stage
 
 
-def _backend(cfg: ProjectConfig) -> str:
-    # auto = threads: on 2 cores the library's thread pool beat 2 processes (1.44M vs 1.09M
-    # tokens/s on 5 MB of stdlib code). Processes also parallelize JSON parsing and array
-    # assembly (~10% of the work, serial under threads), which may pay off on many cores.
+def _backend(cfg: ProjectConfig, kind: str) -> str:
+    """auto: processes for byte-level BPE, threads for SentencePiece.
+
+    Measured on 2 cores, alternating the two (benchmarks/bench_tokenizer.py, 2026-11-23):
+    BPE on the embedded corpus (long man pages and source files) 1.44x faster with 2
+    processes than with the library's thread pool, on 3,000-char stdlib documents equal
+    (0.98x); SentencePiece encodes fast enough that the processes' pickling costs more
+    than it saves (threads 1.6x faster for unigram).
+    """
     b = cfg.tokenize.backend
-    return "threads" if b == "auto" else b
+    if b != "auto":
+        return b
+    return "processes" if kind == "bpe" else "threads"
 
 
 def tokenize_corpus(cfg: ProjectConfig) -> dict:
@@ -297,14 +304,15 @@ def tokenize_corpus(cfg: ProjectConfig) -> dict:
                 records[s][split] = rec
 
     workers = cfg.tokenize.workers
-    backend = _backend(cfg)
+    backend = _backend(cfg, tok.kind)
     done_tokens = 0
     if todo:
         encoder = _Encoder(backend, workers, tok_path, tok.eos_id, dtype)
         total_bytes = sum(p.stat().st_size for _, _, p in todo if p.is_file())
         est = {"total_bytes": total_bytes, "done_bytes": 0, "tokens": 0}
         try:
-            with progress_bar(f"tokenize ({len(todo)} parts, {backend} x{workers})", None, unit="tokens") as bar:
+            how = "threads" if backend == "threads" else f"{workers} processes"
+            with progress_bar(f"tokenize ({len(todo)} parts, {how})", None, unit="tokens") as bar:
                 for s, split, in_path in todo:
                     records[s][split] = _tokenize_part(
                         in_path, tokens_dir, s, split, encoder, cfg.tokenize.batch_docs, tok.sha256, dtype, bar, est
