@@ -163,3 +163,26 @@ def test_unknown_accident_is_a_config_error(capsys):
     rc = main(["experiments", "accidents", "--set", "experiments.accidents=lr_x100"])
     err = capsys.readouterr().err
     assert rc == 2 and "unknown accident 'lr_x100'" in err
+
+
+def test_sgd_and_fp16_with_loss_scaling_train_end_to_end(tiny_cfg):
+    import torch
+
+    from pretrainlab.experiments.runner import StepRecorder
+    from pretrainlab.train.callbacks import Callback
+    from pretrainlab.train.trainer import train
+
+    seen = {}
+
+    class Peek(Callback):
+        def on_train_start(self, ctx):
+            seen["optimizer"] = type(ctx.optimizer)
+            seen["momentum"] = ctx.optimizer.param_groups[0]["momentum"]
+
+    rec = StepRecorder(record_zero_grads=True)
+    cfg = tiny_cfg("train.steps=4", "train.precision=fp16", "train.loss_scaling=true", "optim.name=sgd",
+                   "optim.momentum=0.8", "guard.enabled=false", "train.val_every=4", "checkpoint.every=4")
+    summary = train(cfg, resume="never", callbacks=[Peek(), rec])
+    assert seen == {"optimizer": torch.optim.SGD, "momentum": 0.8}
+    assert len(rec.steps) == 4 and all(s["loss_scale"] > 1 and s["overflow"] is False for s in rec.steps)
+    assert all(0 <= s["grad_zero_frac"] < 1 for s in rec.steps) and math.isfinite(summary["final_val_loss"])

@@ -80,10 +80,14 @@ def variant_config(base: ProjectConfig, variant: Variant, run_dir: Path, threads
                               f"checkpoint.milestone_every_tokens=null"], base=cfg.model_dump(mode="json"))
 
 
+TRAINING_SECTIONS = ("workdir", "tokenize", "model", "optim", "train", "mix", "packing", "guard")
+
+
 def _training_key(config_json: dict) -> dict:
-    """What decides a run's numbers: not its name or folder, thread count, or the experiment's thresholds."""
-    key = {k: v for k, v in config_json.items() if k not in ("run", "experiments", "alerts")}
-    key["train"] = {k: v for k, v in key.get("train", {}).items() if k != "threads"}
+    """The sections that decide a run's numbers (not its name, folder, thread count or the experiment's thresholds)."""
+    key = {k: config_json.get(k) for k in TRAINING_SECTIONS}
+    key["train"] = {k: v for k, v in (key["train"] or {}).items() if k != "threads"}
+    key["tokenize"] = (key["tokenize"] or {}).get("out")
     return key
 
 

@@ -231,7 +231,7 @@ def build_record(base: ProjectConfig, grid, results, combos, summary: dict) -> R
     if summary["seed_noise"]:
         sn = summary["seed_noise"]
         rec.h("Seed-to-seed noise")
-        rec.table(["seed", metric], [[s, fmt(v)] for s, v in zip(sn["seeds"], sn["values"])])
+        rec.table(["seed", metric], [[str(s), fmt(v)] for s, v in zip(sn["seeds"], sn["values"])])
     rec.h("Conclusion")
     rec.p(summary["conclusion"])
     return rec
