@@ -141,10 +141,11 @@ def analyze(base: ProjectConfig, results: list[dict]) -> dict:
     base_losses = series(baseline["steps"], "loss")
     smoothed = trailing_mean(base_losses, ex.smooth_steps)
     target = smoothed[max(0, round(ex.target_fraction * len(smoothed)) - 1)] if smoothed else math.nan
-    base_m = measure(baseline["steps"], ex, target, baseline["global_batch_tokens"])
+    base_m = measure(baseline["steps"], ex, target, baseline["global_batch_tokens"], base_losses)
     measures = {"baseline": base_m}
     for r in results[1:]:
-        measures[r["name"]] = measure(r["steps"], ex, target, r["global_batch_tokens"], base_losses)
+        same = r["global_batch_tokens"] == baseline["global_batch_tokens"]
+        measures[r["name"]] = measure(r["steps"], ex, target, r["global_batch_tokens"], base_losses, same)
     out = {"target_loss": target, "runs": {}}
     controls = {name: acc.control for name, acc in ACCIDENTS.items()}
     controls["no_clip"] = _clip_control(base, list(measures))
@@ -224,7 +225,7 @@ def build_record(base: ProjectConfig, results: list[dict], analysis: dict) -> Re
         f"slow convergence: steps until the {ex.smooth_steps}-step mean loss reaches the convergence target, "
         f"more than {ex.slow_ratio}x the baseline's (or never)",
         f"gradient-norm explosion: a step's (pre-clipping) norm above {ex.grad_explosion_ratio}x the baseline's "
-        "median, or a non-finite norm",
+        "median and above the baseline's largest, or a non-finite norm",
         "overflow: steps with inf/NaN gradients; underflow: share of exactly-zero gradient entries above "
         f"{ex.zero_grad_ratio}x the control's",
     ])

@@ -49,7 +49,7 @@ class ExperimentsConfig(BaseModel):
     )
     smooth_steps: int = Field(10, ge=1, description="Trailing mean window (steps) used for 'loss reached' and final losses.")
     grad_explosion_ratio: float = Field(
-        5.0, gt=1, description="Gradient-norm explosion: a step's norm above this multiple of the baseline's median norm."
+        5.0, gt=1, description="Gradient-norm explosion: a step's norm above this multiple of the baseline's median (and its max)."
     )
     zero_grad_ratio: float = Field(
         1.5, gt=1, description="fp16 underflow: share of exactly-zero gradient entries above this multiple of the control's."

@@ -113,11 +113,14 @@ class Measures:
 
 
 def measure(steps: list[dict], cfg: ExperimentsConfig, target_loss: float | None, tokens_per_step: int,
-            baseline_losses: list[float] | None = None) -> Measures:
+            baseline_losses: list[float] | None = None, same_data: bool = True) -> Measures:
+    """``same_data``: the run draws the baseline's batches step for step (same batch geometry); if not, the
+    divergence rule averages over ``smooth_steps`` instead of ``diverge_window``, since the noise differs."""
     losses = series(steps, "loss")
     gnorms = series(steps, "grad_norm")
     finite_g = sorted(g for g in gnorms if math.isfinite(g))
-    div_step, how = divergence_step(losses, cfg.diverge_margin, cfg.diverge_window, baseline_losses)
+    window = cfg.diverge_window if same_data else max(cfg.diverge_window, cfg.smooth_steps)
+    div_step, how = divergence_step(losses, cfg.diverge_margin, window, baseline_losses)
     reach = steps_to_reach(losses, target_loss, cfg.smooth_steps) if target_loss is not None else None
     zero = [s["grad_zero_frac"] for s in steps if _finite(s.get("grad_zero_frac"))]
     med = statistics.median(finite_g) if finite_g else math.nan
@@ -163,7 +166,8 @@ def diagnose(m: Measures, base: Measures, cfg: ExperimentsConfig, control: Measu
         elif m.steps_to_baseline > cfg.slow_ratio * base.steps_to_baseline:
             found["slow"] = (f"reached the target loss {fmt_target(m)} at step {m.steps_to_baseline}, "
                              f"{m.steps_to_baseline / base.steps_to_baseline:.1f}x the baseline's {base.steps_to_baseline}")
-    limit = cfg.grad_explosion_ratio * base.grad_norm_median
+    # above the baseline's typical norm by the ratio, and above the baseline's own worst step
+    limit = max(cfg.grad_explosion_ratio * base.grad_norm_median, base.grad_norm_max)
     if m.nonfinite_grad_steps or (math.isfinite(m.grad_norm_max) and m.grad_norm_max > limit):
         vs_control = f"; the control peaked at {control.grad_norm_max:.3g}" if control is not None else ""
         found["grad_explosion"] = (f"max grad norm {m.grad_norm_max:.3g} = "

@@ -111,7 +111,7 @@ def run_variant(base: ProjectConfig, variant: Variant, out: Path, threads: int |
     if result_path.is_file():
         cached = read_json(result_path)
         if _training_key(cached.get("config") or {}) == _training_key(config_json):
-            cached["cached"] = True
+            cached.update(name=variant.name, overrides=variant.overrides, cached=True)
             return cached
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an unfinished or outdated run of this variant

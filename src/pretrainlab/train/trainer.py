@@ -58,6 +58,7 @@ class TrainContext:
     skip_step: bool = False
     checkpointer: "ckpt.AsyncCheckpointer | None" = None  # set when checkpoint.async_save
     best_val: float = float("inf")
+    sinks: object | None = None
     history: list[dict] = field(default_factory=list)
     data_batches: int = 0  # global batches drawn from the loader (steps + batches skipped by rollbacks)
     callbacks: CallbackList | None = None
@@ -436,6 +437,7 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
             f"device {device}, peak {peak / 1e12:.3g} TFLOP/s ({peak_source})"
         )
     sinks = _make_sinks(ctx) if ctx.is_main else None
+    ctx.sinks = sinks  # callbacks that log their own records (in-training eval) go through the same sinks
     from pretrainlab.train.guard import build_guard_callbacks
     from pretrainlab.train.moe_monitor import build_moe_callbacks
 
