@@ -1,10 +1,10 @@
 """Benchmark the MoE layer's dispatch paths against a naive per-expert loop and a dense MLP.
 
     .venv/bin/python benchmarks/bench_moe.py [--tokens 2048] [--d-model 256] [--experts 8] [--top-k 2]
-        [--hidden 256] [--threads 2] [--repeat 7] [--device cpu]
+        [--hidden 256] [--threads 2] [--repeat 15] [--device cpu]
 
 Times forward + backward of one MoE layer on ``--tokens`` random tokens and prints
-tokens/s (median of --repeat timed rounds after 2 warm-up rounds; every round runs
+tokens/s (best of --repeat timed rounds after 2 warm-up rounds; every round runs
 all variants in turn) for:
 
 - ours, each expert-compute path after sort-by-expert: ``grouped_mm``
@@ -22,7 +22,6 @@ and noisy, so only same-run ratios are meaningful).
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
@@ -56,14 +55,18 @@ def fwd_bwd_seconds(fn, x: torch.Tensor) -> float:
 
 
 def time_round_robin(variants: list[tuple[str, object]], x: torch.Tensor, repeat: int) -> list[tuple[str, float]]:
-    """Median seconds per variant; variants are interleaved in every round so machine noise hits all alike."""
+    """Best (minimum) seconds per variant over the timed rounds.
+
+    Variants are interleaved in every round, and the minimum is kept because on a
+    shared machine interference only ever adds time.
+    """
     times: dict[str, list[float]] = {label: [] for label, _ in variants}
     for i in range(repeat + 2):
         for label, fn in variants:
             sec = fwd_bwd_seconds(fn, x)
             if i >= 2:  # the first two rounds warm up allocators and thread pools
                 times[label].append(sec)
-    return [(label, statistics.median(times[label])) for label, _ in variants]
+    return [(label, min(times[label])) for label, _ in variants]
 
 
 def main() -> None:
@@ -74,7 +77,7 @@ def main() -> None:
     ap.add_argument("--top-k", type=int, default=2)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--repeat", type=int, default=15)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -100,7 +103,7 @@ def main() -> None:
     peer = rows[0][1]
     print(f"MoE layer fwd+bwd: {args.tokens} tokens, d_model {args.d_model}, {args.experts} experts, top-{args.top_k}, "
           f"expert hidden {args.hidden}, {args.threads} thread(s), device {args.device}, torch {torch.__version__}, "
-          f"median of {args.repeat}")
+          f"best of {args.repeat} rounds")
     print(f"{'variant':<52} {'ms':>8} {'tokens/s':>11} {'vs peer':>8}")
     for label, sec in rows:
         print(f"{label:<52} {sec * 1e3:>8.2f} {args.tokens / sec:>11,.0f} {peer / sec:>7.2f}x")

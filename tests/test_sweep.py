@@ -91,3 +91,20 @@ def test_sweep_rejects_an_invalid_combination_before_training(tmp_path, capsys):
     rc = main(["sweep", "--workdir", str(tmp_path), "--grid", "optim.lrr=1e-3,1e-4"])
     err = capsys.readouterr().err
     assert rc == 2 and "optim.lrr" in err and "did you mean" in err
+
+
+@pytest.mark.slow
+def test_mixture_sweep_compares_weights_per_source(tiny_cfg, tmp_path, capsys):
+    out = tmp_path / "mix"
+    overrides = tiny_overrides_of(tiny_cfg()) + [f"experiments.out={out}", "train.steps=8", "train.val_every=8"]
+    rc = main(["sweep", *sum((["--set", o] for o in overrides), []), "--metric", "final_val_loss",
+               "--seed-repeats", "0", "--grid", "mix.weights={code: 9, prose: 1},{code: 1, prose: 9}"])
+    assert rc == 0, capsys.readouterr().err
+    res = json.loads((out / "sweep.json").read_text())
+    names = {r["name"] for r in res["ranked"]}
+    assert names == {"weights-code9-prose1", "weights-code1-prose9"}
+    for r in res["ranked"]:
+        assert set(r["metrics"]["val_per_source"]) == {"code", "prose"}
+    assert res["seed_noise"] is None and "not measured" in res["conclusion"]
+    md = (out / "report.md").read_text()
+    assert "val loss code" in md and "val loss prose" in md and "mix.weights = " not in md

@@ -179,7 +179,7 @@ def build_record(base: ProjectConfig, results: list[dict], analysis: dict) -> Re
         f"vocab {base.model.vocab_size or 'from tokenizer'}",
         f"baseline: AdamW lr {oc.lr:g}, warmup {oc.warmup_steps}, clip {oc.grad_clip:g}, {tc.precision}, "
         f"{tc.steps} steps x {tc.global_batch_tokens} tokens (seq {tc.seq_len}), seed {tc.seed}",
-        f"same seed, data order and model for every run; guards off (guard.enabled=false) so nothing is rescued",
+        "same seed, data order and model for every run; guards off (guard.enabled=false) so nothing is rescued",
         f"convergence target: the baseline's loss at {100 * base.experiments.target_fraction:g}% of its steps, "
         f"{fmt(analysis['target_loss'])} ({base.experiments.smooth_steps}-step mean)",
     ])

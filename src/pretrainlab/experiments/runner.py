@@ -77,7 +77,7 @@ def variant_config(base: ProjectConfig, variant: Variant, run_dir: Path, threads
     # one checkpoint and one late validation are enough: experiments compare curves, not checkpoints
     steps = cfg.train.steps
     return load_config(None, [f"checkpoint.every={steps}", "checkpoint.keep_last=1",
-                              f"checkpoint.milestone_every_tokens=null"], base=cfg.model_dump(mode="json"))
+                              "checkpoint.milestone_every_tokens=null"], base=cfg.model_dump(mode="json"))
 
 
 TRAINING_SECTIONS = ("workdir", "tokenize", "model", "optim", "train", "mix", "packing", "guard")
