@@ -123,6 +123,14 @@ def _clip_control(c: ProjectConfig, names: list[str]) -> str | None:
     return "lr_x10" if "lr_x10" in names and ex.no_clip_lr_multiplier == ex.lr_multiplier else "clip_control"
 
 
+def _control_name(c: ProjectConfig, name: str, names: list[str]) -> str | None:
+    """The run that differs from accident ``name`` only in its setting, if the suite has one."""
+    if name == "no_clip":
+        return _clip_control(c, names)
+    acc = ACCIDENTS.get(name)
+    return acc.control if acc and acc.control in names else None
+
+
 def _variants(base: ProjectConfig, names: list[str]) -> list[Variant]:
     out = [Variant("baseline", [], record_zero_grads=True)]
     if "no_clip" in names and base.experiments.no_clip_lr_multiplier > 1 and _clip_control(base, names) == "clip_control":
@@ -147,12 +155,10 @@ def analyze(base: ProjectConfig, results: list[dict]) -> dict:
         same = r["global_batch_tokens"] == baseline["global_batch_tokens"]
         measures[r["name"]] = measure(r["steps"], ex, target, r["global_batch_tokens"], base_losses, same)
     out = {"target_loss": target, "runs": {}}
-    controls = {name: acc.control for name, acc in ACCIDENTS.items()}
-    controls["no_clip"] = _clip_control(base, list(measures))
     for r in results:
         name = r["name"]
         acc = ACCIDENTS.get(name)
-        control = measures.get(controls.get(name) or "")
+        control = measures.get(_control_name(base, name, list(measures)) or "")
         found = {} if acc is None else diagnose(measures[name], base_m, ex, control)
         expected = list(acc.expected) if acc else []
         reproduced = (not expected and not found) or any(s in found for s in expected)
@@ -210,6 +216,11 @@ def build_record(base: ProjectConfig, results: list[dict], analysis: dict) -> Re
         m = info["measures"]
         evidence.append(f"final loss {fmt(m['final_loss'])} (baseline {fmt(analysis['runs']['baseline']['measures']['final_loss'])}), "
                         f"max grad norm {fmt(m['grad_norm_max'])}, early oscillation {fmt(m['oscillation'])}")
+        control = _control_name(base, r["name"], [x["name"] for x in results])
+        if control and control in analysis["runs"]:
+            cm = analysis["runs"][control]["measures"]
+            evidence.append(f"its control {control} (differs only in this setting): final loss {fmt(cm['final_loss'])}, "
+                            f"max grad norm {fmt(cm['grad_norm_max'])}")
         if r.get("error"):
             evidence.append(f"the run stopped: {r['error']}")
         rec.bullets([f"**setting**: {acc.setting(base)}", f"**symptom**: {_verdict(info)}",
