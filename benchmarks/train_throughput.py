@@ -181,23 +181,30 @@ def loader_share(args, model, opt, device, amp):
           f"{1e3 * t_step / args.steps:.1f} ms per micro-batch, document masks on)")
 
 
-def checkpoint_stall(model, opt):
-    """How long the training loop is blocked by a synchronous vs an asynchronous checkpoint save."""
+def checkpoint_stall(model, opt, saves: int = 4):
+    """How long the training loop is blocked by a synchronous vs an asynchronous checkpoint save.
+
+    Medians over saves 2..N (steady state: the async saver reuses its CPU staging buffers).
+    """
     from pretrainlab.train.checkpoint import AsyncCheckpointer, save_checkpoint
     from pretrainlab.train.parallel import full_state
 
+    sync_t, async_t = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        msd, osd = full_state(model, opt)
-        t = time.perf_counter()
-        save_checkpoint(Path(tmp) / "sync", 1, msd, osd, {}, {"step": 1})
-        sync_s = time.perf_counter() - t
         saver = AsyncCheckpointer()
-        t = time.perf_counter()
-        saver.save(Path(tmp) / "async", 1, msd, osd, {}, {"step": 1})
-        stall_s = time.perf_counter() - t
+        for i in range(saves):
+            msd, osd = full_state(model, opt)
+            t = time.perf_counter()
+            save_checkpoint(Path(tmp) / "sync", i, msd, osd, {}, {"step": i})
+            sync_t.append(time.perf_counter() - t)
+            saver.wait()  # the loop would train meanwhile; don't let the previous write overlap the timing
+            t = time.perf_counter()
+            saver.save(Path(tmp) / "async", i, msd, osd, {}, {"step": i})
+            async_t.append(time.perf_counter() - t)
         saver.wait()
-    print(f"checkpoint: synchronous save blocks {1e3 * sync_s:.1f} ms; async save blocks {1e3 * stall_s:.1f} ms "
-          f"({100 * stall_s / sync_s:.1f}% of synchronous)")
+    s, a = statistics.median(sync_t[1:]), statistics.median(async_t[1:])
+    print(f"checkpoint: synchronous save blocks {1e3 * s:.1f} ms; async save blocks {1e3 * a:.1f} ms "
+          f"({100 * a / s:.1f}% of synchronous; medians of saves 2-{saves})")
 
 
 if __name__ == "__main__":

@@ -121,16 +121,25 @@ def save_checkpoint(
     return final
 
 
-def _stage(obj: Any) -> Any:
-    """Deep-copy tensors to CPU so training can keep mutating the live ones during a background write."""
+def _stage(obj: Any, buffer: Any = None) -> Any:
+    """Deep-copy tensors to CPU so training can keep mutating the live ones during a background write.
+
+    ``buffer`` is the previous save's staged copy: tensors of the same shape and
+    dtype are reused (``copy_``), so steady-state saves allocate nothing.
+    """
     import torch as _torch
 
     if isinstance(obj, _torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
+        src = obj.detach()
+        if isinstance(buffer, _torch.Tensor) and buffer.shape == src.shape and buffer.dtype == src.dtype:
+            return buffer.copy_(src)
+        return src.to("cpu", copy=True)
     if isinstance(obj, dict):
-        return {k: _stage(v) for k, v in obj.items()}
+        prev = buffer if isinstance(buffer, dict) else {}
+        return {k: _stage(v, prev.get(k)) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_stage(v) for v in obj)
+        prev = buffer if isinstance(buffer, (list, tuple)) and len(buffer) == len(obj) else [None] * len(obj)
+        return type(obj)(_stage(v, b) for v, b in zip(obj, prev))
     return obj
 
 
@@ -146,12 +155,13 @@ class AsyncCheckpointer:
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._buffer: Any = None  # staged CPU copies, reused by the next save once this one is written
         self.last_path: Path | None = None
 
     def save(self, run_dir: Path, step: int, model_state: dict, optim_state: dict, rng_state: dict,
              trainer_state: dict, meta: dict | None = None, on_done=None) -> Path:
         self.wait()
-        staged = _stage((model_state, optim_state, rng_state))
+        staged = self._buffer = _stage((model_state, optim_state, rng_state), self._buffer)
 
         def write():
             try:
