@@ -274,6 +274,27 @@ def cmd_experiments_lr_range(args):
     run_lr_range(_config_from_args(args))
 
 
+def cmd_mm_demo_data(args):
+    from pretrainlab.multimodal.demo import write_demo_data
+
+    cfg = _config_from_args(args)
+    m = cfg.multimodal
+    out = write_demo_data(args.out, m.demo_samples, m.demo_groups, m.demo_image_size, m.seed, m.sample_rate)
+    print(f"demo data: {out} ({m.demo_samples} samples x {m.demo_groups} time-slice groups, 6 cameras)")
+
+
+def cmd_mm_fit(args):
+    from pretrainlab.multimodal.build import fit_discretizers
+
+    fit_discretizers(_config_from_args(args))
+
+
+def cmd_mm_build(args):
+    from pretrainlab.multimodal.build import build_shards
+
+    build_shards(_config_from_args(args))
+
+
 def cmd_sweep(args):
     from pretrainlab.experiments.sweep import run_sweep
 
@@ -414,6 +435,15 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                     help="a config key and its values, e.g. --grid optim.lr=1e-4,3e-4 (repeatable; dict values "
                     "keep their commas: --grid 'mix.weights={a: 3, b: 1},{a: 1, b: 3}')")
+
+    mm = group("mm", "Multimodal data: sample format -> discretizers -> token shards (docs/MULTIMODAL.md).")
+    mmd = leaf(mm, "demo-data", "Write a small synthetic multi-camera dataset (frames, audio, actions, captions).",
+               cmd_mm_demo_data, "multimodal")
+    mmd.add_argument("out", metavar="OUT", help="folder to write samples.jsonl and payload files into")
+    leaf(mm, "fit", "Fit the discretizers (image/audio k-means codebooks, action bins) on multimodal.data.",
+         cmd_mm_fit, "multimodal")
+    leaf(mm, "build", "Check sync, discretize and pack multimodal.data into token shards that `train` reads "
+         "(fits the discretizers first if there are none).", cmd_mm_build, "multimodal")
 
     cfg = group("config", "Inspect configuration.")
     leaf(cfg, "show", "Print the fully resolved config.", cmd_config_show)

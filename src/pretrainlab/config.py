@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pretrainlab.errors import ConfigError
 from pretrainlab.experiments.config import ExperimentsConfig
+from pretrainlab.multimodal.config import MultimodalConfig
 from pretrainlab.plan.config import PlanConfig
 
 SOURCE_NAMES = ("stdlib_code", "stdlib_docstrings", "man_pages", "share_doc")
@@ -604,6 +605,7 @@ class ProjectConfig(Section):
     run: RunConfig = RunConfig()
     plan: PlanConfig = PlanConfig()
     experiments: ExperimentsConfig = ExperimentsConfig()
+    multimodal: MultimodalConfig = MultimodalConfig()
 
     # Resolved paths between stages: each section may override, else under workdir.
     @property
