@@ -467,6 +467,10 @@ class ExportConfig(Section):
 
 class LogConfig(Section):
     tensorboard: bool = Field(True, description="Write TensorBoard event files to <run>/tb.")
+    wandb: bool = Field(False, description="Also log to Weights & Biases in offline mode (<run>/wandb), if installed.")
+    wandb_project: str = Field("pretrainlab", description="W&B project name.")
+    mlflow: bool = Field(False, description="Also log to MLflow, if installed.")
+    mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking URI (default: a file store in <run>/mlruns).")
     peak_flops: float | None = Field(
         None, gt=0, description="Peak FLOP/s for MFU; default: measured fp32 matmul rate on CPU, datasheet on GPU."
     )

@@ -126,3 +126,102 @@ class MultiSink(MetricsSink):
                 errors.append(exc)
         if errors:
             raise errors[0]
+
+
+class _TrackerSink(MetricsSink):
+    """Base for optional external trackers: a tracker failure warns once and disables the sink.
+
+    A run never fails because a tracker failed; metrics.jsonl stays the source of truth.
+    """
+
+    name = "tracker"
+
+    def __init__(self) -> None:
+        self.enabled = False
+
+    def _disable(self, exc: BaseException) -> None:
+        from pretrainlab.progress import console
+
+        if self.enabled or not getattr(self, "_warned", False):
+            console.print(f"[yellow]warning:[/] {self.name} logging disabled ({type(exc).__name__}: {exc})")
+        self._warned = True
+        self.enabled = False
+
+    def log(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        metrics = {scalar_tag(str(record.get("kind", "metrics")), k): v
+                   for k, v in numeric_items(record) if math.isfinite(v)}
+        if not metrics:
+            return
+        try:
+            self._log(metrics, int(record.get("step", 0)))
+        except Exception as exc:
+            self._disable(exc)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        try:
+            self._close()
+        except Exception as exc:
+            self._disable(exc)
+        self.enabled = False
+
+
+class WandbSink(_TrackerSink):
+    """Weights & Biases in offline mode (files under ``<run>/wandb``; `wandb sync` uploads later)."""
+
+    name = "W&B"
+
+    def __init__(self, run_dir: str | Path, project: str, run_name: str, config: dict | None = None):
+        super().__init__()
+        try:
+            import wandb
+
+            self._run = wandb.init(mode="offline", dir=str(run_dir), project=project, name=run_name,
+                                   config=config or {}, reinit="finish_previous")
+            self.enabled = True
+        except Exception as exc:  # not installed, or init failed
+            self._disable(exc)
+
+    def _log(self, metrics: dict, step: int) -> None:
+        self._run.log(metrics, step=step)
+
+    def _close(self) -> None:
+        self._run.finish()
+
+
+class MlflowSink(_TrackerSink):
+    """MLflow tracking to a local file store (default ``<run>/mlruns``), same metric names as TensorBoard."""
+
+    name = "MLflow"
+
+    def __init__(self, run_dir: str | Path, run_name: str, tracking_uri: str | None = None,
+                 params: dict | None = None):
+        super().__init__()
+        try:
+            import mlflow
+
+            self._mlflow = mlflow
+            if tracking_uri is None:
+                # A file store needs no database packages (mlflow-skinny); MLflow 3 asks for an explicit opt-in.
+                import os
+
+                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+                tracking_uri = Path(run_dir, "mlruns").resolve().as_uri()
+            mlflow.set_tracking_uri(tracking_uri)
+            self._run = mlflow.start_run(run_name=run_name)
+            if params:
+                mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+            self.enabled = True
+        except Exception as exc:
+            self._disable(exc)
+
+    def _log(self, metrics: dict, step: int) -> None:
+        # The file store keeps each metric as a file named by its key, so "val/loss" and
+        # "val/loss/code" would collide (file vs folder): MLflow names use "." where TensorBoard uses "/".
+        self._mlflow.log_metrics({k.replace("/", "."): v for k, v in metrics.items()}, step=step)
+
+    def _close(self) -> None:
+        self._mlflow.end_run()

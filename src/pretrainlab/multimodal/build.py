@@ -66,6 +66,11 @@ def _tolerance_ns(m: MultimodalConfig) -> int:
     return int(round(m.sync_tolerance_ms * NS_PER_MS))
 
 
+def _count_lines(path: Path) -> int:
+    with open(path, "rb") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
 def _valid_samples(data: Path, m: MultimodalConfig):
     for s in read_samples(data):
         if isinstance(s, Sample):
@@ -84,7 +89,7 @@ def fit_discretizers(cfg) -> Discretizers:
     sizes = {k: len(spec.id_range(k)) for k in ("image", "audio", "action")}
     rng = np.random.default_rng(m.seed)
     patches, frames, actions, channels, n_samples = [], [], [], set(), 0
-    n_lines = sum(1 for line in open(samples_path(p["data"]), "rb") if line.strip())
+    n_lines = _count_lines(samples_path(p["data"]))
     with progress_bar("mm fit: read samples", n_lines, unit="samples") as bar:
         for s in _valid_samples(p["data"], m):
             bar.advance(1)
@@ -296,7 +301,7 @@ def build_shards(cfg) -> dict:
     counts = {"samples": 0, "groups": 0}
     ok = False
     try:
-        n_lines = sum(1 for line in open(in_path, "rb") if line.strip())
+        n_lines = _count_lines(in_path)
         with progress_bar("mm build", n_lines, unit="samples") as bar:
             for s in _valid_samples(p["data"], m):
                 bar.advance(1)

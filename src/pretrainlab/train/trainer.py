@@ -323,9 +323,20 @@ def _any_rank(ctx: TrainContext, *flags: bool) -> list[bool]:
 def _make_sinks(ctx: TrainContext):
     from pretrainlab.monitor.sinks import JsonlSink, MultiSink, TensorBoardSink
 
+    log = ctx.cfg.log
     sinks = [JsonlSink(ctx.run_dir / "metrics.jsonl")]
-    if ctx.cfg.log.tensorboard:
+    if log.tensorboard:
         sinks.append(TensorBoardSink(ctx.run_dir / "tb"))
+    if log.wandb:
+        from pretrainlab.monitor.sinks import WandbSink
+
+        sinks.append(WandbSink(ctx.run_dir, log.wandb_project, ctx.cfg.run.name, ctx.cfg.model_dump(mode="json")))
+    if log.mlflow:
+        from pretrainlab.monitor.sinks import MlflowSink
+
+        flat = {f"{sec}.{k}": v for sec, d in ctx.cfg.model_dump(mode="json").items() if isinstance(d, dict)
+                for k, v in d.items() if not isinstance(v, (dict, list))}
+        sinks.append(MlflowSink(ctx.run_dir, ctx.cfg.run.name, log.mlflow_tracking_uri, flat))
     return MultiSink(sinks)
 
 
