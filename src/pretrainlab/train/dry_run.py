@@ -52,7 +52,14 @@ def dry_run(cfg: ProjectConfig, world: int | None = None) -> dict:
         "grad_accum": accum,
         "tokens_total": tc.steps * tc.global_batch_tokens,
     }
-    plan_cfg = cfg.model_copy(update={"model": model_cfg})
+    # The planner sees the run as launched: this many devices, FSDP2 = ZeRO stage 3 (unless the plan
+    # section says otherwise explicitly).
+    plan_update = {}
+    if cfg.plan.devices is None:
+        plan_update["devices"] = world
+    if "zero_stage" not in cfg.plan.model_fields_set and tc.parallel == "fsdp2" and world > 1:
+        plan_update["zero_stage"] = 3
+    plan_cfg = cfg.model_copy(update={"model": model_cfg, "plan": cfg.plan.model_copy(update=plan_update)})
     try:
         from pretrainlab.plan.planner import make_plan
 
@@ -69,6 +76,8 @@ def dry_run(cfg: ProjectConfig, world: int | None = None) -> dict:
     table.add_row("vocabulary", f"{vocab:,} ({vocab_source})")
     table.add_row("parameters", f"{module_params:,}")
     table.add_row("non-embedding parameters", f"{counts['non_embedding']:,}")
+    if "active" in counts and counts["active"] != module_params:
+        table.add_row("active parameters per token", f"{counts['active']:,}")
     table.add_row("FLOPs / token (6N + attention)", f"{result['flops_per_token'] / 1e9:.3f} G")
     table.add_row("tokens / step", f"{tc.global_batch_tokens:,}")
     table.add_row("world size / grad accumulation", f"{world} / {accum if accum else 'does not divide'}")
