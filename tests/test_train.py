@@ -105,8 +105,8 @@ def test_kill_9_mid_run_loses_only_steps_since_the_last_checkpoint(tiny_data, tm
     for o in tiny_overrides(tiny_data) + [f"run.dir={run_dir}", "train.steps=300", "checkpoint.every=3", "train.val_every=100"]:
         args += ["--set", o]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    deadline = time.time() + 120
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 300
     while time.time() < deadline and len(ckpt.list_checkpoints(run_dir)) < 2:
         time.sleep(0.05)
     time.sleep(0.3)

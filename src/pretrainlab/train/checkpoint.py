@@ -235,9 +235,10 @@ def prune_checkpoints(run_dir: Path, keep_last: int) -> list[Path]:
     removed = []
     ckpts = list_checkpoints(run_dir)
     for _, path in ckpts[: max(0, len(ckpts) - keep_last)]:
-        # Remove the marker first so a crash mid-delete never leaves a "complete" partial dir.
-        (path / MARKER).unlink(missing_ok=True)
-        shutil.rmtree(path, ignore_errors=True)
+        # Hide it with one rename first, so a crash mid-delete never leaves a visible partial checkpoint.
+        hidden = path.parent / f".{path.name}.del-{os.getpid()}"
+        os.replace(path, hidden)
+        shutil.rmtree(hidden, ignore_errors=True)
         removed.append(path)
     root = checkpoint_root(run_dir)
     for child in root.glob(".step_*"):
