@@ -124,3 +124,24 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def replace_dir(tmp: str | Path, final: str | Path) -> None:
+    """Move a fully written directory ``tmp`` to ``final``, replacing any existing one.
+
+    The old directory is first renamed to a hidden name, so at every instant
+    ``final`` is either the complete old tree or the complete new one.
+    """
+    import shutil
+
+    tmp, final = Path(tmp), Path(final)
+    fsync_dir(tmp)
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    fsync_dir(final.parent)

@@ -26,7 +26,7 @@ import torch
 
 from pretrainlab.errors import UserError
 from pretrainlab.export.adapters import adapter_for
-from pretrainlab.fsio import atomic_write_json, fsync_dir
+from pretrainlab.fsio import atomic_write_json, replace_dir
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 EXPORT_MARKER = "pretrainlab_export.json"
@@ -121,15 +121,7 @@ def _prepare_out_dir(out_dir: Path) -> Path:
 
 
 def _swap_in(tmp: Path, out_dir: Path) -> None:
-    fsync_dir(tmp)
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)
-    fsync_dir(out_dir.parent)
+    replace_dir(tmp, out_dir)
 
 
 def export_hf(model, tokenizer, out_dir: str | Path, *, dtype: str = "float32", generation: dict | None = None,

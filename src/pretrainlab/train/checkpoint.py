@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from pretrainlab.errors import UserError
-from pretrainlab.fsio import atomic_write_json, fsync_dir
+from pretrainlab.fsio import atomic_write_json, replace_dir
 
 MARKER = "COMPLETE"
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
@@ -101,15 +101,7 @@ def save_checkpoint(
         atomic_write_json(tmp / "state.json", trainer_state)
         atomic_write_json(tmp / "meta.json", {"step": step, "saved_at": time.time(), **(meta or {})})
         atomic_write_json(tmp / MARKER, {"step": step})
-        fsync_dir(tmp)
-        if final.exists():  # re-saving a step (e.g. after a rollback): swap, then drop the old one
-            old = root / f".{final.name}.old-{os.getpid()}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        fsync_dir(root)
+        replace_dir(tmp, final)  # re-saving a step (e.g. after a rollback) swaps out the old one
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
         previous = latest_checkpoint(run_dir)
@@ -198,15 +190,7 @@ def _link_copy(src: Path, dst: Path) -> Path:
         except OSError:
             shutil.copy2(f, tmp / f.name)
     shutil.copy2(src / MARKER, tmp / MARKER)
-    fsync_dir(tmp)
-    if dst.exists():
-        old = dst.parent / f".{dst.name}.old-{os.getpid()}"
-        os.replace(dst, old)
-        os.replace(tmp, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, dst)
-    fsync_dir(dst.parent)
+    replace_dir(tmp, dst)
     return dst
 
 
