@@ -184,12 +184,14 @@ def loader_share(args, model, opt, device, amp):
 def checkpoint_stall(model, opt, saves: int = 4):
     """How long the training loop is blocked by a synchronous vs an asynchronous checkpoint save.
 
-    Medians over saves 2..N (steady state: the async saver reuses its CPU staging buffers).
+    Async: the time in ``save()`` plus the wait before the next optimizer step, with one real
+    forward/backward in between (what the loop does while the copy runs). Medians over saves 2..N.
     """
     from pretrainlab.train.checkpoint import AsyncCheckpointer, save_checkpoint
     from pretrainlab.train.parallel import full_state
 
-    sync_t, async_t = [], []
+    x = torch.randint(3, model.cfg.vocab_size, (8, min(256, model.cfg.max_seq_len)))
+    sync_t, async_t, fb_t = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         saver = AsyncCheckpointer()
         for i in range(saves):
@@ -197,14 +199,22 @@ def checkpoint_stall(model, opt, saves: int = 4):
             t = time.perf_counter()
             save_checkpoint(Path(tmp) / "sync", i, msd, osd, {}, {"step": i})
             sync_t.append(time.perf_counter() - t)
-            saver.wait()  # the loop would train meanwhile; don't let the previous write overlap the timing
+            saver.wait()  # the previous async write must not overlap this measurement
             t = time.perf_counter()
             saver.save(Path(tmp) / "async", i, msd, osd, {}, {"step": i})
-            async_t.append(time.perf_counter() - t)
+            blocked = time.perf_counter() - t
+            t = time.perf_counter()
+            model(x, x)[1].backward()  # the next step's forward/backward runs while the copy proceeds
+            fb_t.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            saver.wait_staged()  # before the optimizer step
+            async_t.append(blocked + time.perf_counter() - t)
+            opt.zero_grad(set_to_none=True)
         saver.wait()
     s, a = statistics.median(sync_t[1:]), statistics.median(async_t[1:])
     print(f"checkpoint: synchronous save blocks {1e3 * s:.1f} ms; async save blocks {1e3 * a:.1f} ms "
-          f"({100 * a / s:.1f}% of synchronous; medians of saves 2-{saves})")
+          f"({100 * a / s:.1f}% of synchronous; medians of saves 2-{saves}; forward/backward in between "
+          f"{1e3 * statistics.median(fb_t[1:]):.0f} ms)")
 
 
 if __name__ == "__main__":

@@ -136,16 +136,22 @@ def _stage(obj: Any, buffer: Any = None) -> Any:
 
 
 class AsyncCheckpointer:
-    """Saves checkpoints on a background thread; the loop blocks only while state is copied to CPU.
+    """Saves checkpoints on a background thread, overlapping even the copy to CPU with training.
 
-    One save is in flight at a time (a new save first waits for the previous
-    one). The completion marker is still written last, so a crash mid-write
-    leaves only an invisible temporary directory. An error in the background
-    write is raised by the next ``save`` or ``wait``.
+    ``save`` returns at once; the thread first copies the state into reusable
+    CPU buffers, then writes the files. The live tensors only change in the
+    optimizer step, so the loop calls ``wait_staged()`` right before its next
+    ``optimizer.step()``: the copy runs during the next forward/backward and the
+    loop blocks only for whatever of it is left. One save is in flight at a
+    time; the completion marker is written last, so a crash mid-write leaves
+    only an invisible temporary directory. A background error is raised by the
+    next ``save``, ``wait_staged`` or ``wait``.
     """
 
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
+        self._staged = threading.Event()
+        self._staged.set()
         self._error: BaseException | None = None
         self._buffer: Any = None  # staged CPU copies, reused by the next save once this one is written
         self.last_path: Path | None = None
@@ -153,24 +159,36 @@ class AsyncCheckpointer:
     def save(self, run_dir: Path, step: int, model_state: dict, optim_state: dict, rng_state: dict,
              trainer_state: dict, meta: dict | None = None, on_done=None) -> Path:
         self.wait()
-        staged = self._buffer = _stage((model_state, optim_state, rng_state), self._buffer)
+        self._staged.clear()
 
-        def write():
+        def work():
             try:
+                try:
+                    staged = self._buffer = _stage((model_state, optim_state, rng_state), self._buffer)
+                finally:
+                    self._staged.set()
                 self.last_path = save_checkpoint(run_dir, step, *staged, trainer_state, meta)
                 if on_done is not None:
                     on_done(self.last_path)
             except BaseException as err:  # surfaced on the training thread by wait()
                 self._error = err
 
-        self._thread = threading.Thread(target=write, name=f"checkpoint-{step}", daemon=False)
+        self._thread = threading.Thread(target=work, name=f"checkpoint-{step}", daemon=False)
         self._thread.start()
         return checkpoint_root(run_dir) / step_dir_name(step)
+
+    def wait_staged(self) -> None:
+        """Block until the in-flight save has copied the state (call before mutating parameters)."""
+        self._staged.wait()
+        self._raise()
 
     def wait(self) -> None:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        self._raise()
+
+    def _raise(self) -> None:
         if self._error is not None:
             err, self._error = self._error, None
             raise err

@@ -520,6 +520,8 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
             if ctx.skip_step:
                 metrics["skipped"] = True
             else:
+                if ctx.checkpointer is not None:
+                    ctx.checkpointer.wait_staged()  # an async save may still be copying these parameters
                 scaler.step(optimizer)  # a plain optimizer.step() unless loss scaling (then skipped on overflow)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
