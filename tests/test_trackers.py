@@ -14,7 +14,8 @@ def test_wandb_offline_and_mlflow_receive_the_same_metric_names(tiny_cfg, monkey
     cfg = tiny_cfg("train.steps=4", "log.wandb=true", "log.mlflow=true")
     train(cfg)
     assert list((cfg.run_dir / "wandb").glob("offline-run-*"))
-    client = mlflow.tracking.MlflowClient(tracking_uri=(cfg.run_dir / "mlruns").resolve().as_uri())
+    store = (cfg.run_dir / "mlruns").resolve().as_uri()
+    client = mlflow.tracking.MlflowClient(tracking_uri=store, registry_uri=store)
     run = client.search_runs([e.experiment_id for e in client.search_experiments()])[0]
     assert {"train.loss", "train.grad_norm", "val.loss", "val.loss.code"} <= set(run.data.metrics)
     history = client.get_metric_history(run.info.run_id, "train.loss")
