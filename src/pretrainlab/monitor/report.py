@@ -38,7 +38,8 @@ def fmt_num(v: Any, digits: int = 4) -> str:
         return f"{v:,}"
     for div, suffix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if a >= div and a >= 1e4:
-            return f"{v / div:.{digits - 1}g}{suffix}"
+            text = f"{v / div:.{max(digits - 1, 2)}g}"
+            return f"{v / div:.0f}{suffix}" if "e" in text else f"{text}{suffix}"  # 500k, never 5e+02k
     if a != 0 and a < 1e-3:
         return f"{v:.2e}"
     return f"{v:.{digits}g}"

@@ -33,3 +33,11 @@ class MultimodalConfig(BaseModel):
     demo_samples: int = Field(40, ge=2, description="`mm demo-data`: number of samples.")
     demo_groups: int = Field(3, ge=1, description="`mm demo-data`: time-slice groups per sample (0.5 s apart).")
     demo_image_size: int = Field(8, ge=2, description="`mm demo-data`: camera frames are square grayscale images of this side.")
+    lambda_infonce: float = Field(
+        0.0, ge=0.0, description="Training: weight λ1 of the InfoNCE term (image span vs caption text, pooled final "
+        "hidden states per row) in L = L_CE + λ1·L_InfoNCE + λ2·L_Action; 0 turns it off.")
+    lambda_action: float = Field(
+        0.0, ge=0.0, description="Training: weight λ2 of the action regression term (hidden state before each action "
+        "bin -> its continuous value, MSE); 0 turns it off.")
+    temperature: float = Field(0.07, gt=0.0, le=1.0, description="Training: InfoNCE temperature τ.")
+    action_head_lr: float = Field(1e-3, gt=0.0, description="Training: AdamW learning rate of the action regression head.")

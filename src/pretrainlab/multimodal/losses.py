@@ -5,7 +5,8 @@ model-agnostic: they take final hidden states (``capture_hidden`` hooks a module
 e.g. the decoder's final norm, to get them without changing the model) and the
 token ids of the batch, and use the vocabulary spec to find modality spans.
 
-Not yet wired into the trainer (docs/MULTIMODAL.md, "Not yet built").
+Trained through the trainer's ``extra_losses`` hook by ``multimodal/train_callback.py``
+(``multimodal.lambda_infonce`` / ``lambda_action``).
 """
 
 from __future__ import annotations

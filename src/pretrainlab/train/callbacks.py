@@ -16,6 +16,14 @@ if TYPE_CHECKING:
 class Callback:
     def on_train_start(self, ctx: "TrainContext") -> None: ...
 
+    def extra_losses(self, ctx: "TrainContext", batch, logits) -> dict:
+        """Extra loss terms for this micro-batch, called right after the forward (before backward).
+
+        Returns ``{name: scalar tensor}`` (already weighted); the trainer adds every term to the
+        loss it backpropagates and logs each under its name (plus ``ce_loss``); ``loss`` is the total.
+        """
+        return {}
+
     def on_after_backward(self, ctx: "TrainContext", metrics: dict) -> None:
         """Gradients are accumulated and clipped, the optimizer has not stepped yet.
 
@@ -46,6 +54,14 @@ class CallbackList(Callback):
     def on_train_start(self, ctx):
         for cb in self.callbacks:
             cb.on_train_start(ctx)
+
+    def extra_losses(self, ctx, batch, logits):
+        terms: dict = {}
+        for cb in self.callbacks:
+            fn = getattr(cb, "extra_losses", None)  # duck-typed callbacks without the hook add nothing
+            if fn is not None:
+                terms.update(fn(ctx, batch, logits))
+        return terms
 
     def on_after_backward(self, ctx, metrics):
         for cb in self.callbacks:

@@ -453,8 +453,10 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
 
     from pretrainlab.eval.callback import eval_callbacks
 
+    from pretrainlab.multimodal.train_callback import build_multimodal_callbacks
+
     cbs = CallbackList([*(callbacks or []), *build_moe_callbacks(ctx, callbacks), *build_guard_callbacks(ctx),
-                        *eval_callbacks(cfg)])
+                        *eval_callbacks(cfg), *build_multimodal_callbacks(ctx)])
     ctx.callbacks = cbs
     if resume_from is not None:
         cbs.load_state_dict(state["state"].get("callbacks", {}))
@@ -487,11 +489,18 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
             lr = lr_at(ctx.step, tc.steps, cfg.optim)
             set_lr(optimizer, lr)
             loss_sum = torch.zeros((), device=device)
+            term_sums: dict[str, torch.Tensor] = {}  # extra loss terms from callbacks (e.g. multimodal), logged each
             for micro in range(accum):
                 batch = loader.next_batch().to(device)
                 with grad_sync_context(wrapped, sync=micro == accum - 1):
                     with amp:
-                        _, loss = wrapped(batch.inputs, batch.targets, doc_ids=batch.doc_ids)
+                        logits, loss = wrapped(batch.inputs, batch.targets, doc_ids=batch.doc_ids)
+                        extra = cbs.extra_losses(ctx, batch, logits)
+                        if extra:
+                            term_sums["ce_loss"] = term_sums.get("ce_loss", 0) + loss.detach()
+                            for name, term in extra.items():
+                                loss = loss + term
+                                term_sums[name] = term_sums.get(name, 0) + term.detach()
                     scaler.scale(loss / accum).backward()
                 loss_sum += loss.detach()
             ctx.data_batches += 1
@@ -502,6 +511,8 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
                 import torch.distributed as dist
 
                 dist.all_reduce(loss_value, op=dist.ReduceOp.AVG)
+                for v in term_sums.values():
+                    dist.all_reduce(v, op=dist.ReduceOp.AVG)
             metrics = {
                 "kind": "train",
                 "step": ctx.step + 1,
@@ -510,6 +521,7 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
                 "lr": lr,
                 "grad_norm": float(grad_norm),
                 "time": time.time(),
+                **{name: float(v) / accum for name, v in term_sums.items()},
             }
             if scaler.is_enabled():
                 metrics["loss_scale"] = float(scaler.get_scale())
