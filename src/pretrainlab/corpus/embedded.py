@@ -195,19 +195,24 @@ def _read_small(path: Path) -> tuple[bytes | None, str | None]:
         return None, "unreadable"
 
 
+def _text_or_skip(data: bytes) -> tuple[str | None, str | None]:
+    """Decode a file's bytes as UTF-8 text: (text, None), or (None, skip reason)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, "non_utf8"
+    return (text, None) if text.strip() else (None, "empty")
+
+
 def stdlib_code_items(paths: list[Path], root: Path) -> Iterator[Item]:
     for path in paths:
         raw, why = _read_small(path)
         if raw is None:
             yield Item(None, skip=why)
             continue
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            yield Item(None, skip="non_utf8")
-            continue
-        if not text.strip():
-            yield Item(None, skip="empty")
+        text, why = _text_or_skip(raw)
+        if text is None:
+            yield Item(None, skip=why)
             continue
         rel = path.relative_to(root).as_posix()
         yield Item(_record("stdlib_code", rel, text, {"path": str(path), "module": module_name(rel)}), _input_info(path, raw))
@@ -374,13 +379,9 @@ def share_doc_items(paths: list[Path], root: Path) -> Iterator[Item]:
         if b"\x00" in data:
             yield Item(None, skip="binary")
             continue
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            yield Item(None, skip="non_utf8")
-            continue
-        if not text.strip():
-            yield Item(None, skip="empty")
+        text, why = _text_or_skip(data)
+        if text is None:
+            yield Item(None, skip=why)
             continue
         rel = _strip_compression(path.relative_to(root).as_posix())
         kind = "copyright" if path.name == "copyright" else "readme"
