@@ -77,3 +77,20 @@ def test_shipped_recipes_validate():
 
     for path in sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")):
         load_config(path)
+
+
+def test_a_run_config_with_options_this_version_lacks_still_loads_with_a_warning(tmp_path, capsys):
+    from pretrainlab.config import load_run_config
+
+    data = load_config(None, ["optim.lr=5e-4"]).model_dump(mode="json")
+    data["train"]["source_weights"] = {"a": 1.0}  # an option an older version had
+    data["retired_section"] = {"x": 1}
+    import yaml
+
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
+    cfg = load_run_config(tmp_path, ["train.steps=9"])
+    assert cfg.optim.lr == 5e-4 and cfg.train.steps == 9
+    err = capsys.readouterr().err
+    assert "train.source_weights" in err and "retired_section" in err
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_run_config(tmp_path, ["train.stepz=9"])  # overrides stay strict

@@ -766,6 +766,38 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(_format_validation_error(err, origin)) from None
 
 
+def _drop_unknown(data: Any, model: type[BaseModel], where: str, dropped: list[str]) -> Any:
+    if not isinstance(data, dict):
+        return data
+    out = {}
+    for key, value in data.items():
+        if key not in model.model_fields:
+            dropped.append(f"{where}{key}")
+            continue
+        nested = _nested_model(model.model_fields[key].annotation)
+        out[key] = _drop_unknown(value, nested, f"{where}{key}.", dropped) if nested else value
+    return out
+
+
+def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> ProjectConfig:
+    """The resolved config saved in a run directory, tolerant of options this version no longer has.
+
+    A run made by an older (or newer) pretrainlab may carry keys that were renamed
+    or removed since; they are dropped with one warning line instead of making the
+    run impossible to evaluate, export or resume. Overrides are still strict.
+    """
+    path = Path(run_dir) / "config.yaml"
+    data = read_yaml(path)
+    dropped: list[str] = []
+    data = _drop_unknown(data, ProjectConfig, "", dropped)
+    if dropped:
+        import sys
+
+        print(f"warning: {path} has options this version does not know, ignored: {', '.join(dropped)}",
+              file=sys.stderr)
+    return load_config(None, overrides, base=data)
+
+
 def _deep_merge(a: dict, b: dict) -> dict:
     out = dict(a)
     for k, v in b.items():

@@ -79,7 +79,7 @@ def _export_dir(run_dir: Path, cfg_overrides, checkpoint) -> Path:
 
 def run_harness(run_dir: str | Path, names: list[str], cfg_overrides: list[str] | None = None,
                 checkpoint: str | int | None = None, limit: int | None = None) -> dict[str, Any]:
-    from pretrainlab.config import load_config
+    from pretrainlab.config import load_run_config
     from pretrainlab.eval.builtin_tasks import BUILTIN_TASKS
     from pretrainlab.eval.run import _check_run_dir, _device
     from pretrainlab.eval.suite import BUILTIN, resolve_tasks, run_tasks
@@ -95,7 +95,7 @@ def run_harness(run_dir: str | Path, names: list[str], cfg_overrides: list[str] 
     _check_run_dir(run_dir)
     if not names:
         raise UserError("--harness needs task names, e.g. --harness builtin or --harness tasks/my_task.jsonl,hellaswag")
-    cfg = load_config(run_dir / "config.yaml", cfg_overrides or None)
+    cfg = load_run_config(run_dir, cfg_overrides or None)
     tok = load_tokenizer(cfg.tokenizer_dir)
     n = limit or cfg.eval.task_examples
     local_names = [x for x in names if x == BUILTIN or x in BUILTIN_TASKS or x.endswith(".jsonl") or Path(x).is_file()]

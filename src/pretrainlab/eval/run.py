@@ -138,14 +138,14 @@ def evaluate_run(
     print_results: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a run's checkpoint (default: the newest complete one); returns what eval.json holds."""
-    from pretrainlab.config import load_config
+    from pretrainlab.config import load_run_config
     from pretrainlab.tokenizer.vocab import load_tokenizer
     from pretrainlab.train.checkpoint import load_model
 
     t0 = time.time()
     run_dir = Path(run_dir)
     _check_run_dir(run_dir)
-    cfg = load_config(run_dir / "config.yaml", cfg_overrides or None)
+    cfg = load_run_config(run_dir, cfg_overrides or None)
     device = _device(cfg)
     model, _, ckpt_path = load_model(run_dir, checkpoint, device)
     step, tokens = _checkpoint_info(ckpt_path)

@@ -44,7 +44,7 @@ def sweep_charts(records: list[dict]) -> list[str]:
 
 
 def evaluate_all_checkpoints(run_dir: str | Path, cfg_overrides: list[str] | None = None) -> list[dict[str, Any]]:
-    from pretrainlab.config import load_config
+    from pretrainlab.config import load_run_config
     from pretrainlab.eval.run import _check_run_dir, _checkpoint_info, _device, evaluate_model
     from pretrainlab.eval.suite import resolve_tasks
     from pretrainlab.progress import console
@@ -53,7 +53,7 @@ def evaluate_all_checkpoints(run_dir: str | Path, cfg_overrides: list[str] | Non
 
     run_dir = Path(run_dir)
     _check_run_dir(run_dir)
-    cfg = load_config(run_dir / "config.yaml", cfg_overrides or None)
+    cfg = load_run_config(run_dir, cfg_overrides or None)
     ckpts = list_checkpoints(run_dir)
     if not ckpts:
         raise UserError(f"{run_dir}: no complete checkpoint found; train first with `pretrainlab train`")

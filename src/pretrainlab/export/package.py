@@ -169,7 +169,7 @@ def _compare(model, hf, tok) -> dict[str, Any]:
 
 def export_run(run_dir: str | Path, out_dir: str | Path | None = None, cfg_overrides: list[str] | None = None,
                checkpoint: str | int | None = None) -> dict[str, Any]:
-    from pretrainlab.config import load_config
+    from pretrainlab.config import load_run_config
     from pretrainlab.eval.run import _check_run_dir, _checkpoint_info
     from pretrainlab.progress import console
     from pretrainlab.tokenizer.vocab import load_tokenizer
@@ -177,7 +177,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, cfg_overr
 
     run_dir = Path(run_dir)
     _check_run_dir(run_dir)
-    cfg = load_config(run_dir / "config.yaml", cfg_overrides or None)
+    cfg = load_run_config(run_dir, cfg_overrides or None)
     out = Path(out_dir) if out_dir else run_dir / "export" / "hf"
     model, _, ckpt = load_model(run_dir, checkpoint, "cpu")
     step, tokens = _checkpoint_info(ckpt)

@@ -285,14 +285,14 @@ def load_model(run_dir: Path, which: str | int | None = None, device: str | torc
 
     Returns (model in eval mode, ProjectConfig, checkpoint path).
     """
-    from pretrainlab.config import load_config
+    from pretrainlab.config import load_run_config
     from pretrainlab.model.transformer import Transformer
 
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise UserError(f"{run_dir} is not a run directory (no config.yaml); pass runs/<name> made by `pretrainlab train`")
-    cfg = load_config(cfg_path)
+    cfg = load_run_config(run_dir)
     path = resolve_checkpoint(run_dir, which)
     model = Transformer(cfg.model)
     state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)

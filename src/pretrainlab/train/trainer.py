@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pretrainlab.config import ProjectConfig, dump_yaml, load_config
+from pretrainlab.config import ProjectConfig, dump_yaml, load_run_config
 from pretrainlab.errors import UserError
 from pretrainlab.fsio import append_jsonl, atomic_write_json, atomic_write_text, iter_jsonl, read_json
 from pretrainlab.model.transformer import Transformer, count_params, flops_per_token
@@ -128,7 +128,7 @@ def _check_resume_compatible(run_dir: Path, cfg: ProjectConfig) -> None:
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
         return
-    saved = load_config(saved_path)
+    saved = load_run_config(run_dir)
     for section in ("model",):
         if getattr(saved, section) != getattr(cfg, section):
             raise UserError(
