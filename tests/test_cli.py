@@ -72,3 +72,13 @@ def test_derived_flags_equal_set_overrides():
         parser.parse_args(["train", "--set", "train.steps=17", "--set", "train.log_every=3", "--set", "train.precision=bf16"])
     )
     assert a == b and a.train.steps == 17 and a.train.precision == "bf16"
+
+
+def test_list_options_take_comma_separated_flags():
+    from pretrainlab.cli import _config_from_args, build_parser
+
+    parser = build_parser()
+    cfg = _config_from_args(parser.parse_args(["corpus", "build", "--sources", "stdlib_code,man_pages"]))
+    assert cfg.corpus.sources == ["stdlib_code", "man_pages"]
+    cfg = _config_from_args(parser.parse_args(["data", "build", "--stages", "normalize, exact_dedup"]))
+    assert cfg.data.stages == ["normalize", "exact_dedup"]

@@ -30,12 +30,24 @@ def _scalar_kind(annotation: Any):
     origin = get_origin(annotation)
     if origin is Literal:
         return "literal"
+    if origin in (list, tuple):
+        inner = get_args(annotation)
+        return "list" if len(inner) == 1 and _scalar_kind(inner[0]) not in (None, "list") else None
     if origin is not None:
         args = [a for a in get_args(annotation) if a is not type(None)]
         if len(args) == 1:
             return _scalar_kind(args[0])
         return None
     return annotation if annotation in _SCALARS else None
+
+
+def _comma_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _override_text(value: Any) -> str:
+    """A flag value as the YAML text --set expects (lists and booleans as JSON, which is YAML)."""
+    return json.dumps(value) if isinstance(value, (bool, list)) else str(value)
 
 
 def add_section_flags(parser: argparse.ArgumentParser, section: str) -> None:
@@ -51,6 +63,9 @@ def add_section_flags(parser: argparse.ArgumentParser, section: str) -> None:
         help_text = field.description or ""
         if kind is bool:
             group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif kind == "list":
+            group.add_argument(flag, dest=dest, default=None, metavar="A,B,...", type=_comma_list,
+                               help=f"{help_text} (comma-separated)")
         elif kind == "literal":
             choices = [str(c) for c in get_args(field.annotation)] if get_origin(field.annotation) is Literal else None
             if choices is None:
@@ -85,8 +100,7 @@ def _path_and_overrides(args: argparse.Namespace) -> tuple[str | None, list[str]
     for key, value in vars(args).items():
         if key.startswith("cfg__") and value is not None:
             _, section, name = key.split("__", 2)
-            text = json.dumps(value) if isinstance(value, bool) else str(value)
-            overrides.append(f"{section}.{name}={text}")
+            overrides.append(f"{section}.{name}={_override_text(value)}")
     return path, overrides
 
 
@@ -174,7 +188,7 @@ def _run_overrides(args: argparse.Namespace) -> list[str]:
     for key, value in vars(args).items():
         if key.startswith("cfg__") and value is not None:
             _, section, name = key.split("__", 2)
-            out.append(f"{section}.{name}={json.dumps(value) if isinstance(value, bool) else value}")
+            out.append(f"{section}.{name}={_override_text(value)}")
     return out
 
 
