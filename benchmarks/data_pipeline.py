@@ -8,8 +8,14 @@
    stage sees the whole corpus -- the prose quality rules included, although the
    embedded sources skip them in a real build).
 2. End to end: `data build` with all stages over a copy of the registry whose
-   ``skip_stages`` are removed (every rule runs on every document), MB/s on one
-   core, then with ``data.workers=2`` (per-document stages in 2 worker processes).
+   ``skip_stages`` are removed (every rule runs on every document), MB/s: in the main
+   process, and on datatrove's local executor (1 MB work units) with 1 and 2 workers;
+   the three alternate for ``--rounds`` rounds (the machine is shared: compare medians
+   of the same run). Executor overhead = in-process time / executor time with 1 worker.
+2b. Large inputs: `data build` (normalize, length_filter, exact_dedup: cheap stages, so
+   executor costs show most) on generated JSONL of two sizes (default 25 and 100 MB),
+   in-process and on the local executor with 1 and 2 workers, each in a child process:
+   seconds and peak RSS of the largest process (flat while the input grows 4x).
 3. Language ID on Chinese and English samples: accuracy and MB/s.
 4. MinHash near-dedup accuracy: a generated set of documents with near-duplicates at
    known edit rates; precision and recall of the pairs found at threshold 0.8 against
@@ -28,6 +34,9 @@ import itertools
 import json
 import random
 import shutil
+import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -70,7 +79,8 @@ def bench_stages(cfg, docs: list[Document]) -> dict:
     return results
 
 
-def bench_end_to_end(raw: Path, work: Path, overrides: list[str], workers: int = 1) -> dict:
+def bench_end_to_end(raw: Path, work: Path, overrides: list[str], mode: str = "in-process") -> dict:
+    """One `data build`; ``mode``: in-process, or ``local-N`` (datatrove local executor, N workers)."""
     registry = yaml.safe_load((raw / "sources.yaml").read_text())
     for spec in registry["sources"].values():
         spec.pop("skip_stages", None)
@@ -79,15 +89,104 @@ def bench_end_to_end(raw: Path, work: Path, overrides: list[str], workers: int =
     inp.mkdir(parents=True, exist_ok=True)
     (inp / "sources.yaml").write_text(yaml.safe_dump(registry))
     shutil.rmtree(work / "clean_all", ignore_errors=True)
-    cfg = load_config(None, [f"workdir={work}", f"data.input={inp}", f"data.out={work / 'clean_all'}",
-                             f"data.workers={workers}", *overrides])
+    how = ["data.executor.min_input_mb=1e9"] if mode == "in-process" else [
+        "data.executor.min_input_mb=0", "data.executor.unit_mb=1", f"data.executor.workers={mode.split('-')[1]}"]
+    cfg = load_config(None, [f"workdir={work}", f"data.input={inp}", f"data.out={work / 'clean_all'}", *how, *overrides])
     t = time.perf_counter()
     summary = build_clean_corpus(cfg)
     dt = time.perf_counter() - t
     mb = summary["totals"]["bytes_in"] / 1e6
-    print(f"  end to end, data.workers={workers}: {mb:.1f} MB in {dt:.2f} s = {mb / dt:.2f} MB/s "
+    print(f"  end to end, {mode}: {mb:.1f} MB in {dt:.2f} s = {mb / dt:.2f} MB/s "
           f"({summary['totals']['docs_in']:,} docs in, {summary['totals']['docs_out']:,} out)")
     return {"mb": round(mb, 2), "seconds": round(dt, 2), "mb_per_s": round(mb / dt, 2)}
+
+
+MODES = ("in-process", "local-1", "local-2")
+
+
+def bench_executor(raw: Path, work: Path, overrides: list[str], rounds: int) -> dict:
+    """The three modes alternate, so load changes hit them alike; medians per mode."""
+    times: dict[str, list[float]] = {m: [] for m in MODES}
+    mb = 0.0
+    for _ in range(rounds):
+        for mode in MODES:
+            r = bench_end_to_end(raw, work, overrides, mode)
+            times[mode].append(r["seconds"])
+            mb = r["mb"]
+    med = {m: statistics.median(v) for m, v in times.items()}
+    out = {m: {"seconds_median": round(med[m], 2), "mb_per_s": round(mb / med[m], 2)} for m in MODES}
+    out["executor_overhead_1_worker"] = round(med["local-1"] / med["in-process"], 2)
+    out["speedup_2_workers"] = round(med["in-process"] / med["local-2"], 2)
+    print(f"  medians of {rounds} rounds: " + ", ".join(f"{m} {mb / med[m]:.2f} MB/s" for m in MODES)
+          + f"; local-1 / in-process time {out['executor_overhead_1_worker']}x, in-process / local-2 "
+          f"{out['speedup_2_workers']}x")
+    return out
+
+
+def _big_jsonl(path: Path, docs: list[Document], mb: float) -> None:
+    """Corpus documents repeated until ``mb`` MB, each copy made unique (exact dedup keeps all)."""
+    size, i = 0, 0
+    with open(path, "w", encoding="utf-8") as fh:
+        while size < mb * 1e6:
+            d = docs[i % len(docs)]
+            line = json.dumps({"id": f"c{i}", "text": f"{d.text}\n(copy {i})"}, ensure_ascii=False) + "\n"
+            fh.write(line)
+            size += len(line.encode())
+            i += 1
+
+
+def _build_child(work: Path, inp: Path, mode: str) -> tuple[float, float] | None:
+    """`data build` (cheap stages) in a child process: (seconds, peak RSS MB of the largest process)."""
+    out_dir = work / f"clean_{inp.name}"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    how = ["data.executor.min_input_mb=1e9"] if mode == "in-process" else [
+        "data.executor.min_input_mb=0", "data.executor.unit_mb=8", f"data.executor.workers={mode.split('-')[1]}"]
+    code = ("import resource, sys; from pretrainlab.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nfinally:\n"
+            "    print('RSS', max(resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))")
+    cmd = [sys.executable, "-c", code, "data", "build", "--workdir", str(work), "--set", f"data.input={inp}",
+           "--set", f"data.out={out_dir}", "--set", "data.stages=[normalize, length_filter, exact_dedup]"]
+    for o in how:
+        cmd += ["--set", o]
+    t = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    dt = time.perf_counter() - t
+    rss = [int(ln.split()[1]) for ln in out.stdout.splitlines() if ln.startswith("RSS ")]
+    if out.returncode != 0 or not rss:
+        print(f"  {inp.name} {mode}: failed: {out.stderr.strip().splitlines()[-1:]}")
+        return None
+    return dt, rss[0] / 1024
+
+
+def bench_large(work: Path, docs: list[Document], sizes_mb: list[float], rounds: int) -> dict:
+    """`data build` (normalize, length_filter, exact_dedup: the cheapest stages, so executor costs
+    show most) on generated JSONL, in-process and on the local executor with 1 and 2 workers
+    (alternating, ``rounds`` rounds, medians), each in a child process."""
+    results: dict = {}
+    for mb in sizes_mb:
+        inp = work / f"big_{mb:g}"
+        inp.mkdir(parents=True, exist_ok=True)
+        if not (inp / "big.jsonl").is_file():
+            _big_jsonl(inp / "big.jsonl", docs, mb)
+        (inp / "sources.yaml").write_text(yaml.safe_dump({"sources": {"big": {
+            "path": "big.jsonl", "license": "CC0-1.0", "approval": {"status": "approved", "by": "bench", "date": "2026-11-23"}}}}))
+        runs: dict[str, list[tuple[float, float]]] = {m: [] for m in MODES}
+        for _ in range(rounds):
+            for mode in MODES:
+                r = _build_child(work, inp, mode)
+                if r is not None:
+                    runs[mode].append(r)
+        for mode, rs in runs.items():
+            if not rs:
+                continue
+            dt, rss = statistics.median(r[0] for r in rs), max(r[1] for r in rs)
+            results[f"{mb:g}MB {mode}"] = {"seconds_median": round(dt, 1), "mb_per_s": round(mb / dt, 2), "peak_rss_mb": round(rss)}
+            print(f"  {mb:g} MB, {mode:10s}: {dt:6.1f} s ({mb / dt:5.1f} MB/s), peak RSS {rss:4.0f} MB (largest process)")
+        if runs["in-process"] and runs["local-1"]:
+            ratio = statistics.median(r[0] for r in runs["local-1"]) / statistics.median(r[0] for r in runs["in-process"])
+            results[f"{mb:g}MB local-1 / in-process"] = round(ratio, 2)
+            print(f"  {mb:g} MB: local-1 / in-process time {ratio:.2f}x")
+    return results
 
 
 ZH_SAMPLES = [
@@ -230,8 +329,12 @@ def bench_datatrove_gopher(docs: list[Document]) -> dict | None:
     f = GopherQualityFilter()
     mb = sum(len(d.text.encode()) for d in docs) / 1e6
     t = time.perf_counter()
-    for d in docs:
-        f.filter(DTDoc(text=d.text, id=d.id))
+    try:
+        for d in docs:
+            f.filter(DTDoc(text=d.text, id=d.id))
+    except ImportError as exc:  # its English word splitting needs spaCy (not a dependency of ours)
+        print(f"  datatrove GopherQualityFilter skipped: {exc}")
+        return None
     rate = mb / (time.perf_counter() - t)
     print(f"  datatrove GopherQualityFilter: {rate:.2f} MB/s")
     return {"mb_per_s": round(rate, 2)}
@@ -241,6 +344,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", default="small", choices=["small", "medium", "large"])
     ap.add_argument("--dir", default="/tmp/pretrainlab_databench")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of the end-to-end modes")
+    ap.add_argument("--large-mb", default="25,100", help="sizes (MB) of the generated large inputs; empty: skip")
     args = ap.parse_args()
     work = Path(args.dir)
     overrides = ["data.min_chars=200"]
@@ -253,9 +358,11 @@ def main() -> None:
     results = {"corpus": {"docs": len(docs), "mb": round(mb, 2)}}
     print("per stage (each on every document):")
     results["stages"] = bench_stages(cfg, docs)
-    print("end to end (`data build`, every rule on every source):")
-    results["end_to_end"] = bench_end_to_end(work / "raw", work, overrides)
-    results["end_to_end_2_workers"] = bench_end_to_end(work / "raw", work, overrides, workers=2)
+    print("end to end (`data build`, every rule on every source; in-process vs datatrove local executor):")
+    results["end_to_end"] = bench_executor(work / "raw", work, overrides, args.rounds)
+    if args.large_mb:
+        print("large generated inputs (normalize + length_filter + exact_dedup; executor: 8 MB units):")
+        results["large"] = bench_large(work, docs, [float(x) for x in args.large_mb.split(",")], args.rounds)
     print("language ID:")
     results["langid"] = bench_langid()
     print("near-dedup speed on the corpus:")

@@ -62,7 +62,7 @@ def main() -> None:
     sbh = s * b * h
     print(f"Block d_model={h} heads={args.heads}/{args.kv_heads} ffn={cfg.ffn_dim} seq={s} batch={b}, bf16 autocast, CPU")
     print(f"measured (saved for backward):       {got / 1e6:8.2f} MB = sbh x {got / sbh:6.2f}")
-    print(f"formula 'pretrainlab' (36 + 8f/h):   {ours / 1e6:8.2f} MB = sbh x {ours / sbh:6.2f}  ratio {got / ours:.3f}")
+    print(f"formula 'pretrainlab' (22+4kv/h+8f/h): {ours / 1e6:8.2f} MB = sbh x {ours / sbh:6.2f}  ratio {got / ours:.3f}")
     print(f"formula 'fused' (12 + 4kv/h + 6f/h): {fused / 1e6:8.2f} MB = sbh x {fused / sbh:6.2f}  ratio {got / fused:.3f}")
 
 

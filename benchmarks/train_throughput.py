@@ -3,14 +3,19 @@
 Usage:
   .venv/bin/python benchmarks/train_throughput.py [--workdir work] [--threads 2] [--steps 6] [--rounds 3]
       [--d-model 256 --layers 4 --heads 4 --kv-heads 2 --seq 256 --micro-batch 8] [--device cpu|cuda]
-      [--precision fp32|bf16] [--compile]
+      [--precision fp32|bf16] [--compile] [--masks causal,doc] [--skip-loader] [--skip-checkpoint]
 
-Both models get the same shapes, batch, dtype, thread count, AdamW (fused on CUDA)
-and SDPA attention; runs alternate ours/peer for several rounds and the median
-is reported, because this machine is shared and noisy. Also measured: the share
-of step time spent in our data loader (real token shards from --workdir, made
-by the quickstart), and the stall of an async checkpoint save relative to a
-synchronous one.
+Both models get the same shapes, batch, dtype, thread count, optimizer (torch's
+fused AdamW, the one ``train/optim.py`` builds) and SDPA attention. Two attention
+settings: ``causal`` (plain causal rows) and ``doc`` (packed rows with document
+masks, the trainer's default: ours gets ``doc_ids``, the peer the same
+block-diagonal boolean mask as a 4-D ``attention_mask`` plus per-document
+``position_ids``). Rounds of --steps steps alternate ours/peer; the machine is
+shared and noisy, so the headline is the median over rounds of the ratio of
+each adjacent ours/peer pair (the ratio of the two medians is printed too).
+Also measured: the share of step time spent in our data loader (real token
+shards from --workdir, made by the quickstart), and the stall of an async
+checkpoint save relative to a synchronous one.
 """
 
 from __future__ import annotations
@@ -30,16 +35,17 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def time_steps(model_fn, opt, batch, steps, device, amp):
+def time_steps(model_fn, opt, batch, steps, device, amp, warmup=2):
+    """(tokens per wall-clock second, tokens per CPU-second of this process) over ``steps`` steps after warm-up."""
     x, y = batch
-    for _ in range(2):  # warm-up (and compile)
+    for _ in range(warmup):  # warm-up (and compile)
         with amp():
             loss = model_fn(x, y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
     _sync(device)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     for _ in range(steps):
         with amp():
             loss = model_fn(x, y)
@@ -47,7 +53,7 @@ def time_steps(model_fn, opt, batch, steps, device, amp):
         opt.step()
         opt.zero_grad(set_to_none=True)
     _sync(device)
-    return steps * x.numel() / (time.perf_counter() - t)
+    return steps * x.numel() / (time.perf_counter() - t), steps * x.numel() / (time.process_time() - c)
 
 
 def main() -> int:
@@ -67,7 +73,9 @@ def main() -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--masks", default="causal,doc", help="comma-separated: causal, doc")
     ap.add_argument("--skip-loader", action="store_true")
+    ap.add_argument("--skip-checkpoint", action="store_true")
     args = ap.parse_args()
 
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -97,33 +105,32 @@ def main() -> int:
     peer = LlamaForCausalLM(hf_cfg).to(device)
     n_ours = sum(p.numel() for p in ours.parameters())
     n_peer = sum(p.numel() for p in peer.parameters())
-    fused = device.type == "cuda"
-    opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=fused)
-    opt_peer = torch.optim.AdamW(peer.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=fused)
+    opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=True)
+    opt_peer = torch.optim.AdamW(peer.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=True)
     x = torch.randint(3, args.vocab, (args.micro_batch, args.seq), device=device)
     y = torch.randint(0, args.vocab, (args.micro_batch, args.seq), device=device)
+    doc_ids, doc_src = document_ids(args, device)
 
     def amp():
         if args.precision == "bf16":
             return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
         return torch.autocast(device_type=device.type, enabled=False)
 
-    def run_ours(a, b):
-        return ours(a, b)[1]
+    from pretrainlab.model.attention import dense_doc_mask
+    from pretrainlab.model.transformer import positions_in_document
 
-    def run_peer(a, b):
-        # HF shifts labels internally; pass the already-shifted targets as inputs+labels equivalent work.
-        return peer(input_ids=a, labels=b).loss
+    peer_mask, peer_pos = dense_doc_mask(doc_ids), positions_in_document(doc_ids)
+    runs = {
+        # HF shifts labels internally: the peer scores seq-1 tokens per row, we score seq (slightly more work).
+        "causal": (lambda a, b: ours(a, b)[1], lambda a, b: peer(input_ids=a, labels=b).loss),
+        "doc": (lambda a, b: ours(a, b, doc_ids=doc_ids)[1],
+                lambda a, b: peer(input_ids=a, labels=b, attention_mask=peer_mask, position_ids=peer_pos).loss),
+    }
+    masks = [m.strip() for m in args.masks.split(",") if m.strip()]
+    unknown = [m for m in masks if m not in runs]
+    if unknown or not masks:
+        ap.error(f"--masks takes causal and/or doc, got {args.masks!r}")
 
-    f_ours, f_peer = run_ours, run_peer
-    if args.compile:
-        f_ours, f_peer = torch.compile(run_ours), torch.compile(run_peer)
-
-    ours_tps, peer_tps = [], []
-    for _ in range(args.rounds):
-        ours_tps.append(time_steps(f_ours, opt_ours, (x, y), args.steps, device, amp))
-        peer_tps.append(time_steps(f_peer, opt_peer, (x, y), args.steps, device, amp))
-    o, p = statistics.median(ours_tps), statistics.median(peer_tps)
     fpt = flops_per_token(cfg, args.seq)
     if device.type == "cuda":
         peak = gpu_peak_flops(torch.cuda.get_device_name(device), args.precision) or float("nan")
@@ -131,17 +138,67 @@ def main() -> int:
     else:
         peak = measure_cpu_matmul_flops()
         peak_src = "measured fp32 1024^3 matmul"
-    print(f"device {device} threads {args.threads} precision {args.precision} compile {args.compile}")
+    print(f"device {device} threads {args.threads} precision {args.precision} compile {args.compile} "
+          f"optimizer AdamW(fused=True) for both")
     print(f"shape d_model {args.d_model} layers {args.layers} heads {args.heads}/{args.kv_heads} ffn {cfg.ffn_dim} "
           f"vocab {args.vocab} seq {args.seq} micro-batch {args.micro_batch}; params ours {n_ours:,} peer {n_peer:,}")
-    print(f"ours  tokens/s {o:,.0f} (rounds {[round(v) for v in ours_tps]}) MFU {100 * o * fpt / peak:.1f}%")
-    print(f"peer  tokens/s {p:,.0f} (rounds {[round(v) for v in peer_tps]}) MFU {100 * p * fpt / peak:.1f}%")
-    print(f"ratio ours/peer {o / p:.2f}x; peak {peak / 1e9:,.0f} GFLOP/s ({peak_src})")
+    print(f"doc masks from {doc_src}: {int((doc_ids[:, 1:] != doc_ids[:, :-1]).sum()) + len(doc_ids)} documents "
+          f"in {args.micro_batch} rows; MFU against {peak / 1e9:,.0f} GFLOP/s ({peak_src})")
+    for mask in masks:
+        f_ours, f_peer = runs[mask]
+        if args.compile:
+            f_ours, f_peer = torch.compile(f_ours), torch.compile(f_peer)
+        ours_tps, peer_tps, ours_cpu, peer_cpu = [], [], [], []
+        for r in range(args.rounds):
+            warmup = 2 if r == 0 else 0  # the first round warms up (and compiles) each model
+            wall, cpu = time_steps(f_ours, opt_ours, (x, y), args.steps, device, amp, warmup)
+            ours_tps.append(wall)
+            ours_cpu.append(cpu)
+            wall, cpu = time_steps(f_peer, opt_peer, (x, y), args.steps, device, amp, warmup)
+            peer_tps.append(wall)
+            peer_cpu.append(cpu)
+        o, p = statistics.median(ours_tps), statistics.median(peer_tps)
+        pair = statistics.median(a / b for a, b in zip(ours_tps, peer_tps))
+        print(f"[{mask}] ours tokens/s {o:,.0f} (rounds {[round(v) for v in ours_tps]}) MFU {100 * o * fpt / peak:.1f}%")
+        print(f"[{mask}] peer tokens/s {p:,.0f} (rounds {[round(v) for v in peer_tps]}) MFU {100 * p * fpt / peak:.1f}%")
+        print(f"[{mask}] ratio ours/peer {pair:.2f}x (median of per-round pairs "
+              f"{[round(a / b, 2) for a, b in zip(ours_tps, peer_tps)]}; ratio of medians {o / p:.2f}x)")
+        if device.type == "cpu" and args.threads == 1:
+            # CPU time is what other processes on a loaded machine do not steal; with more threads it
+            # would count OpenMP threads spinning at barriers while a sibling waits for a core.
+            print(f"[{mask}] tokens per CPU-second ours {statistics.median(ours_cpu):,.0f} peer "
+                  f"{statistics.median(peer_cpu):,.0f}: ratio {statistics.median(a / b for a, b in zip(ours_cpu, peer_cpu)):.2f}x "
+                  f"(median of per-round pairs)")
 
     if not args.skip_loader:
         loader_share(args, ours, opt_ours, device, amp)
-    checkpoint_stall(ours, opt_ours)
+    if not args.skip_checkpoint:
+        checkpoint_stall(ours, opt_ours)
     return 0
+
+
+def document_ids(args, device):
+    """(doc_ids, where from): document ids of the first packed batch of --workdir's shards, else synthetic.
+
+    Synthetic rows cut documents at random with a mean length of 200 tokens (fixed seed).
+    """
+    from pretrainlab.config import MixConfig, PackingConfig
+    from pretrainlab.errors import UserError
+    from pretrainlab.tokenizer.vocab import load_tokenizer
+    from pretrainlab.train.loader import MixtureLoader
+
+    try:
+        tok = load_tokenizer(Path(args.workdir) / "tokenizer")
+        ld = MixtureLoader(Path(args.workdir) / "tokens", args.seq, args.micro_batch, 0, MixConfig(), PackingConfig(),
+                           eos_id=tok.eos_id, pad_id=tok.pad_id)
+        batch = ld.next_batch()
+        if batch.doc_ids is not None:
+            return batch.doc_ids.to(device), f"{args.workdir} shards"
+    except UserError:
+        pass
+    gen = torch.Generator().manual_seed(0)
+    starts = torch.rand(args.micro_batch, args.seq, generator=gen) < 1 / 200
+    return torch.cumsum(starts, dim=1).to(device), "synthetic cuts (mean 200 tokens)"
 
 
 def loader_share(args, model, opt, device, amp):

@@ -223,7 +223,7 @@ def _without_seconds(obj):
     return obj
 
 
-def test_worker_processes_give_the_same_corpus_quarantine_and_stats(tmp_path):
+def test_executor_worker_processes_give_the_same_corpus_quarantine_and_stats(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
     recs = [{"id": f"d{i}", "text": _prose(i % 150, 20) + (" Mail bob@example.com." if i % 7 == 0 else "")} for i in range(300)]
@@ -234,7 +234,7 @@ def test_worker_processes_give_the_same_corpus_quarantine_and_stats(tmp_path):
     _registry(raw, {"a": {"path": "a.jsonl", "pii_policy": "redact"}, "b": {"path": "b.jsonl", "skip_stages": ["c4_lines"]}})
     common = ["data.min_chars=50", "data.quality.min_words=20", "data.pii.trend_batch_docs=50"]
     build_clean_corpus(_cfg(tmp_path, *common, f"data.out={tmp_path / 'one'}"))
-    build_clean_corpus(_cfg(tmp_path, *common, f"data.out={tmp_path / 'two'}", "data.workers=2"))
+    build_clean_corpus(_cfg(tmp_path, *common, f"data.out={tmp_path / 'two'}", "data.executor.min_input_mb=0", "data.executor.workers=2"))
     one, two = tmp_path / "one", tmp_path / "two"
     for rel in ("a/train.jsonl", "b/train.jsonl", "quarantine.jsonl"):
         assert (one / rel).read_bytes() == (two / rel).read_bytes(), rel

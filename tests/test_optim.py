@@ -27,6 +27,17 @@ def test_adamw_uses_recipe_betas_and_eps():
     assert opt.defaults["betas"] == (0.9, 0.95) and opt.defaults["eps"] == 1e-8
 
 
+def test_adamw_is_fused_on_the_cpu_and_a_loaded_state_does_not_change_that():
+    m = Transformer(ModelConfig(vocab_size=50, d_model=16, n_layers=1, n_heads=2, max_seq_len=8))
+    fused = build_optimizer(m, OptimConfig(), "cpu")
+    assert all(g["fused"] for g in fused.param_groups)
+    # A state saved by a fused optimizer, loaded where fusing is off (e.g. FSDP2 DTensor parameters on the
+    # CPU, where the fused kernel fails), keeps this optimizer's choice rather than the saving run's.
+    plain = build_optimizer(m, OptimConfig(), "xla")
+    plain.load_state_dict(fused.state_dict())
+    assert not any(g["fused"] for g in plain.param_groups)
+
+
 def test_schedule_warms_up_linearly_then_decays_by_cosine_to_the_floor():
     cfg = OptimConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
     assert lr_at(0, 110, cfg) == pytest.approx(0.1)

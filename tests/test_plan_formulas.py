@@ -110,7 +110,7 @@ def test_compute_seconds_of_the_corrected_003_example():
 
 def test_pretrainlab_block_formula():
     s, b, h, f = 1024, 2, 512, 1408
-    assert F.layer_activation_bytes_llama(s, b, h, 8, 0.25, f, impl="pretrainlab") == s * b * h * (36 + 8 * f / h)
+    assert F.layer_activation_bytes_llama(s, b, h, 8, 0.25, f, impl="pretrainlab") == s * b * h * (22 + 4 * 0.25 + 8 * f / h)
     assert F.layer_activation_bytes_llama(s, b, h, 8, 0.25, f, impl="pretrainlab", recompute="full") == 4 * s * b * h
 
 

@@ -133,8 +133,15 @@ def cmd_data_build(args):
 def cmd_data_report(args):
     from pretrainlab.data.report import write_data_report
 
-    corpus = Path(args.corpus) if args.corpus else _config_from_args(args).clean_dir
-    json_path, html_path = write_data_report(corpus, args.out)
+    cfg = _config_from_args(args)
+    corpus = Path(args.corpus) if args.corpus else cfg.clean_dir
+    mm_tokens = args.mm_tokens
+    if mm_tokens is None:  # the config's `mm build` output, when there is one
+        from pretrainlab.multimodal.build import mm_paths
+
+        default = mm_paths(cfg)["out"]
+        mm_tokens = default if (default / "manifest.json").is_file() else None
+    json_path, html_path = write_data_report(corpus, args.out, mm_tokens=mm_tokens)
     print(f"report: {html_path} and {json_path}")
 
 
@@ -309,6 +316,21 @@ def cmd_mm_build(args):
     build_shards(_config_from_args(args))
 
 
+def cmd_mm_real_data(args):
+    from pretrainlab.multimodal.realdata import write_real_data
+
+    m = _config_from_args(args).multimodal
+    write_real_data(args.out, args.digits, args.speech, args.scenes, args.scene_groups, m.sample_rate, m.seed)
+
+
+def cmd_mm_eval(args):
+    from pretrainlab.multimodal.evaluate import eval_run
+
+    run_dir = _run_config(args.run, args)
+    eval_run(run_dir, args.checkpoint)
+    print(f"mm eval: {run_dir / 'mm_eval.json'}")
+
+
 def cmd_sweep(args):
     from pretrainlab.experiments.sweep import run_sweep
 
@@ -352,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     drp = leaf(data, "report", "Write the data-governance report (HTML + JSON) of a clean corpus.", cmd_data_report)
     drp.add_argument("corpus", nargs="?", metavar="CORPUS", help="clean corpus folder (default: data.out from the config)")
     drp.add_argument("--out", metavar="DIR", help="where governance.html/.json go (default: the corpus folder)")
+    drp.add_argument("--mm-tokens", metavar="DIR", help="multimodal shards of `mm build` whose per-modality counts "
+                     "the report adds (default: multimodal.out when it holds a manifest)")
     ib = leaf(data, "inspect-batch", "Show one training micro-batch: documents, positions and the attention mask "
               "(HTML with --out); exits 2 if the document mask leaks.", cmd_data_inspect_batch, "packing")
     ib.add_argument("--index", type=int, default=0, help="which micro-batch of the run's data order (default 0)")
@@ -458,6 +482,19 @@ def build_parser() -> argparse.ArgumentParser:
          cmd_mm_fit, "multimodal")
     leaf(mm, "build", "Check sync, discretize and pack multimodal.data into token shards that `train` reads "
          "(fits the discretizers first if there are none).", cmd_mm_build, "multimodal")
+    mmr = leaf(mm, "real-data", "Write a dataset from real data on this machine: scikit-learn's handwritten digits "
+               "with captions, optional espeak-ng speech, optional synthetic scenes (the actions).", cmd_mm_real_data)
+    mmr.add_argument("out", metavar="OUT", help="folder to write samples.jsonl and payload files into")
+    mmr.add_argument("--digits", type=int, default=1797, help="digit images to include (of 1797; default all)")
+    mmr.add_argument("--speech", type=int, default=0, help="the first N digits also get their name spoken "
+                     "(espeak-ng; skipped with a warning where it is not installed)")
+    mmr.add_argument("--scenes", type=int, default=0, help="add N synthetic 6-camera scenes with actions")
+    mmr.add_argument("--scene-groups", type=int, default=1, help="time-slice groups per scene")
+    mme = leaf(mm, "eval", "Cross-modal evaluation of a multimodal run on held-out data: caption<->image "
+               "retrieval R@1/5 vs chance, action MSE vs a constant baseline, per-modality perplexity "
+               "(writes RUN/mm_eval.json).", cmd_mm_eval)
+    mme.add_argument("run", nargs="?", metavar="RUN", help="run folder (default: the config's run)")
+    mme.add_argument("--checkpoint", metavar="STEP", help="checkpoint step or path (default: the newest)")
 
     cfg = group("config", "Inspect configuration.")
     leaf(cfg, "show", "Print the fully resolved config.", cmd_config_show)

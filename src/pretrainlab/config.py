@@ -119,6 +119,58 @@ class NearDedupConfig(Section):
     )
 
 
+class SlurmExecutorConfig(Section):
+    """`data build` on Slurm (data.executor.kind=slurm): one array job, one task per array index."""
+
+    partition: str | None = Field(None, description="Slurm partition (required for kind=slurm).")
+    time: str = Field("24:00:00", description="Time limit per array task (sbatch --time).")
+    cpus_per_task: int = Field(1, ge=1, description="CPUs per task (sbatch --cpus-per-task).")
+    mem_per_cpu_gb: int = Field(2, ge=1, description="Memory per CPU in GB (sbatch --mem-per-cpu).")
+    qos: str | None = Field(None, description="Slurm QOS (omitted when unset).")
+    job_name: str = Field("pretrainlab-data", description="Slurm job name.")
+    env_command: str | None = Field(
+        None, description="Shell line that sets up Python on the nodes (default: activate the virtualenv running `data build`)."
+    )
+    sbatch_args: dict[str, str] = Field({}, description="Extra #SBATCH directives, e.g. {account: myproj}.")
+    max_array_size: int = Field(1001, ge=1, description="Largest job array the cluster accepts (more tasks: several arrays).")
+    wait: bool = Field(
+        True, description="Wait for the tasks and then merge (false: submit and return; re-run `data build` to merge)."
+    )
+    poll_seconds: float = Field(30, gt=0, description="How often to check task completion while waiting.")
+
+
+class RayExecutorConfig(Section):
+    """`data build` on Ray (data.executor.kind=ray; needs `pip install ray`)."""
+
+    address: str | None = Field(None, description="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")
+    cpus_per_task: int = Field(1, ge=1, description="CPUs reserved per task.")
+    mem_per_cpu_gb: float = Field(2, gt=0, description="Memory reserved per CPU in GB.")
+
+
+class DataExecutorConfig(Section):
+    """Where the per-document stages of `data build` run: datatrove executors over work units
+    (a file, a group of small files, or a byte range of a large JSONL file). Finished tasks are
+    skipped on a re-run; dedup, counting and writing then run in the main process, so the corpus
+    is the same for any executor, task count or worker count."""
+
+    kind: Literal["local", "slurm", "ray"] = Field(
+        "local", description="local: processes on this machine; slurm: a Slurm job array; ray: a Ray cluster."
+    )
+    workers: int = Field(0, ge=0, description="Tasks running at once (0: one per core for local; no limit for slurm/ray).")
+    tasks: int = Field(0, ge=0, description="Number of tasks (0: one per work unit).")
+    unit_mb: float = Field(64, gt=0, description="Target work-unit size in MB; larger plain JSONL files are split at line boundaries.")
+    min_input_mb: float = Field(
+        16, ge=0, description="kind=local: inputs smaller than this run in the main process (process start-up would cost more than it saves)."
+    )
+    work_dir: Path | None = Field(
+        None, description="Task parts, logs and completion markers (default: <data.out>.work beside data.out; "
+        "on Slurm/Ray it must be on a filesystem every node shares)."
+    )
+    keep_work: bool = Field(False, description="Keep the work folder after a successful build (default: removed).")
+    slurm: SlurmExecutorConfig = SlurmExecutorConfig()
+    ray: RayExecutorConfig = RayExecutorConfig()
+
+
 class DataConfig(Section):
     """`data build`: raw sources -> normalized, filtered, deduplicated, split clean corpus."""
 
@@ -139,10 +191,7 @@ class DataConfig(Section):
     unapproved: Literal["error", "skip"] = Field(
         "error", description="A source not approved in sources.yaml: error stops the build; skip leaves it out (recorded)."
     )
-    workers: int = Field(
-        1, ge=0, description="Processes for the stages before the first dedup stage (0: one per core); dedup, "
-        "counting and writing stay in the main process, so the output is the same for any value.",
-    )
+    executor: DataExecutorConfig = DataExecutorConfig()
     quality: QualityConfig = QualityConfig()
     langid: LangIdConfig = LangIdConfig()
     pii: PiiConfig = PiiConfig()
@@ -341,6 +390,11 @@ class TrainConfig(Section):
     parallel: Literal["ddp", "fsdp2"] = Field(
         "ddp", description="Data parallelism under torchrun: DDP replicas or FSDP2 (fully_shard) sharding."
     )
+    expert_parallel: int = Field(
+        1, ge=1, description="Expert-parallel group size under torchrun: each MoE layer's experts are split over this "
+        "many consecutive ranks and tokens move by all-to-all; 1 = off. Must divide the process count and "
+        "model.moe.num_experts.",
+    )
     activation_checkpointing: bool = Field(False, description="Recompute each block's activations in backward.")
     compile: bool = Field(False, description="torch.compile each decoder block.")
     log_every: int = Field(10, ge=1, description="Steps between metrics lines.")
@@ -408,6 +462,12 @@ class CheckpointConfig(Section):
     keep_last: int = Field(3, ge=1, description="Keep the newest K complete checkpoints.")
     async_save: bool = Field(
         False, description="Write checkpoints on a background thread; training blocks only to copy state to CPU."
+    )
+    format: Literal["auto", "full", "sharded"] = Field(
+        "auto",
+        description="full: rank 0 writes gathered model.pt/optim.pt; sharded: every rank writes its own "
+        "torch.distributed.checkpoint shard (no gather; any world size can resume); auto: sharded under torchrun, "
+        "full for one process.",
     )
     milestone_every_tokens: int | None = Field(
         None, ge=1, description="Also keep an immutable checkpoint every N tokens (checkpoints/milestones/tokens_1.5B)."
@@ -830,6 +890,20 @@ def _type_name(ann: Any) -> str:
     return getattr(ann, "__name__", str(ann))
 
 
+def _sub_section_rows(prefix: str, model: type[BaseModel], value: BaseModel | None) -> list[str]:
+    """Rows of a nested section's keys (recursing into its own sub-sections)."""
+    rows = []
+    for k2, f2 in model.model_fields.items():
+        d2 = getattr(value, k2) if value is not None else f2.get_default(call_default_factory=True)
+        nested = _nested_model(f2.annotation)
+        about = f2.description or (" ".join((nested.__doc__ or "").split()) if nested else "")
+        shown = "sub-section" if isinstance(d2, BaseModel) else repr(d2)
+        rows.append(f"| `{prefix}.{k2}` | `{_type_name(f2.annotation)}` | `{shown}` | {about} |")
+        if nested is not None and isinstance(d2, BaseModel):
+            rows += _sub_section_rows(f"{prefix}.{k2}", nested, d2)
+    return rows
+
+
 def config_reference_markdown() -> str:
     """docs/CONFIG.md: every option with its type, default and description, from the models."""
     lines = [
@@ -852,9 +926,7 @@ def config_reference_markdown() -> str:
                 about = sub.description or (" ".join((nested.__doc__ or "").split()) if nested else "")
                 lines.append(f"| `{name}.{key}` | `{_type_name(sub.annotation)}` | `{shown}` | {about} |")
                 if nested is not None and (default is None or isinstance(default, BaseModel)):  # a sub-section: list its keys
-                    for k2, f2 in nested.model_fields.items():
-                        d2 = getattr(default, k2) if default is not None else f2.get_default(call_default_factory=True)
-                        lines.append(f"| `{name}.{key}.{k2}` | `{_type_name(f2.annotation)}` | `{d2!r}` | {f2.description or ''} |")
+                    lines += _sub_section_rows(f"{name}.{key}", nested, default)
             lines.append("")
         else:
             lines += [f"## `{name}`", "", f"`{_type_name(ann)}`, default `{getattr(root, name)!r}`: {field.description}", ""]

@@ -1,29 +1,22 @@
-"""Run the per-document stages of `data build` in worker processes.
+"""The worker side of `data build`: run the stateless stage prefix on one document.
 
 The stages before the first stateful one (dedup) see each document on its own,
-so they can run anywhere; the stateful ones and all counting, quarantining and
-writing stay in the main process, in read order. The main process reads records,
-sends them in batches to a process pool (``imap``: results come back in order)
-and replays each document's *trace* -- per stage: characters in and out, seconds,
-skipped, or the rejection -- into the same counters the sequential path uses,
-so the outputs are identical to ``data.workers=1``. Each batch runs on fresh
-stage instances; their ``finish()`` statistics are combined with the stage's
-``merge_extras``.
+so they can run anywhere (executor tasks, see :mod:`.executor`); the stateful
+ones and all counting, quarantining and writing stay in the main process, in read
+order. A worker records each document's *trace* -- per stage: characters in and
+out, seconds, skipped, or the rejection, plus the stage's ``note`` for
+order-dependent statistics -- and the main process replays it into the same
+counters the in-process path uses, so the outputs are identical.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import time
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from pretrainlab.config import DataConfig
-from pretrainlab.data.sources import PREVIEW_CHARS, SourceSpec
-from pretrainlab.data.stages import STAGES, Document, Reject, Stage
-
-BATCH_DOCS = 64
+from pretrainlab.data.sources import PREVIEW_CHARS
+from pretrainlab.data.stages import Document, Reject, Stage
 
 
 @dataclass
@@ -36,6 +29,7 @@ class Step:
     code: str | None = None  # set when the stage removed the document
     reason: str | None = None
     preview: str | None = None
+    note: dict | None = None  # the stage's ``note`` (see Stage.account)
 
 
 @dataclass
@@ -65,67 +59,15 @@ def run_stages(stages: list[Stage], doc: Document, skip: frozenset) -> Trace:
             trace.steps.append(Step(stage.name, skipped=True))
             continue
         chars_in = len(doc.text)
+        stage.note = None
         t = time.perf_counter()
         result = stage.process(doc)
         seconds = time.perf_counter() - t
         if isinstance(result, Reject):
             trace.steps.append(Step(stage.name, chars_in, 0, seconds, code=result.code, reason=result.reason,
-                                    preview=doc.text[:PREVIEW_CHARS]))
+                                    preview=doc.text[:PREVIEW_CHARS], note=stage.note))
             return trace
         doc = result
-        trace.steps.append(Step(stage.name, chars_in, len(doc.text), seconds))
+        trace.steps.append(Step(stage.name, chars_in, len(doc.text), seconds, note=stage.note))
     trace.doc = doc
     return trace
-
-
-_WORKER: dict = {}
-
-
-def _init(cfg: DataConfig, names: list[str], sources: dict[str, SourceSpec]) -> None:
-    _WORKER.update(cfg=cfg, names=names, sources=sources)
-
-
-def _work(batch: list[tuple[Document, frozenset]]) -> tuple[list[Trace], dict[str, dict]]:
-    stages = [STAGES[n](_WORKER["cfg"]) for n in _WORKER["names"]]
-    for s in stages:
-        s.bind(_WORKER["sources"])
-    traces = [run_stages(stages, doc, skip) for doc, skip in batch]
-    return traces, {s.name: s.finish() for s in stages}
-
-
-class PrefixPool:
-    """A pool of workers running the stages ``names``; ``map`` keeps the input order."""
-
-    def __init__(self, cfg: DataConfig, names: list[str], sources: dict[str, SourceSpec], workers: int) -> None:
-        # fork shares the loaded language-ID model and imported modules; spawn elsewhere.
-        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        self.pool = mp.get_context(method).Pool(workers, initializer=_init, initargs=(cfg, names, sources))
-        self.extras: dict[str, list[dict]] = {n: [] for n in names}
-
-    def map(self, docs: Iterable[tuple[Document, frozenset]]) -> Iterator[Trace]:
-        for traces, extras in self.pool.imap(_work, _batches(docs), chunksize=1):
-            for name, extra in extras.items():
-                self.extras[name].append(extra)
-            yield from traces
-
-    def merged_extras(self) -> dict[str, dict]:
-        return {n: STAGES[n].merge_extras(parts) for n, parts in self.extras.items()}
-
-    def close(self) -> None:
-        self.pool.close()
-        self.pool.join()
-
-    def terminate(self) -> None:
-        self.pool.terminate()
-        self.pool.join()
-
-
-def _batches(items: Iterable, size: int = BATCH_DOCS) -> Iterator[list]:
-    batch: list = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

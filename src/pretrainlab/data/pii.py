@@ -164,20 +164,18 @@ class PiiRedaction(Stage):
         return (spec.pii_policy if spec is not None and spec.pii_policy else None) or self.cfg.pii.default_policy
 
     def process(self, doc: Document) -> Document | Reject:
-        # Ingestion batch = window of `trend_batch_docs` documents in read order (doc.seq, set by the
-        # pipeline, so workers that each see part of the stream agree on the windows).
         ordinal = doc.seq if doc.seq >= 0 else self._seen
         self._seen += 1
-        batch = self.batches.setdefault(ordinal // self.cfg.pii.trend_batch_docs, {"docs": 0, "detections": {}})
-        batch["docs"] += 1
         spans = find_pii(doc.text, self.types)
+        found = Counter(kind for _, _, kind in spans)
+        if self.remote:  # a worker does not know the read position; the main process counts the batch
+            self.note = dict(found)
+        else:
+            self.account(ordinal, found)
         if not spans:
             return doc
-        found = Counter(kind for _, _, kind in spans)
         self.by_type.update(found)
         self.by_source.setdefault(doc.source, Counter()).update(found)
-        for k, v in found.items():
-            batch["detections"][k] = batch["detections"].get(k, 0) + v
         self.docs_with_pii += 1
         doc.meta["pii"] = dict(sorted(found.items()))
         policy = self._policy(doc.source)
@@ -187,6 +185,13 @@ class PiiRedaction(Stage):
             doc.text = redact(doc.text, spans, self.cfg.pii.placeholder)
             self.redacted_docs += 1
         return doc
+
+    def account(self, seq: int, note: dict) -> None:
+        # Ingestion batch = window of `trend_batch_docs` documents in read order (Document.seq).
+        batch = self.batches.setdefault(seq // self.cfg.pii.trend_batch_docs, {"docs": 0, "detections": {}})
+        batch["docs"] += 1
+        for k, v in note.items():
+            batch["detections"][k] = batch["detections"].get(k, 0) + v
 
     def finish(self) -> dict:
         return {

@@ -6,6 +6,10 @@ stays constant apart from the state a stage keeps (exact dedup: one digest per
 unique document). Sources run in registry order, so "first occurrence wins" in
 dedup follows that order.
 
+With enough input (``data.executor``), the stages before the first stateful one run
+first as datatrove tasks (:mod:`.executor`); this module then replays their parts in
+read order instead of reading the sources, and the rest is the same.
+
 Outputs in ``cfg.clean_dir``:
 
 - ``<source>/train.jsonl`` and ``<source>/heldout.jsonl``: ``{"id", "text",
@@ -40,7 +44,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -51,7 +55,8 @@ from rich.table import Table
 import pretrainlab
 from pretrainlab.config import ProjectConfig, config_to_dict
 from pretrainlab.data.sources import PREVIEW_CHARS, BadRecord, SourceSpec, check_sources, load_registry, read_documents, scan_file
-from pretrainlab.data.parallel import PrefixPool, Trace, prefix_length, resolve_workers
+from pretrainlab.data import executor as dexec
+from pretrainlab.data.parallel import Trace, prefix_length
 from pretrainlab.data.stages import STAGES, Document, Reject, Stage, build_stages
 from pretrainlab.errors import DataError
 from pretrainlab.fsio import atomic_open, atomic_write_json, fsync_dir, sha256_file
@@ -132,7 +137,7 @@ class SourceCounts(Counts):
 
 def _config_for_id(cfg: ProjectConfig) -> dict:
     d = config_to_dict(cfg.data)
-    for key in ("input", "out", "workers"):  # where and how fast, not what: same data, same id
+    for key in ("input", "out", "executor"):  # where and how fast, not what: same data, same id
         d.pop(key, None)
     return d
 
@@ -172,14 +177,15 @@ def _swap_in(tmp: Path, out_dir: Path) -> None:
 class _Run:
     """State of one build: stages, counters, the quarantine writer."""
 
-    def __init__(self, stages: list[Stage], quarantine, pool: PrefixPool | None = None) -> None:
+    def __init__(self, stages: list[Stage], quarantine, parts: dexec.Parts | None = None) -> None:
         self.stages = stages
+        self.by_name = {s.name: s for s in stages}
         self.quarantine = quarantine
         self.stage_counts: dict[str, Counts] = {"read": Counts(), **{s.name: Counts() for s in stages}}
         self.quarantined = 0
         self.seq = 0  # documents read so far (Document.seq)
-        self.pool = pool
-        self.prefix = prefix_length(stages) if pool is not None else 0
+        self.parts = parts  # records from executor tasks (None: read and run everything here)
+        self.prefix = prefix_length(stages) if parts is not None else 0
 
     def _quarantine(self, doc_id: str, source: str, stage: str, code: str, reason: str, text: str | None,
                     line: int | None = None, chars: int | None = None) -> None:
@@ -216,6 +222,8 @@ class _Run:
             c.docs_in += 1
             c.chars_in += step.chars_in
             c.seconds += step.seconds
+            if step.note is not None:
+                self.by_name[step.stage].account(doc.seq, step.note)
             if step.code is not None:
                 c.removed[step.code] += 1
                 src.removed[step.code] += 1
@@ -304,37 +312,14 @@ def _process_source(spec: SourceSpec, run: _Run, out: Path, fraction: float, lin
 
 
 def _items(spec: SourceSpec, run: _Run, max_doc_bytes: int) -> Iterator[tuple[Document | BadRecord, Trace | None]]:
-    """The source's records in read order, each Document numbered (``seq``) and, with a worker
-    pool, paired with the trace of the worker-side stages."""
-    skip = frozenset(spec.skip_stages)
-    if run.pool is None:
-        for item in read_documents(spec, max_doc_bytes):
-            if isinstance(item, Document):
-                item.seq = run.seq
-                run.seq += 1
-            yield item, None
-        return
-    pending: deque = deque()  # records in read order; filled by the pool's feeder thread
-
-    def feed() -> Iterator[tuple[Document, frozenset]]:
-        for item in read_documents(spec, max_doc_bytes):
-            if isinstance(item, Document):
-                item.seq = run.seq
-                run.seq += 1
-            pending.append(item)
-            if isinstance(item, Document):
-                yield item, skip
-
-    for trace in run.pool.map(feed()):
-        while True:  # the bad records read before this document, then the document
-            item = pending.popleft()
-            if isinstance(item, BadRecord):
-                yield item, None
-                continue
-            yield item, trace
-            break
-    while pending:  # bad records after the last document
-        yield pending.popleft(), None
+    """The source's records in read order, each Document numbered (``seq``) and, after executor
+    tasks, paired with the trace of the stages the tasks ran."""
+    records = ((item, None) for item in read_documents(spec, max_doc_bytes)) if run.parts is None else run.parts.of_source(spec.name)
+    for item, trace in records:
+        if isinstance(item, Document):
+            item.seq = run.seq
+            run.seq += 1
+        yield item, trace
 
 
 def _move_line(train_path: Path, held_path: Path, index: int) -> None:
@@ -384,13 +369,18 @@ def _check_skip_stages(specs: list[SourceSpec], registry: Path) -> None:
                                 f"available: {', '.join(sorted(known))}")
 
 
-def _scan_inputs(specs: list[SourceSpec]) -> dict[str, dict]:
-    """Content hash, size and (plain JSONL) line count of every input file, per source."""
+def _scan_inputs(specs: list[SourceSpec], cut_bytes: int | None = None,
+                 cuts: dict[tuple[str, int], list] | None = None) -> dict[str, dict]:
+    """Content hash, size and (plain JSONL) line count of every input file, per source; with
+    ``cut_bytes``, the line starts where plain JSONL files can be split go into ``cuts``."""
     inputs: dict[str, dict] = {}
     for spec in specs:
         files, h, total_bytes, lines = [], hashlib.sha256(), 0, 0
-        for path in spec.files:
-            sha, n_lines, size = scan_file(path)
+        for i, path in enumerate(spec.files):
+            file_cuts: list = []
+            sha, n_lines, size = scan_file(path, cut_bytes if spec.format == "jsonl" else None, file_cuts)
+            if file_cuts and cuts is not None:
+                cuts[(spec.name, i)] = file_cuts
             files.append({"path": str(path), "sha256": sha, "bytes": size})
             h.update(f"{path.name}\0{sha}\n".encode())
             total_bytes += size
@@ -442,6 +432,8 @@ def build_clean_corpus(cfg: ProjectConfig) -> dict:
         raise DataError(f"{registry} not found; run `pretrainlab corpus build` first (or point data.input at a folder with sources.yaml)")
     all_specs = load_registry(registry)
     _check_skip_stages(all_specs, registry)
+    ex = cfg.data.executor
+    dexec.check_executor(ex)
     specs, refused = check_sources(all_specs, registry, cfg.data.unapproved)  # the compliance gate: before any read
     for name, why in refused.items():
         console.print(f"[yellow]refused:[/] source {name} ({why}); nothing of it was read")
@@ -449,7 +441,14 @@ def build_clean_corpus(cfg: ProjectConfig) -> dict:
 
     now = dt.datetime.now(dt.timezone.utc)
     registry_sha = sha256_file(registry)
-    inputs = _scan_inputs(specs)
+    n_prefix = prefix_length(stages)
+    sizes = {s.name: [p.stat().st_size for p in s.files] for s in specs}
+    total_bytes = sum(map(sum, sizes.values()))
+    # Executor tasks pay off when there is enough input (local) or were asked for (slurm/ray).
+    use_executor = n_prefix > 0 and (ex.kind != "local" or total_bytes >= ex.min_input_mb * 1e6)
+    unit_bytes = dexec.unit_target_bytes(ex, total_bytes) if use_executor else None
+    cuts: dict[tuple[str, int], list] = {}
+    inputs = _scan_inputs(specs, unit_bytes, cuts)
     code = code_fingerprint()
     id_basis = {
         "sources_yaml": registry_sha,
@@ -468,29 +467,34 @@ def build_clean_corpus(cfg: ProjectConfig) -> dict:
     for stage in stages:
         stage.bind({s.name: s for s in specs})
 
+    parts = work = None
+    if use_executor:
+        plan = dexec.make_plan(cfg.data, [s.name for s in stages[:n_prefix]], specs, sizes, cuts, unit_bytes)
+        root = dexec.work_root(ex, out_dir)
+        done = dexec.run_tasks(plan, ex, root, manifest_id)
+        if done is None:  # a Slurm job was submitted; the merge happens on the next `data build`
+            return {"out": str(out_dir), "manifest_id": manifest_id, "dataset_version": None, "up_to_date": False,
+                    "submitted": True, "sources": {}, "totals": {}, "seconds": round(time.perf_counter() - t0, 3)}
+        work, parts = done
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the corpus dir should get normal permissions
-    workers = resolve_workers(cfg.data.workers)
-    pool = None
-    if workers > 1 and prefix_length(stages) > 0:
-        pool = PrefixPool(cfg.data, [s.name for s in stages[: prefix_length(stages)]], {s.name: s for s in specs}, workers)
     try:
         per_source: dict[str, SourceCounts] = {}
         with atomic_open(tmp / "quarantine.jsonl", "w") as quarantine:
-            run = _Run(stages, quarantine, pool)
+            run = _Run(stages, quarantine, parts)
             for spec in specs:
                 per_source[spec.name] = _process_source(
                     spec, run, tmp / spec.name, cfg.data.heldout_fraction, inputs[spec.name]["progress_total"],
                     cfg.data.max_doc_bytes,
                 )
         stage_extra = {s.name: s.finish() for s in stages}
-        if pool is not None:
-            pool.close()
-            stage_extra.update(pool.merged_extras())
-            pool = None
+        if parts is not None:
+            parts.drain()
+            for name, extra in parts.merged_extras().items():  # the tasks' statistics + what the replay counted
+                stage_extra[name] = STAGES[name].merge_extras([stage_extra[name], extra])
         _check_conservation(per_source, run)
 
         docs_in = sum(s.docs_in for s in per_source.values())
@@ -566,10 +570,10 @@ def build_clean_corpus(cfg: ProjectConfig) -> dict:
         atomic_write_json(tmp / "manifest.json", manifest)  # last: its presence marks a complete corpus
         _swap_in(tmp, out_dir)
     except BaseException:
-        if pool is not None:
-            pool.terminate()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if work is not None:
+        dexec.finish_work(dexec.work_root(ex, out_dir), work, ex.keep_work)
 
     seconds = time.perf_counter() - t0
     _print_table(specs, per_source, out_dir, seconds)

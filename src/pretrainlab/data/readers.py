@@ -37,21 +37,24 @@ def _open_binary(path: Path, fmt: str):
     return open(path, "rb")
 
 
-def _lines(fh, limit: int) -> Iterator[tuple[int, bytes | None, int]]:
-    """(line number, bytes or None when longer than ``limit``, size) without holding an oversized line."""
-    lineno = 0
-    while True:
+def _lines(fh, limit: int, lineno: int = 0, budget: int | None = None) -> Iterator[tuple[int, bytes | None, int]]:
+    """(line number, bytes or None when longer than ``limit``, size) without holding an oversized line;
+    stops after ``budget`` bytes (a byte range that ends at a line start)."""
+    consumed = 0
+    while budget is None or consumed < budget:
         raw = fh.readline(limit + 1)
         if not raw:
             return
         lineno += 1
         if len(raw) <= limit or raw.endswith(b"\n"):
+            consumed += len(raw)
             yield lineno, raw, len(raw)
             continue
         size = len(raw)
         while raw and not raw.endswith(b"\n"):
             raw = fh.readline(_SLICE)
             size += len(raw)
+        consumed += size
         yield lineno, None, size
 
 
@@ -76,12 +79,20 @@ def _record_to_doc(rec, spec: SourceSpec, rid_default: str, lineno: int | None, 
     return Document(rid, text, spec.name, meta)
 
 
-def read_jsonl(spec: SourceSpec, path: Path, prefix: str, max_doc_bytes: int) -> Iterator[Document | BadRecord]:
-    """One JSON object per line; decoded per line so one bad line never hides the rest."""
+def read_jsonl(spec: SourceSpec, path: Path, prefix: str, max_doc_bytes: int,
+               byte_range: tuple[int, int, int] | None = None) -> Iterator[Document | BadRecord]:
+    """One JSON object per line; decoded per line so one bad line never hides the rest.
+    ``byte_range`` = (start, end, line number at start) reads part of a plain JSONL file
+    (start and end are line starts, see :func:`~pretrainlab.data.sources.scan_file`)."""
     lineno = 0
     try:
         with _open_binary(path, spec.format) as fh:
-            for lineno, raw, size in _lines(fh, max_doc_bytes):
+            budget = None
+            if byte_range is not None:
+                start, end, first_line = byte_range
+                fh.seek(start)
+                lineno, budget = first_line - 1, end - start
+            for lineno, raw, size in _lines(fh, max_doc_bytes, lineno, budget):
                 bad_id = f"{prefix}line{lineno}"
                 if raw is None:
                     yield BadRecord(bad_id, lineno, "too_large", f"line {lineno}: {size:,} bytes > data.max_doc_bytes={max_doc_bytes:,}", "")
@@ -163,11 +174,14 @@ def read_text_file(spec: SourceSpec, path: Path, root: Path, max_doc_bytes: int)
     yield Document(rid, text, spec.name, {"path": rel})
 
 
-def read_source(spec: SourceSpec, max_doc_bytes: int) -> Iterator[Document | BadRecord]:
-    """Every record of every file of a source, files in sorted order."""
+def read_source(spec: SourceSpec, max_doc_bytes: int, files: list[int] | None = None,
+                byte_range: tuple[int, int, int] | None = None) -> Iterator[Document | BadRecord]:
+    """Every record of the source's files (indices ``files`` into ``spec.files``; default all),
+    files in sorted order; ``byte_range`` restricts a single plain JSONL file to part of it."""
     multi = len(spec.files) > 1
     root = spec.path if spec.path.is_dir() else spec.path.parent
-    for path in spec.files:
+    for i in range(len(spec.files)) if files is None else files:
+        path = spec.files[i]
         if spec.format == "text":
             yield from read_text_file(spec, path, root, max_doc_bytes)
             continue
@@ -175,4 +189,4 @@ def read_source(spec: SourceSpec, max_doc_bytes: int) -> Iterator[Document | Bad
         if spec.format == "parquet":
             yield from read_parquet(spec, path, prefix, max_doc_bytes)
         else:
-            yield from read_jsonl(spec, path, prefix, max_doc_bytes)
+            yield from read_jsonl(spec, path, prefix, max_doc_bytes, byte_range)

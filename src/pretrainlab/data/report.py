@@ -199,6 +199,8 @@ def render_html(data: dict) -> str:
         parts.append(f"<h3>{html.escape(reason)}</h3>")
         parts += [f"<details><summary>{html.escape(str(r['id']))} ({html.escape(str(r['source']))}): "
                   f"{html.escape(str(r['reason']))}</summary><pre>{html.escape(str(r['preview']))}</pre></details>" for r in recs]
+    if data.get("multimodal"):
+        parts.append(_mm_html(data["multimodal"]))
     style = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}svg text{font-size:11px}"
              ".pie{display:flex;gap:2em;align-items:center}.legend{list-style:none}.legend span{display:inline-block;"
@@ -206,12 +208,45 @@ def render_html(data: dict) -> str:
     return f"<!doctype html><html><head><meta charset='utf-8'><title>data report</title><style>{style}</style></head><body>{''.join(parts)}</body></html>"
 
 
-def write_data_report(clean: Path, out: Path | None = None) -> tuple[Path, Path]:
-    """Write governance.json and governance.html (into ``out``, default the corpus folder)."""
+def collect_multimodal(tokens_dir: Path) -> dict:
+    """Per-modality governance counts of `mm build` shards (from their manifest)."""
+    manifest = _read_json(Path(tokens_dir) / "manifest.json")
+    mm = manifest.get("multimodal")
+    if mm is None:
+        raise DataError(f"{tokens_dir}/manifest.json has no multimodal block; point --mm-tokens at `mm build` output")
+    return {"tokens_dir": str(tokens_dir), "samples": mm.get("samples"), "groups": mm.get("groups"),
+            "quarantined": mm.get("quarantined"), "discretizers_sha256": mm.get("discretizers_sha256"),
+            "segments_by_modality": mm.get("segments_by_modality", {}),
+            "tokens_by_modality": mm.get("tokens_by_modality", {}),
+            "quarantined_by_reason": mm.get("quarantined_by_reason", {}),
+            "splits": {k: v for k, v in manifest.get("totals", {}).items()}}
+
+
+def _mm_html(mm: dict) -> str:
+    tokens = mm["tokens_by_modality"]
+    total = sum(tokens.values()) or 1
+    parts = ["<h2>Multimodal data (per modality)</h2>",
+             f"<p>{mm['samples']:,} samples, {mm['groups']:,} time-slice groups, {mm['quarantined']:,} quarantined; "
+             f"shards {html.escape(mm['tokens_dir'])}</p>",
+             _table(["modality", "segments"], [[k, f"{v:,}"] for k, v in mm["segments_by_modality"].items()]),
+             _table(["token class", "tokens", "share"], [[k, f"{v:,}", f"{v / total:.1%}"] for k, v in tokens.items()]),
+             _pie(tokens)]
+    if mm["quarantined_by_reason"]:
+        parts += ["<h3>Quarantined samples by stage/reason</h3>",
+                  _table(["stage/reason", "samples"], [[k, f"{v:,}"] for k, v in mm["quarantined_by_reason"].items()])]
+    return "".join(parts)
+
+
+def write_data_report(clean: Path, out: Path | None = None, mm_tokens: Path | None = None) -> tuple[Path, Path]:
+    """Write governance.json and governance.html (into ``out``, default the corpus folder).
+
+    ``mm_tokens``: `mm build` shards whose per-modality counts are added (key ``multimodal``)."""
     clean = Path(clean)
     if not clean.is_dir():
         raise DataError(f"clean corpus {clean} not found; run `pretrainlab data build` first (or set data.out)")
     data = collect(clean)
+    if mm_tokens is not None:
+        data["multimodal"] = collect_multimodal(Path(mm_tokens))
     out = Path(out) if out else clean
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "governance.json", data)

@@ -215,17 +215,34 @@ class BadRecord:
     preview: str
 
 
-def scan_file(path: Path) -> tuple[str, int, int]:
-    """(sha256, line count, bytes) of a file, read in 1 MiB blocks."""
+def scan_file(path: Path, cut_bytes: int | None = None, cuts: list | None = None) -> tuple[str, int, int]:
+    """(sha256, line count, bytes) of a file, read in 1 MiB blocks.
+
+    With ``cut_bytes``, appends to ``cuts`` a ``(offset, line number)`` for the first line
+    starting at or after every ``cut_bytes`` bytes (line starts where a large JSONL file can be
+    split into byte ranges; the line number is 1-based)."""
     h = hashlib.sha256()
     lines = size = 0
     last = b"\n"
+    next_cut = cut_bytes if cut_bytes else None
     with open(path, "rb") as fh:
         while block := fh.read(1 << 20):
             h.update(block)
+            end = size + len(block)
+            while next_cut is not None and next_cut <= end:
+                # the line start at or after next_cut: just after the first newline at or after next_cut - 1
+                j = block.find(b"\n", max(0, next_cut - 1 - size))
+                if j < 0:
+                    next_cut = end + 1  # the line goes on into the next block
+                    break
+                cut = size + j + 1
+                cuts.append((cut, lines + block.count(b"\n", 0, j + 1) + 1))
+                next_cut = cut + cut_bytes
             lines += block.count(b"\n")
-            size += len(block)
+            size = end
             last = block[-1:]
+    if cuts and cuts[-1][0] >= size:
+        cuts.pop()  # a cut at the very end is no cut
     return h.hexdigest(), lines + (last != b"\n"), size
 
 

@@ -72,6 +72,16 @@ class Stage:
     # process in read order; the stages before the first of them may run in worker processes.
     stateful: ClassVar[bool] = False
 
+    # Set on instances running in a worker (executor task): statistics that depend on the global
+    # read position are left to the main process. ``process`` then puts what ``account`` needs
+    # for the current document into ``note``; the main process calls ``account`` on its own
+    # instance at the document's read position (``Document.seq``).
+    remote: bool = False
+    note: dict | None = None
+
+    def account(self, seq: int, note: dict) -> None:
+        """Order-dependent statistics of one document this stage processed in a worker."""
+
     def finish(self) -> dict:
         """Extra statistics after the last document (merged into stats.json)."""
         return {}

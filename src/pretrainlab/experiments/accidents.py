@@ -42,7 +42,7 @@ ACCIDENTS: dict[str, Accident] = {
                   f"(x{c.experiments.lr_multiplier:g})",
         ("diverged",),
         "Each update is too large for the loss surface's curvature: steps overshoot, the loss rises instead of "
-        "falling, logits and activations grow until the loss plateaus high or becomes NaN.",
+        "falling, logits and activations grow until the loss is worse than the untrained model's or becomes NaN.",
         "Lower the peak LR (find it with `pretrainlab experiments lr-range`); keep warmup and gradient clipping; "
         "for bigger models scale the LR down with width.",
     ),
@@ -50,10 +50,14 @@ ACCIDENTS: dict[str, Accident] = {
         "No warmup",
         lambda c: ["optim.warmup_steps=0"],
         lambda c: f"optim.warmup_steps {c.optim.warmup_steps} -> 0",
-        ("oscillation",),
-        "At step 0 the weights are random and AdamW's second-moment estimate rests on a handful of gradients, "
-        "so the very first updates are full-LR steps in poorly estimated directions: the loss jumps around early.",
-        "Linear warmup over the first ~1-5% of steps (a few hundred to a few thousand at scale).",
+        ("early_excess", "oscillation"),
+        "AdamW's first updates move every weight by about the LR whatever the gradient's scale (bias-corrected "
+        "m/sqrt(v) is close to the gradient's sign while v rests on a handful of gradients). A peak LR chosen for "
+        "the warmed-up model is too large for the random init: the first full-size steps overshoot (the gradient "
+        "norm jumps right after step 1), and the run falls behind the warmed-up baseline on the same batches for "
+        "tens of steps, even where the first steps look fast.",
+        "Linear warmup over the first ~1-5% of steps (a few hundred to a few thousand at scale); the closer the "
+        "peak LR is to the edge of stability, the more warmup matters.",
     ),
     "batch_1": Accident(
         "Batch size 1",
@@ -69,11 +73,16 @@ ACCIDENTS: dict[str, Accident] = {
         "No gradient clipping",
         lambda c: ["optim.grad_clip=0", *_clip_lr(c)],
         lambda c: f"optim.grad_clip {c.optim.grad_clip:g} -> 0 (off)" + (
+            f"; every run gets simulated bad batches at steps {_steps(c)} (weight {c.experiments.bad_batch_weight:g})"
+            if c.experiments.bad_batch_steps else "") + (
             f", at optim.lr {c.optim.lr * c.experiments.no_clip_lr_multiplier:g} (x{c.experiments.no_clip_lr_multiplier:g}; "
             "judged against the clipped run at the same LR)" if c.experiments.no_clip_lr_multiplier > 1 else ""),
-        ("grad_explosion",),
-        "Without clipping, a rare batch with a huge gradient applies its full size to the weights; the next "
-        "gradients grow with it (a feedback loop) and the run can spike or collapse.",
+        ("loss_spike", "diverged", "grad_explosion"),
+        "Without clipping, a rare batch with a huge gradient (here the simulated bad batches, experiments."
+        "bad_batch_steps) enters AdamW's moments at full size: its first moment carries the bad direction for ~10 "
+        "steps at up to ~0.45x the LR per weight, and its inflated second moment then shrinks every update for tens "
+        "of steps. The loss jumps after each spike (the next gradients are larger too) and stalls while Adam "
+        "recovers. Clipped, the same batch is cut to optim.grad_clip and is one ordinary step.",
         "Clip the global gradient norm (1.0 is the usual value) and watch grad_norm; spikes that persist call "
         "for a lower LR or skipping the offending batches (guard.*).",
     ),
@@ -108,6 +117,10 @@ ACCIDENTS: dict[str, Accident] = {
         "Nothing to fix: this is the control. Prefer bf16 where the hardware supports it.",
     ),
 }
+
+
+def _steps(c: ProjectConfig) -> str:
+    return ", ".join(str(x) for x in c.experiments.bad_batch_steps)
 
 
 def _clip_lr(c: ProjectConfig) -> list[str]:
@@ -188,18 +201,26 @@ def build_record(base: ProjectConfig, results: list[dict], analysis: dict) -> Re
         "same seed, data order and model for every run; guards off (guard.enabled=false) so nothing is rescued",
         f"convergence target: the baseline's loss at {100 * base.experiments.target_fraction:g}% of its steps, "
         f"{fmt(analysis['target_loss'])} ({base.experiments.smooth_steps}-step mean)",
+        (f"simulated bad batches at steps {_steps(base)} in every run (weight {base.experiments.bad_batch_weight:g}: "
+         "the step's inputs against random next tokens, a gradient norm hundreds of times the median; the logged loss "
+         "is the real batch's)") if base.experiments.bad_batch_steps else "no simulated bad batches",
     ])
     rec.h("Summary")
     rows = []
     for r in results:
         info = analysis["runs"][r["name"]]
         m = info["measures"]
-        rows.append([r["name"], fmt(m["final_loss"]), m["diverged_at"] or "-", fmt(m["oscillation"]),
-                     m["steps_to_baseline"] or "never", fmt(m["grad_norm_max"]), m["overflow_steps"],
+        rows.append([r["name"], fmt(m["final_loss"]), m["diverged_at"] or "-", m["spike_at"] or "-",
+                     fmt(m["early_excess"]), fmt(m["oscillation"]),
+                     m["steps_to_baseline"] or "never", fmt(m["grad_norm_max"]), m["grad_excursions"],
+                     fmt(m["after_bad_grad"]), m["overflow_steps"],
                      fmt(100 * m["grad_zero_frac"]) + "%" if m["grad_zero_frac"] is not None else "-",
                      "(reference)" if r["name"] not in ACCIDENTS else ", ".join(SYMPTOMS[s] for s in info["symptoms"]) or "none"])
-    rec.table(["run", "final loss", "diverged at", f"oscillation (first {base.experiments.early_steps})",
-               "steps to target", "max grad norm", "overflow steps", "zero grads", "symptoms"], rows)
+    ex = base.experiments
+    rec.table(["run", "final loss", "diverged at", "loss spike at", f"early excess (first {ex.early_steps})",
+               f"oscillation (first {ex.early_steps})", "steps to target", "max grad norm",
+               f"steps > {ex.excursion_ratio:g}x median norm", "grad norm after bad batches", "overflow steps",
+               "zero grads", "symptoms"], rows)
     loss = {r["name"]: [(s["step"], s["loss"]) for s in r["steps"]] for r in results}
     gn = {r["name"]: [(s["step"], s["grad_norm"]) for s in r["steps"]] for r in results}
     rec.chart("loss", loss, "training loss (all runs)", "step", "loss")
@@ -214,8 +235,16 @@ def build_record(base: ProjectConfig, results: list[dict], analysis: dict) -> Re
         rec.h(f"{r['name']}: {acc.title}")
         evidence = [f"{SYMPTOMS[s]}: {e}" for s, e in info["symptoms"].items()] or ["no symptom crossed its threshold"]
         m = info["measures"]
-        evidence.append(f"final loss {fmt(m['final_loss'])} (baseline {fmt(analysis['runs']['baseline']['measures']['final_loss'])}), "
-                        f"max grad norm {fmt(m['grad_norm_max'])}, early oscillation {fmt(m['oscillation'])}")
+        bm = analysis["runs"]["baseline"]["measures"]
+        after = (f", grad norm in the {ex.diverge_window} steps after each bad batch {fmt(m['after_bad_grad'])} "
+                 f"(baseline {fmt(bm['after_bad_grad'])})" if m["after_bad_grad"] is not None else "")
+        evidence.append(f"all measures: final loss {fmt(m['final_loss'])} (baseline {fmt(bm['final_loss'])}), "
+                        f"largest loss excess over the baseline {fmt(m['peak_excess'])} nats at step "
+                        f"{m['peak_excess_step']}, median grad norm {fmt(m['grad_norm_median'])} (baseline "
+                        f"{fmt(bm['grad_norm_median'])}), max {fmt(m['grad_norm_max'])} (baseline "
+                        f"{fmt(bm['grad_norm_max'])}), steps above {ex.excursion_ratio:g}x the own median norm "
+                        f"{m['grad_excursions']} (baseline {bm['grad_excursions']}){after}, early oscillation "
+                        f"{fmt(m['oscillation'])} (baseline {fmt(bm['oscillation'])})")
         control = _control_name(base, r["name"], [x["name"] for x in results])
         if control and control in analysis["runs"]:
             cm = analysis["runs"][control]["measures"]
@@ -223,20 +252,38 @@ def build_record(base: ProjectConfig, results: list[dict], analysis: dict) -> Re
                             f"max grad norm {fmt(cm['grad_norm_max'])}")
         if r.get("error"):
             evidence.append(f"the run stopped: {r['error']}")
+        if r["name"] == "no_clip" and not info["reproduced"] and not ex.bad_batch_steps:
+            evidence.append("clipping only matters once a gradient spikes and small runs rarely spike on their own: "
+                            "set experiments.bad_batch_steps (e.g. [40, 80, 120]) to give every run a few")
         rec.bullets([f"**setting**: {acc.setting(base)}", f"**symptom**: {_verdict(info)}",
                      "**evidence**: " + "; ".join(evidence), f"**cause**: {acc.cause}", f"**fix**: {acc.fix}"])
+        # the run against the baseline (and its control), where its symptom shows: the first steps for an
+        # early-phase accident, else the whole run
+        shown = ["baseline", r["name"], *([control] if control and control in loss else [])]
+        cut = 3 * ex.early_steps if acc.expected[:1] == ("early_excess",) else None
+        rec.chart(f"loss_{r['name']}", {k: loss[k][:cut] for k in shown},
+                  f"loss: {r['name']} vs baseline" + (f" (first {cut} steps)" if cut else ""), "step", "loss")
     rec.h("How the symptoms are measured")
-    ex = base.experiments
     rec.bullets([
-        f"diverged: a non-finite loss, or the {ex.diverge_window}-step mean loss rising {ex.diverge_margin} nats above "
-        "its best so far and above the baseline's at the same step (same data order), or never getting below "
-        "the first loss; the step is reported",
+        "every run sees the baseline's batches at the same step (except batch_1, which draws fewer per step), so "
+        "loss differences between runs at the same step are the setting's effect, not the data's; for batch_1 the "
+        f"comparisons average over {ex.smooth_steps} steps instead of {ex.diverge_window}",
+        f"diverged: a non-finite loss, or the {ex.diverge_window}-step mean loss {ex.diverge_margin} nats above the "
+        "untrained model's (the first step's loss), or never getting below the first loss; the step is reported",
+        f"loss spike: the {ex.diverge_window}-step mean loss rising {ex.diverge_margin} nats above its best so far and "
+        "above the baseline's at the same step (a bump the baseline shares is the data's); the largest excess over "
+        "the baseline and the excess at the end tell whether it recovered",
+        f"worse early phase: within the first {ex.early_steps} steps, the {ex.diverge_window}-step mean loss more "
+        f"than {ex.early_margin} nats above the baseline's at the same step",
         f"early oscillation: std of step-to-step loss changes over the first {ex.early_steps} steps, above "
         f"{ex.oscillation_ratio}x the baseline's",
         f"slow convergence: steps until the {ex.smooth_steps}-step mean loss reaches the convergence target, "
         f"more than {ex.slow_ratio}x the baseline's (or never)",
-        f"gradient-norm explosion: a step's (pre-clipping) norm above {ex.grad_explosion_ratio}x the baseline's "
-        "median and above the baseline's largest, or a non-finite norm",
+        f"gradient-norm explosion: a step's (pre-clipping) norm above {ex.grad_explosion_ratio:g}x the baseline's "
+        "largest, or a non-finite norm; excursions: steps above "
+        f"{ex.excursion_ratio:g}x the run's own median; the simulated bad-batch steps themselves are left out of "
+        f"these (their norm is the injected spike), the mean norm over the {ex.diverge_window} steps after each "
+        "is shown instead",
         "overflow: steps with inf/NaN gradients; underflow: share of exactly-zero gradient entries above "
         f"{ex.zero_grad_ratio}x the control's",
     ])

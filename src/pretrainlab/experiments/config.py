@@ -31,7 +31,23 @@ class ExperimentsConfig(BaseModel):
         "the same LR (lr_x10 when the multipliers match, else an extra 'clip_control' run): clipping only matters "
         "once gradients spike."
     )
-    early_steps: int = Field(20, ge=4, description="Window (first steps) in which loss oscillation is measured.")
+    early_steps: int = Field(
+        20, ge=4, description="Window (first steps) in which loss oscillation and the early-phase excess are measured."
+    )
+    early_margin: float = Field(
+        0.25, gt=0, description="Worse early phase: within the first early_steps the run's loss stands this many nats "
+        "above the baseline's at the same step (diverge_window-step means; same batches)."
+    )
+    bad_batch_steps: list[int] = Field(
+        default_factory=list, description="Steps (1-based) at which every run gets a simulated corrupted batch: the "
+        "gradient of the step's inputs against random next tokens, weighted bad_batch_weight, is added (a gradient "
+        "spike of a few hundred times the median norm); clipping absorbs it, no_clip shows what happens without "
+        "(list or comma-separated)."
+    )
+    bad_batch_weight: float = Field(30.0, gt=0, description="Weight of a simulated bad batch's loss (the spike's size).")
+    excursion_ratio: float = Field(
+        3.0, gt=1, description="Gradient-norm excursion: a step whose norm exceeds this multiple of the run's own median."
+    )
     diverge_window: int = Field(
         3, ge=1, description="Steps averaged before the divergence rule compares a run with its best and the baseline."
     )
@@ -39,7 +55,8 @@ class ExperimentsConfig(BaseModel):
         1.5, gt=1, description="Early oscillation (std of step-to-step loss changes) above this multiple of the baseline's is flagged."
     )
     diverge_margin: float = Field(
-        0.5, gt=0, description="Diverged: loss non-finite, or this many nats above both the run's best so far and the baseline at that step."
+        0.5, gt=0, description="Diverged: the loss non-finite or this many nats above the untrained model's (step 1); "
+        "loss spike: this many nats above both the run's best so far and the baseline at that step."
     )
     slow_ratio: float = Field(
         1.5, gt=1, description="Slow: needs more than this multiple of the baseline's steps to reach the baseline's loss (target_fraction)."
@@ -49,11 +66,21 @@ class ExperimentsConfig(BaseModel):
     )
     smooth_steps: int = Field(10, ge=1, description="Trailing mean window (steps) used for 'loss reached' and final losses.")
     grad_explosion_ratio: float = Field(
-        5.0, gt=1, description="Gradient-norm explosion: a step's norm above this multiple of the baseline's median (and its max)."
+        4.0, gt=1, description="Gradient-norm explosion: a step's norm above this multiple of the baseline's largest "
+        "(bad-batch steps left out of both)."
     )
     zero_grad_ratio: float = Field(
         1.5, gt=1, description="fp16 underflow: share of exactly-zero gradient entries above this multiple of the control's."
     )
+
+    @field_validator("bad_batch_steps", mode="before")
+    @classmethod
+    def _steps_list(cls, v):
+        if isinstance(v, str):
+            v = [x.strip() for x in v.strip("[]").split(",") if x.strip()]
+        if any(str(x).lstrip("-").isdigit() and int(x) < 1 for x in v or []):
+            raise ValueError(f"bad_batch_steps are 1-based step numbers, got {v}")
+        return v
 
     @field_validator("accidents", mode="before")
     @classmethod

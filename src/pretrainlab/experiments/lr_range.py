@@ -100,7 +100,8 @@ def run_lr_range(base: ProjectConfig) -> dict:
     require_shards(base)
     out = (ex.out or base.workdir / "experiments" / "lr_range").resolve()
     overrides = ["optim.warmup_steps=0", "optim.schedule=constant", f"optim.lr={ex.lr_min:g}",
-                 f"train.steps={ex.lr_steps}", f"train.val_every={ex.lr_steps}", "guard.enabled=false"]
+                 f"train.steps={ex.lr_steps}", f"train.val_every={ex.lr_steps}", "guard.enabled=false",
+                 "experiments.bad_batch_steps=[]"]  # the ramp reads the clean loss curve
     console.print(f"LR range test: {ex.lr_min:g} -> {ex.lr_max:g} over {ex.lr_steps} steps -> {out}")
     ramp = LRRamp(ex.lr_min, ex.lr_max, ex.lr_steps, ex.lr_stop_factor)
     result = run_variant(base, Variant("lr_range", overrides), out, callbacks=[ramp])

@@ -3,7 +3,8 @@
 A variant is a name plus ``--set``-style overrides on the base config. Its run
 goes to ``<out>/runs/<name>``; the result (config, every step's loss / grad
 norm / LR / overflow, validation records, guard events, throughput) is written to
-``<run>/experiment_result.json``. A finished variant whose config is unchanged
+``<run>/experiment_result.json``. Simulated bad batches (``experiments.bad_batch_steps``)
+are injected here, into every variant alike. A finished variant whose config is unchanged
 is reused instead of retrained, so an interrupted experiment continues where it
 stopped; an unfinished run directory of a variant is replaced.
 """
@@ -21,11 +22,13 @@ import torch
 
 from pretrainlab.config import ProjectConfig, load_config
 from pretrainlab.errors import TrainingPaused, TrainingStopped, UserError
+from pretrainlab.experiments.bad_batches import BadBatches
 from pretrainlab.fsio import atomic_write_json, iter_jsonl, read_json
 from pretrainlab.train.callbacks import Callback
 
 RESULT_FILE = "experiment_result.json"
-STEP_KEYS = ("step", "tokens", "loss", "grad_norm", "lr", "overflow", "loss_scale", "grad_zero_frac", "skipped")
+STEP_KEYS = ("step", "tokens", "loss", "grad_norm", "lr", "overflow", "loss_scale", "grad_zero_frac", "skipped",
+             "bad_batch")
 GUARD_EVENTS = ("skip_step", "rollback", "stopped", "trend", "pause")
 
 
@@ -88,6 +91,9 @@ def _training_key(config_json: dict) -> dict:
     key = {k: config_json.get(k) for k in TRAINING_SECTIONS}
     key["train"] = {k: v for k, v in (key["train"] or {}).items() if k != "threads"}
     key["tokenize"] = (key["tokenize"] or {}).get("out")
+    ex = config_json.get("experiments") or {}
+    if ex.get("bad_batch_steps"):  # simulated bad batches change the numbers too
+        key["bad_batches"] = [ex["bad_batch_steps"], ex.get("bad_batch_weight")]
     return key
 
 
@@ -116,10 +122,13 @@ def run_variant(base: ProjectConfig, variant: Variant, out: Path, threads: int |
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an unfinished or outdated run of this variant
     recorder = StepRecorder(variant.record_zero_grads)
+    extra: list[Callback] = []
+    if cfg.experiments.bad_batch_steps:
+        extra.append(BadBatches(cfg.experiments.bad_batch_steps, cfg.experiments.bad_batch_weight, cfg.train.seed))
     error = None
     summary: dict = {}
     try:
-        summary = train(cfg, resume="never", callbacks=[recorder, *(callbacks or [])])
+        summary = train(cfg, resume="never", callbacks=[*extra, recorder, *(callbacks or [])])
     except (TrainingPaused, TrainingStopped) as err:  # a guard stopped or paused it: that is a result too
         error = str(err)
     val, events = _read_records(run_dir)

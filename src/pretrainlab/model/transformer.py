@@ -4,6 +4,12 @@ The model knows nothing of parallelism, logging or checkpoints. Attention goes
 through ``scaled_dot_product_attention``; an optional ``positions`` tensor and
 boolean ``attn_mask`` let a packer restart positions per document and block
 attention across documents. ``KVCache`` makes generation O(n) per token.
+
+The memory-bound ops (fp32 RMSNorm, rotary embedding, and in a training step
+the output projection with its cross-entropy) run through the hand-written
+autograd functions of ``fused_ops``: same arithmetic, fewer passes and
+temporaries (benchmarks/train_throughput.py measures the gain against
+transformers' Llama).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from torch import nn
 from pretrainlab.config import ModelConfig
 from pretrainlab.model.moe import MoE
 from pretrainlab.model.attention import attend, build_doc_mask
+from pretrainlab.model.fused_ops import apply_rotary, cross_entropy, linear_cross_entropy, rms_norm
 
 
 class RMSNorm(nn.Module):
@@ -28,6 +35,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
+        if dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return rms_norm(x, self.weight, self.eps)  # fewer passes; closed-form backward
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         return (x * self.weight.float()).to(dtype)
@@ -42,10 +51,9 @@ def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate (batch, heads, seq, head_dim) by per-position angles, half-split layout (as in HF Llama)."""
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half].float(), x[..., half:].float()
-    out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-    return out.to(x.dtype)
+    if x.dtype == torch.float32:
+        return apply_rotary(x, cos, sin)
+    return apply_rotary(x.float(), cos, sin).to(x.dtype)
 
 
 @dataclass
@@ -195,14 +203,28 @@ class Transformer(nn.Module):
         x = self.embed(input_ids)
         for block in self.layers:
             x = block(x, cos, sin, attn_mask, cache)
-        logits = self.lm_head(self.norm(x))
+        h = self.norm(x)
         loss = None
+        if targets is not None and self._fused_head(h):
+            # Training step: the head's matmul, the loss and its gradient chunk by chunk (fused_ops).
+            loss, logits = linear_cross_entropy(h.reshape(b * t, -1), self.lm_head.weight, targets.reshape(-1), ignore_index)
+            logits = logits.view(b, t, -1)
+        else:
+            logits = self.lm_head(h)
         if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=ignore_index)
+            if loss is None:
+                loss = cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index)
             if self.training and self.cfg.moe is not None:
                 aux, z = self.moe_aux_losses()
                 loss = loss + self.cfg.moe.aux_loss_coef * aux + self.cfg.moe.z_loss_coef * z
         return logits, loss
+
+    def _fused_head(self, h: torch.Tensor) -> bool:
+        """Whether the fused head + loss applies: a backward will follow and everything is plain fp32."""
+        w = self.lm_head.weight
+        return (torch.is_grad_enabled() and (h.requires_grad or w.requires_grad)
+                and h.dtype == w.dtype == torch.float32 and not torch.is_autocast_enabled(h.device.type)
+                and type(self.lm_head) is nn.Linear)
 
     def moe_aux_losses(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(load-balance loss, z-loss) of the last forward, each the mean over MoE layers.

@@ -404,6 +404,9 @@ def build_report_html(run_dir: str | Path) -> str:
     from pretrainlab.monitor.moe_report import moe_section  # imports this module: keep it local
 
     body.append(moe_section(train))  # "" for dense runs
+    from pretrainlab.multimodal.report import mm_section
+
+    body.append(mm_section(run_dir, train))  # "" for text runs
     body.append(_mixture_section(events))
 
     # eval

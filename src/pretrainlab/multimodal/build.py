@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,7 @@ from pretrainlab.multimodal.discretize import (
     META_FILE, ActionBinner, AudioVQ, Discretizers, ImageVQ, as_image, kmeans, log_mel, subsample, to_patches,
 )
 from pretrainlab.multimodal.format import BadSample, Sample, read_samples, samples_path
+from pretrainlab.multimodal.modality import MODALITIES, class_table
 from pretrainlab.multimodal.sync import NS_PER_MS, check_sync
 from pretrainlab.progress import console, progress_bar
 from pretrainlab.tokenizer.shards import FORMAT as SHARD_FORMAT, MANIFEST_FILE, SPLITS, part_paths, token_dtype
@@ -299,6 +301,9 @@ def build_shards(cfg) -> dict:
     parts = {split: _Part(out, m.source, split, dtype) for split in SPLITS}
     quarantined: list[dict] = []
     counts = {"samples": 0, "groups": 0}
+    table = class_table(spec)
+    seg_counts = {k: 0 for k in SEGMENT_ORDER}  # governance: segments and tokens per modality
+    tok_counts = np.zeros(len(MODALITIES), dtype=np.int64)
     ok = False
     try:
         n_lines = _count_lines(in_path)
@@ -319,6 +324,10 @@ def build_shards(cfg) -> dict:
                     part.add(ids[a:b], [(p - a, v) for p, v in acts if a <= p < b], chars if a == 0 else 0, tok.eos_id)
                 counts["samples"] += 1
                 counts["groups"] += len(s.groups)
+                for seg in s.segments:
+                    seg_counts[seg.modality] += 1
+                tok_counts += np.bincount(table[np.asarray(ids, dtype=np.int64)], minlength=len(MODALITIES))
+                tok_counts[MODALITIES.index("structure")] += len(spans)  # one eos per document
         if not parts["train"].tokens:
             raise DataError(f"{in_path}: no valid training sample ({len(quarantined)} quarantined, first: "
                             f"{quarantined[0]['reason'] if quarantined else 'none'})")
@@ -352,6 +361,9 @@ def build_shards(cfg) -> dict:
             "discretizers_dir": str(p["discretizers"]), "discretizers_sha256": disc.sha256,
             "sync_tolerance_ns": _tolerance_ns(m), "samples": counts["samples"], "groups": counts["groups"],
             "quarantined": len(quarantined), "config": m.model_dump(mode="json"),
+            "segments_by_modality": seg_counts,
+            "tokens_by_modality": dict(zip(MODALITIES, tok_counts.tolist())),
+            "quarantined_by_reason": dict(Counter(f"{q['stage']}/{q['code']}" for q in quarantined)),
         },
         "seconds": round(seconds, 3), "code_version": __version__,
     }

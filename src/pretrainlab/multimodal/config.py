@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Modality = Literal["text", "image", "audio", "action", "structure"]  # = modality.MODALITIES
 
 
 class MultimodalConfig(BaseModel):
@@ -41,3 +44,25 @@ class MultimodalConfig(BaseModel):
         "bin -> its continuous value, MSE); 0 turns it off.")
     temperature: float = Field(0.07, gt=0.0, le=1.0, description="Training: InfoNCE temperature τ.")
     action_head_lr: float = Field(1e-3, gt=0.0, description="Training: AdamW learning rate of the action regression head.")
+    learn_temperature: bool = Field(
+        False, description="Training: learn the InfoNCE τ (log-parametrized, starts at `temperature`, clamped to "
+        "[0.01, 1]) with the action head's optimizer; saved in checkpoints and logged as `infonce/temperature`.")
+    ce_weights: dict[Modality, float] = Field(
+        default_factory=dict, description="Training: weight of the token cross-entropy per target modality "
+        "(text, image, audio, action, structure = control/marker/timestamp tokens), e.g. {text: 1.0, image: 0.5}; "
+        "unnamed modalities weigh 1. CE = sum(w·ce)/targets. Per-modality CE (`ce/<modality>`) is logged on every "
+        "multimodal run.")
+    eval_at_end: bool = Field(True, description="Run `mm eval` (retrieval, action MSE, per-modality perplexity) "
+                              "on the held-out split at the end of a multimodal training run.")
+    eval_candidates: int = Field(
+        10, ge=2, description="`mm eval`: candidates per retrieval pool (held-out image/caption pairs with "
+        "pairwise-different captions); chance R@k = k/N.")
+    eval_max_docs: int = Field(500, ge=1, description="`mm eval`: at most this many held-out documents are read.")
+
+    @field_validator("ce_weights")
+    @classmethod
+    def _non_negative(cls, v: dict) -> dict:
+        bad = {k: w for k, w in v.items() if not w >= 0}
+        if bad:
+            raise ValueError(f"ce_weights must be >= 0, got {bad}")
+        return v

@@ -46,6 +46,14 @@ def write_demo_data(out: str | Path, samples: int = 40, groups: int = 3, size: i
     out = Path(out)
     if out.is_file():
         raise DataError(f"{out} is a file; give `mm demo-data` a folder path")
+    lines = demo_lines(out, samples, groups, size, seed, sample_rate, jitter_ns)
+    atomic_write_text(out / SAMPLES_FILE, "\n".join(lines) + "\n")
+    return out
+
+
+def demo_lines(out: Path, samples: int, groups: int, size: int, seed: int, sample_rate: int = 16000,
+               jitter_ns: int = 200_000) -> list[str]:
+    """Write the scenes' payload files under ``out``; return their samples.jsonl lines."""
     rng = np.random.default_rng(seed)
     lines = []
     n_audio = sample_rate // 10  # 0.1 s of audio per group
@@ -84,5 +92,4 @@ def write_demo_data(out: str | Path, samples: int = 40, groups: int = 3, size: i
             throttle = float(np.clip(speed / 2.2, 0, 1))
             segs.append({"group": g, "t_ns": ts(), "modality": "action", "value": [round(steer, 4), round(throttle, 4)]})
         lines.append(json.dumps({"id": sid, "segments": segs}))
-    atomic_write_text(out / SAMPLES_FILE, "\n".join(lines) + "\n")
-    return out
+    return lines

@@ -89,7 +89,7 @@ class PlanConfig(BaseModel):
     activation_formula: Literal["pretrainlab", "fused", "gpt"] = Field(
         "pretrainlab",
         description="Per-layer activations: pretrainlab (this repo's block under bf16 autocast, measured: "
-        "sbh(36 + 8f/h)), fused (Llama block with fused norm/SwiGLU kernels: sbh(12 + 4kv/h + 6f/h)) or gpt "
+        "sbh(22 + 4kv/h + 8f/h)), fused (Llama block with fused norm/SwiGLU kernels: sbh(12 + 4kv/h + 6f/h)) or gpt "
         "(Korthikanti et al. 2022: sbh(34 + 5as/h)).",
     )
     memory_reserve: float = Field(

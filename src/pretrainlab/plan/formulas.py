@@ -78,10 +78,11 @@ def layer_activation_bytes_llama(s: int, b: int, h: int, a: int, kv_ratio: float
       norm inputs 2+2, QKV input 2, Q 2, K and V 4*kv/h, attention output 2, MLP input 2, SwiGLU gate,
       up and down-projection input 6f/h  ->  sbh(12 + 4kv/h + 6f/h).
     impl="pretrainlab" (this repository's Block under bf16 autocast with fp32 weights, as measured by
-      benchmarks/plan_activations.py): the residual stream and the normalized activations are fp32 and both
-      kept (4+4 per norm, two norms), autocast keeps one bf16 copy of the input per linear (q, k, v: 6;
-      gate, up: 4; output projections 2), SDPA keeps q, k, v expanded to all heads and its output (8),
-      and the SwiGLU keeps gate, silu(gate), up and their product (8f/h)  ->  sbh(36 + 8f/h).
+      benchmarks/plan_activations.py): each norm keeps its fp32 input (4+4, two norms; model/fused_ops.py),
+      autocast keeps one bf16 copy of the input per linear (q, k, v: 6; gate, up: 4; the output
+      projections' inputs are kept anyway), SDPA with native GQA keeps q, its output and k, v at KV width
+      (4 + 4kv/h), and the SwiGLU keeps gate, silu(gate), up and their product (8f/h)
+      ->  sbh(22 + 4kv/h + 8f/h).
     Scores 2as^2b are kept only without a flash kernel. An MoE MLP keeps, per routed copy (top-k x
     capacity), the dispatched input 2 and expert output 2 plus the expert's SwiGLU, and shared experts'.
     Under TP without SP the norm and matmul-input terms stay replicated.
@@ -89,7 +90,7 @@ def layer_activation_bytes_llama(s: int, b: int, h: int, a: int, kv_ratio: float
     if recompute == "full":  # only the block input: fp32 residual stream in this repository's trainer
         return (4.0 if impl == "pretrainlab" else 2.0) * s * b * h / (t if sp else 1)
     if impl == "pretrainlab":
-        base, attn, mlp_in, swiglu = 22.0, 10.0, 4.0, 8.0
+        base, attn, mlp_in, swiglu = 14.0, 4.0 + 4.0 * kv_ratio, 4.0, 8.0
     elif impl == "fused":
         base, attn, mlp_in, swiglu = 6.0, 4.0 + 4.0 * kv_ratio, 2.0, 6.0
     else:

@@ -1,17 +1,29 @@
 """Checkpoints: one directory per step, valid only once its completion marker exists.
 
-Layout of ``<run>/checkpoints/step_00000100/``::
+Two formats share one layout of ``<run>/checkpoints/step_00000100/``:
+
+full (rank 0 writes state gathered to it)::
 
     model.pt      model state dict (fp32 master weights)
     optim.pt      optimizer state dict
+
+sharded (``torch.distributed.checkpoint``: every rank writes its own shard)::
+
+    __0_0.distcp, __1_0.distcp, ...   each rank's slices of model and optimizer state
+    .metadata                          which slice of which tensor is where (lets any world size load it)
+
+and in both::
+
     rng.pt        torch / numpy / python RNG states
     state.json    trainer state: step, tokens seen, data-loader state, ...
-    meta.json     step, tokens, wall time, config hash (for humans and tools)
+    meta.json     step, tokens, format, world size, wall time (for humans and tools)
     COMPLETE      marker, written last
 
 Everything is written into a hidden temporary directory, fsynced, marked
 complete, then renamed into place, so a kill -9 at any instant leaves either no
 new checkpoint or a whole one; ``latest_checkpoint`` ignores anything unmarked.
+A sharded save is collective: all ranks write into the same temporary directory,
+rank 0 adds the rest and renames, and every rank learns whether it succeeded.
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ import re
 import shutil
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +45,8 @@ from pretrainlab.errors import UserError
 from pretrainlab.fsio import atomic_write_json, replace_dir
 
 MARKER = "COMPLETE"
+# DCP says this on every save/load without a process group, which is how one-process runs and export use it.
+warnings.filterwarnings("ignore", message=r"torch\.distributed is (disabled, )?unavailable or uninitialized, assuming")
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 
@@ -104,13 +119,147 @@ def save_checkpoint(
         replace_dir(tmp, final)  # re-saving a step (e.g. after a rollback) swaps out the old one
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        previous = latest_checkpoint(run_dir)
-        why = "disk full" if err.errno == errno.ENOSPC else (err.strerror or str(err))
-        kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
-        raise UserError(
-            f"saving checkpoint step {step} failed ({why}); {kept}; free space or fix {root}, then --resume auto"
-        ) from None
+        raise _save_failed(run_dir, step, err) from None
     return final
+
+
+def _why(err: BaseException | None) -> str:
+    """The cause of a failed save in a few words (digs the OSError out of a DCP CheckpointException)."""
+    if err is None:
+        return "failed on another rank"
+    failures = getattr(err, "failures", None)  # torch.distributed.checkpoint.api.CheckpointException
+    if failures:
+        causes = [exc for exc, _ in failures.values()]
+        err = next((e for e in causes if isinstance(e, OSError)), causes[0])
+    if isinstance(err, OSError):
+        return "disk full" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+    return (str(err).strip().splitlines() or [type(err).__name__])[-1][:200]
+
+
+def _save_failed(run_dir: Path, step: int, err: BaseException | None) -> UserError:
+    """The one line a failed save reports: what failed and which checkpoint is still intact."""
+    previous = latest_checkpoint(run_dir)
+    kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+    return UserError(f"saving checkpoint step {step} failed ({_why(err)}); {kept}; "
+                     f"free space or fix {checkpoint_root(run_dir)}, then --resume auto")
+
+
+# --------------------------------------------------------------------------- sharded (torch.distributed.checkpoint)
+
+FORMATS = ("full", "sharded")
+DCP_METADATA = ".metadata"
+
+
+def checkpoint_format(path: Path) -> str:
+    """'sharded' for a torch.distributed.checkpoint directory, else 'full'."""
+    return "sharded" if (Path(path) / DCP_METADATA).is_file() else "full"
+
+
+def resolve_format(wanted: str, world: int, expert_parallel: int = 1) -> str:
+    """The format a run writes: ``auto`` is sharded under torchrun (world > 1) and full for one process.
+
+    Expert-parallel slices are written as DTensor chunks of the full expert
+    tensors (``parallel_ep.expert_state_to_dtensors``), so both formats hold them.
+    """
+    if wanted == "auto":
+        return "sharded" if world > 1 else "full"
+    return wanted
+
+
+def _sharded_paths(run_dir: Path, step: int) -> tuple[Path, Path]:
+    final = checkpoint_root(run_dir) / step_dir_name(step)
+    # One name all ranks agree on without communicating (a pid would differ per rank).
+    return final, final.parent / f".{final.name}.tmp-sharded"
+
+
+def _prepare_tmp(tmp: Path, rank: int, group) -> OSError | None:
+    """An empty temporary directory (rank 0 removes a killed run's leftover); returns rank 0's error, if any.
+
+    The other ranks wait for it: DCP creates the directory on every rank while
+    planning, which must not race with rank 0's clean-up.
+    """
+    err = None
+    if rank == 0:
+        try:
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(exist_ok=True)
+        except OSError as e:
+            err = e
+    if not _single_process():
+        import torch.distributed as dist
+
+        dist.barrier(group=group)
+    return err
+
+
+def _all_ok(ok: bool, group) -> bool:
+    """True only if ``ok`` on every rank (one all-reduce on the checkpoint's gloo group)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return ok
+    flag = torch.tensor([1 if ok else 0], dtype=torch.int32)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=group)
+    return bool(flag.item())
+
+
+def _finish_sharded(run_dir: Path, step: int, tmp: Path, final: Path, rng_state: dict, trainer_state: dict,
+                    meta: dict | None, rank: int, group, err: BaseException | None) -> Path:
+    """After every rank's shards are written: rank 0 adds the small files, marks, renames; all ranks agree."""
+    if rank == 0 and err is None:
+        try:
+            _torch_save(rng_state, tmp / "rng.pt")
+            atomic_write_json(tmp / "state.json", trainer_state)
+            atomic_write_json(tmp / "meta.json", {"step": step, "saved_at": time.time(), "format": "sharded",
+                                                  **(meta or {})})
+            atomic_write_json(tmp / MARKER, {"step": step})
+            replace_dir(tmp, final)
+        except OSError as e:
+            err = e
+    if rank == 0 and err is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if not _all_ok(err is None, group):
+        raise _save_failed(run_dir, step, err)
+    return final
+
+
+def save_sharded_checkpoint(run_dir: Path, step: int, app_state: dict, rng_state: dict, trainer_state: dict,
+                            meta: dict | None = None, *, rank: int = 0, group=None) -> Path:
+    """Collective: every rank writes its shards of ``app_state`` with ``dcp.save``; returns the directory.
+
+    ``group`` is a gloo process group (CPU collectives). A failure on any rank
+    removes the temporary directory, keeps every earlier checkpoint and raises the
+    same one-line ``UserError`` on every rank.
+    """
+    import torch.distributed.checkpoint as dcp
+
+    final, tmp = _sharded_paths(run_dir, step)
+    err: BaseException | None = _prepare_tmp(tmp, rank, group)
+    try:
+        dcp.save(app_state, checkpoint_id=tmp, process_group=group, no_dist=_single_process())
+    except (Exception, _checkpoint_exception()) as e:  # CheckpointException is a BaseException
+        err = err or e
+    return _finish_sharded(run_dir, step, tmp, final, rng_state, trainer_state, meta, rank, group, err)
+
+
+def _checkpoint_exception() -> type[BaseException]:
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    return CheckpointException
+
+
+def load_sharded_into(path: Path, state: dict, group=None, no_dist: bool = False) -> None:
+    """Fill ``state`` (tensors, DTensors, nested dicts) in place from a sharded checkpoint, resharding as needed."""
+    import torch.distributed.checkpoint as dcp
+
+    dcp.load(state, checkpoint_id=Path(path), process_group=group, no_dist=no_dist or _single_process())
+
+
+def _single_process() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized())
 
 
 def _stage(obj: Any, buffer: Any = None) -> Any:
@@ -193,6 +342,73 @@ class AsyncCheckpointer:
             err, self._error = self._error, None
             raise err
 
+    def close(self) -> None:
+        self.wait()
+
+
+class ShardedAsyncCheckpointer(AsyncCheckpointer):
+    """Sharded saves with ``dcp.async_save``: same contract as ``AsyncCheckpointer``, collective on every rank.
+
+    DCP's ``DefaultStager`` copies each rank's shard into cached CPU buffers on a
+    background thread (reused by the next save); ``wait_staged`` waits for that
+    copy before the optimizer step. The upload then runs on DCP's thread over
+    ``group`` (a dedicated gloo group: its collectives must not interleave with
+    the training loop's on the default group), and a finishing thread marks the
+    checkpoint complete and agrees on success with the other ranks.
+    """
+
+    def __init__(self, rank: int = 0, group=None) -> None:
+        from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+        super().__init__()
+        self.rank, self.group = rank, group
+        cuda = torch.cuda.is_available()
+        self._stager = DefaultStager(StagingOptions(use_pinned_memory=cuda, use_shared_memory=False,
+                                                    use_async_staging=True, use_non_blocking_copy=cuda))
+        self._staging = None
+
+    def save(self, run_dir: Path, step: int, app_state: dict, rng_state: dict, trainer_state: dict,
+             meta: dict | None = None, on_done=None) -> Path:
+        import torch.distributed.checkpoint as dcp
+
+        self.wait()
+        final, tmp = _sharded_paths(run_dir, step)
+        prep_err: BaseException | None = _prepare_tmp(tmp, self.rank, self.group)
+        response = dcp.async_save(app_state, checkpoint_id=tmp, process_group=self.group, async_stager=self._stager,
+                                  no_dist=_single_process())
+        self._staging = response.staging_completion
+
+        def work():
+            err = prep_err
+            try:
+                try:
+                    response.upload_completion.result()
+                except (Exception, _checkpoint_exception()) as e:
+                    err = err or e
+                self.last_path = _finish_sharded(run_dir, step, tmp, final, rng_state, trainer_state, meta,
+                                                 self.rank, self.group, err)
+                if on_done is not None:
+                    on_done(self.last_path)
+            except BaseException as e:  # surfaced on the training thread by wait()
+                self._error = e
+
+        self._thread = threading.Thread(target=work, name=f"checkpoint-{step}", daemon=False)
+        self._thread.start()
+        return final
+
+    def wait_staged(self) -> None:
+        if self._staging is not None:
+            staging, self._staging = self._staging, None
+            try:
+                staging.result()
+            except Exception:  # the upload fails with the same error and reports it
+                pass
+        self._raise()
+
+    def close(self) -> None:
+        self.wait()
+        self._stager.close()
+
 
 def _link_copy(src: Path, dst: Path) -> Path:
     """Make ``dst`` an immutable copy of checkpoint ``src`` (hard links: no extra space), atomically."""
@@ -249,18 +465,38 @@ def prune_checkpoints(run_dir: Path, keep_last: int) -> list[Path]:
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load every part of a complete checkpoint."""
+    """Load every part of a complete checkpoint.
+
+    For a sharded checkpoint ``model`` and ``optim`` are None: they are loaded
+    into a live (possibly sharded) model with ``parallel.load_sharded_state``.
+    """
     path = Path(path)
     if not is_complete(path):
         raise UserError(f"{path} is not a complete checkpoint (no {MARKER} marker); pick another or use --resume auto")
+    fmt = checkpoint_format(path)
     return {
-        "model": torch.load(path / "model.pt", map_location=map_location, weights_only=True),
-        "optim": torch.load(path / "optim.pt", map_location=map_location, weights_only=False),
+        "format": fmt,
+        "model": torch.load(path / "model.pt", map_location=map_location, weights_only=True) if fmt == "full" else None,
+        "optim": torch.load(path / "optim.pt", map_location=map_location, weights_only=False) if fmt == "full" else None,
         "rng": torch.load(path / "rng.pt", map_location="cpu", weights_only=False),
         "state": json.loads((path / "state.json").read_text()),
         "meta": json.loads((path / "meta.json").read_text()),
         "path": path,
     }
+
+
+def load_model_state(path: Path, template: dict) -> dict:
+    """A checkpoint's full model state dict in either format (``template``: a model's state_dict to fill).
+
+    Sharded checkpoints are read in this one process whatever world size wrote
+    them (DCP reassembles each tensor from its slices); no process group is used.
+    """
+    path = Path(path)
+    if checkpoint_format(path) == "full":
+        return torch.load(path / "model.pt", map_location="cpu", weights_only=True)
+    state = {"model": template}
+    load_sharded_into(path, state, no_dist=True)
+    return state["model"]
 
 
 def resolve_checkpoint(run_dir: Path, which: str | int | None = None) -> Path:
@@ -295,6 +531,5 @@ def load_model(run_dir: Path, which: str | int | None = None, device: str | torc
     cfg = load_run_config(run_dir)
     path = resolve_checkpoint(run_dir, which)
     model = Transformer(cfg.model)
-    state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    model.load_state_dict(load_model_state(path, model.state_dict()))
     return model.to(device).eval(), cfg, path

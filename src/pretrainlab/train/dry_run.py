@@ -59,6 +59,8 @@ def dry_run(cfg: ProjectConfig, world: int | None = None) -> dict:
         plan_update["devices"] = world
     if "zero_stage" not in cfg.plan.model_fields_set and tc.parallel == "fsdp2" and world > 1:
         plan_update["zero_stage"] = 3
+    if "expert_parallel" not in cfg.plan.model_fields_set and tc.expert_parallel > 1:
+        plan_update["expert_parallel"] = tc.expert_parallel
     plan_cfg = cfg.model_copy(update={"model": model_cfg, "plan": cfg.plan.model_copy(update=plan_update)})
     try:
         from pretrainlab.plan.planner import make_plan

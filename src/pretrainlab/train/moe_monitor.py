@@ -141,6 +141,8 @@ class MoEMonitor(Callback):
         values = packed.tolist()
         demand, (kept, assigned, lsum, lsq, lcount, aux, z, calls) = values[:e], values[e:]
         grad = layer.router.weight.grad
+        if grad is not None and hasattr(grad, "full_tensor"):  # FSDP2 shards the router: gather (collective)
+            grad = grad.full_tensor()
         grad_norms = grad.float().norm(dim=1).tolist() if grad is not None else [0.0] * e
         mean = lsum / max(lcount, 1.0)
         out = {

@@ -1,9 +1,13 @@
 """Parallelism applied from outside the model: process groups, DDP or FSDP2, activation checkpointing, compile.
 
 The model code knows nothing of this module. ``wrap_model`` takes a plain
-Transformer and returns what the loop calls; checkpoints always hold full
-(unsharded) state dicts gathered with ``torch.distributed.checkpoint.state_dict``,
-so a run saved on N processes resumes on M.
+Transformer and returns what the loop calls. Checkpoint state comes from
+``torch.distributed.checkpoint.state_dict`` in one of two forms: full (unsharded)
+state dicts gathered to rank 0 (``full_state`` / ``load_full_state``) or each
+rank's own shard, written and resharded by DCP (``sharded_state`` /
+``load_sharded_state``); either way a run saved on N processes resumes on M. Under expert parallelism
+(``train.expert_parallel``, see ``parallel_ep``) the expert slices are left out of data parallelism and
+gathered into full tensors in checkpoints, so the EP size may change on resume too.
 """
 
 from __future__ import annotations
@@ -47,16 +51,22 @@ def wrap_model(model: nn.Module, cfg: ProjectConfig, device: torch.device, world
             model.layers[i] = torch.compile(block)
     if world <= 1:
         return model
+    from pretrainlab.train.parallel_ep import sharded_expert_params
+
+    experts = sharded_expert_params(model)  # expert-parallel slices: reduced by ExpertParallelRun, not here
     if tc.parallel == "fsdp2":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if tc.precision == "bf16" else MixedPrecisionPolicy()
+        ids = {id(p) for _, p in experts}
         for block in model.layers:
-            fully_shard(block, mp_policy=mp)
-        fully_shard(model, mp_policy=mp)
+            fully_shard(block, mp_policy=mp, ignored_params={p for p in block.parameters() if id(p) in ids} or None)
+        fully_shard(model, mp_policy=mp, ignored_params={p for _, p in experts} or None)
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
 
+    if experts:
+        DDP._set_params_and_buffers_to_ignore_for_model(model, [name for name, _ in experts])
     return DDP(model, device_ids=[local_rank] if device.type == "cuda" else None)
 
 
@@ -88,23 +98,65 @@ def _unwrap_key(key: str) -> str:
 
 
 def full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
-    """Unsharded model and optimizer state (collective under FSDP2; on CPU; full on rank 0)."""
+    """Unsharded model and optimizer state (collective under FSDP2 and EP; on CPU; full on rank 0)."""
+    from pretrainlab.train.parallel_ep import gather_expert_state
+
     inner = model.module if hasattr(model, "no_sync") else model
     msd, osd = get_state_dict(inner, optimizer, options=_FULL)
-    if not osd:  # ranks other than 0 receive empty dicts under cpu_offload
-        return msd, osd
-    msd = {_unwrap_key(k): v for k, v in msd.items()}
-    osd = {"state": {_unwrap_key(k): v for k, v in osd["state"].items()},
-           "param_groups": [{**g, "params": [_unwrap_key(p) for p in g["params"]]} for g in osd["param_groups"]]}
+    if osd:  # ranks other than 0 receive empty dicts under cpu_offload
+        msd = {_unwrap_key(k): v for k, v in msd.items()}
+        osd = {"state": {_unwrap_key(k): v for k, v in osd["state"].items()},
+               "param_groups": [{**g, "params": [_unwrap_key(p) for p in g["params"]]} for g in osd["param_groups"]]}
+    gather_expert_state(inner, optimizer, msd, osd, _unwrap_key)  # no-op without expert parallelism
     return msd, osd
 
 
 def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, msd: dict, osd: dict) -> None:
     """Load full state dicts into a (possibly sharded / wrapped) model and its optimizer."""
+    from pretrainlab.train.parallel_ep import slice_expert_state
+
     inner = model.module if hasattr(model, "no_sync") else model
+    msd, osd = slice_expert_state(inner, msd, osd, _unwrap_key)  # each EP rank keeps its experts' slice
     names = {_unwrap_key(k): k for k in inner.state_dict()}
     msd = {names.get(k, k): v for k, v in msd.items()}
     osd = {"state": {names.get(k, k): v for k, v in osd["state"].items()},
            "param_groups": [{**g, "params": [names.get(p, p) for p in g["params"]]} for g in osd["param_groups"]]}
     set_state_dict(inner, optimizer, model_state_dict=msd, optim_state_dict=osd,
                    options=StateDictOptions(full_state_dict=True))
+
+
+def _rename(msd: dict, osd: dict, name) -> tuple[dict, dict]:
+    return ({name(k): v for k, v in msd.items()},
+            {"state": {name(k): v for k, v in osd["state"].items()},
+             "param_groups": [{**g, "params": [name(p) for p in g["params"]]} for g in osd["param_groups"]]})
+
+
+def sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """This rank's shard of model and optimizer state (DTensors under FSDP2), keyed by the plain model's names.
+
+    No collective and no copy: the tensors are the live ones, which is what
+    ``dcp.save`` writes (each rank its own slices; DDP's replicas are written once)
+    and what ``dcp.load`` fills in place.
+    """
+    from pretrainlab.train.parallel_ep import expert_state_to_dtensors
+
+    inner = model.module if hasattr(model, "no_sync") else model
+    msd, osd = get_state_dict(inner, optimizer)
+    msd, osd = _rename(msd, osd, _unwrap_key)
+    state = {"model": msd, "optim": osd}
+    expert_state_to_dtensors(inner, state, _unwrap_key)  # expert-parallel slices: chunks of the full tensors
+    return state
+
+
+def load_sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer, path, group=None) -> None:
+    """Load a sharded (DCP) checkpoint into a model and optimizer of any world size / parallelism (collective)."""
+    from pretrainlab.train.checkpoint import load_sharded_into
+    from pretrainlab.train.parallel_ep import expert_state_to_local
+
+    inner = model.module if hasattr(model, "no_sync") else model
+    state = sharded_state(model, optimizer)  # the local layout to fill; DCP reads just the slices it needs
+    load_sharded_into(path, state, group=group)
+    expert_state_to_local(state)
+    names = {_unwrap_key(k): k for k in inner.state_dict()}
+    msd, osd = _rename(state["model"], state["optim"], lambda k: names.get(k, k))
+    set_state_dict(inner, optimizer, model_state_dict=msd, optim_state_dict=osd)

@@ -35,8 +35,11 @@ from pretrainlab.train.parallel import (
     grad_sync_context,
     init_distributed,
     load_full_state,
+    load_sharded_state,
+    sharded_state,
     wrap_model,
 )
+from pretrainlab.train.parallel_ep import check_expert_parallel, setup_expert_parallel
 
 
 @dataclass
@@ -56,6 +59,8 @@ class TrainContext:
     tokens_seen: int = 0
     skip_step: bool = False
     checkpointer: "ckpt.AsyncCheckpointer | None" = None  # set when checkpoint.async_save
+    ckpt_format: str = "full"  # resolved checkpoint.format: full | sharded
+    ckpt_group: object | None = None  # gloo process group for sharded saves (world > 1)
     best_val: float = float("inf")
     sinks: object | None = None
     history: list[dict] = field(default_factory=list)
@@ -223,9 +228,13 @@ def save(ctx: TrainContext, step_start: dict | None = None, best: float | None =
     ``step_start`` (loader and RNG state captured when the current step began) is
     used when interrupted mid-step, so the data that step had drawn is replayed.
     """
-    model_state, optim_state = full_state(ctx.model, ctx.optimizer)  # collective under FSDP2
-    if not ctx.is_main:
-        return None
+    sharded = ctx.ckpt_format == "sharded"
+    if sharded:  # every rank writes its own shard: no gather
+        app_state = sharded_state(ctx.model, ctx.optimizer)
+    else:
+        model_state, optim_state = full_state(ctx.model, ctx.optimizer)  # collective under FSDP2
+        if not ctx.is_main:
+            return None
     state = {
         "step": ctx.step,
         "tokens_seen": ctx.tokens_seen,
@@ -247,8 +256,18 @@ def save(ctx: TrainContext, step_start: dict | None = None, best: float | None =
             extra["best"] = str(ckpt.save_best(ctx.run_dir, path, best))
         ctx.event("checkpoint", path=str(path), pruned=[p.name for p in removed], **extra)
 
-    args = (ctx.run_dir, ctx.step, model_state, optim_state,
-            step_start["rng"] if step_start else _rng_state(ctx.device), state, {"tokens": ctx.tokens_seen})
+    rng = step_start["rng"] if step_start else _rng_state(ctx.device)
+    meta = {"tokens": ctx.tokens_seen, "world_size": ctx.world, "parallel": ctx.cfg.train.parallel}
+    if sharded:
+        if ctx.checkpointer is not None:
+            return ctx.checkpointer.save(ctx.run_dir, ctx.step, app_state, rng, state, meta,
+                                         on_done=after_write if ctx.is_main else None)
+        path = ckpt.save_sharded_checkpoint(ctx.run_dir, ctx.step, app_state, rng, state, meta,
+                                            rank=ctx.rank, group=ctx.ckpt_group)
+        if ctx.is_main:
+            after_write(path)
+        return path
+    args = (ctx.run_dir, ctx.step, model_state, optim_state, rng, state, meta)
     if ctx.checkpointer is not None:
         path = ctx.checkpointer.save(*args, on_done=after_write)
     else:
@@ -275,7 +294,7 @@ def rollback(ctx: TrainContext, accum: int, reason: str, skip_batches: int) -> d
     state = ckpt.load_checkpoint(path, map_location="cpu")
     from_step = ctx.step
     ctx.optimizer.zero_grad(set_to_none=True)
-    load_full_state(ctx.model, ctx.optimizer, state["model"], state["optim"])
+    _load_weights(ctx, state)
     ctx.loader.load_state_dict(state["state"]["loader"])
     _set_rng_state(state["rng"], ctx.device)
     ctx.step = state["state"]["step"]
@@ -292,6 +311,14 @@ def rollback(ctx: TrainContext, accum: int, reason: str, skip_batches: int) -> d
     ctx.event("rollback", **info)
     console.print(f"[yellow]rollback[/]: {reason}; back to {path.name}, skipped {skip_batches} batches of data")
     return info
+
+
+def _load_weights(ctx: TrainContext, loaded: dict) -> None:
+    """Model and optimizer state from a checkpoint of either format, onto this run's layout (resharding)."""
+    if loaded["format"] == "sharded":
+        load_sharded_state(ctx.model, ctx.optimizer, loaded["path"], group=ctx.ckpt_group)
+    else:
+        load_full_state(ctx.model, ctx.optimizer, loaded["model"], loaded["optim"])
 
 
 def pause(ctx: TrainContext, request: dict | None, already_saved: bool = False) -> None:
@@ -360,6 +387,7 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
             f"({tc.micro_batch}*{tc.seq_len}*{world}); adjust train.global_batch_tokens or train.micro_batch"
         )
     accum = rows_per_step // (tc.micro_batch * world)
+    check_expert_parallel(cfg, world)
     run_dir = cfg.run_dir
 
     latest = ckpt.latest_checkpoint(run_dir)
@@ -379,6 +407,7 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
     random.seed(tc.seed)
     np.random.seed(tc.seed)
     model = Transformer(cfg.model).to(device)
+    ep = setup_expert_parallel(model, cfg, world, device)  # None unless train.expert_parallel > 1
     wrapped = wrap_model(model, cfg, device, world, local_rank)
     optimizer = build_optimizer(model, cfg.optim, device.type)
     events: list[tuple[str, dict]] = []  # loader events before the context exists
@@ -390,8 +419,14 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
     )
     ctx = TrainContext(cfg, run_dir, wrapped, model, optimizer, loader, device, rank, world)
     loader.on_event = ctx.event
+    ctx.ckpt_format = ckpt.resolve_format(cfg.checkpoint.format, world, tc.expert_parallel)
+    if world > 1:  # sharded saves and loads talk on their own gloo group (CPU; never interleaved with training's)
+        import torch.distributed as dist
+
+        ctx.ckpt_group = dist.new_group(backend="gloo")
     if cfg.checkpoint.async_save:
-        ctx.checkpointer = ckpt.AsyncCheckpointer()
+        ctx.checkpointer = (ckpt.ShardedAsyncCheckpointer(rank, ctx.ckpt_group) if ctx.ckpt_format == "sharded"
+                            else ckpt.AsyncCheckpointer())
     fpt = flops_per_token(cfg.model, tc.seq_len)
     peak, peak_source = resolve_peak_flops(cfg, device)
     params = count_params(cfg.model)
@@ -413,6 +448,7 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
             "peak_flops_source": peak_source,
             "device": str(device),
             "world_size": world,
+            "expert_parallel": tc.expert_parallel,
             "grad_accum": accum,
             "mix_stages": [{"name": st.name, "until_tokens": st.until_tokens, "weights": st.weights}
                            for st in loader.stages],
@@ -424,16 +460,20 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
 
     if resume_from is not None:
         state = ckpt.load_checkpoint(resume_from, map_location="cpu")
-        load_full_state(wrapped, optimizer, state["model"], state["optim"])
+        _load_weights(ctx, state)
         loader.load_state_dict(state["state"]["loader"])
         _set_rng_state(state["rng"], device)
         ctx.step = state["state"]["step"]
         ctx.tokens_seen = state["state"]["tokens_seen"]
         ctx.data_batches = state["state"].get("data_batches", ctx.step)
+        saved_world = state["meta"].get("world_size")  # absent in checkpoints written before it was recorded
         if ctx.is_main:
             orphaned = _quarantine_future_metrics(run_dir, ctx.step)
-            ctx.event("resume", checkpoint=str(resume_from), orphaned_metric_records=orphaned)
-        console.print(f"resumed from {resume_from} at step {ctx.step}")
+            ctx.event("resume", checkpoint=str(resume_from), orphaned_metric_records=orphaned, format=state["format"],
+                      saved_world_size=saved_world, world_size=world)
+        # The loader state is global (every rank draws the same rows, keeps every world-th), so it re-splits itself.
+        resharded = f", resharded from {saved_world} to {world} processes" if saved_world not in (None, world) else ""
+        console.print(f"resumed from {resume_from} at step {ctx.step}{resharded}")
     else:
         ctx.event("start", params=params["total"])
     for name, fields in events:
@@ -504,8 +544,11 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
                     scaler.scale(loss / accum).backward()
                 loss_sum += loss.detach()
             ctx.data_batches += 1
+            if ep is not None:
+                ep.finish_grads()  # expert slices: not reduced by data parallelism
             scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params_list, clip)
+            grad_norm = (ep.clip_grad_norm_(params_list, clip) if ep is not None
+                         else torch.nn.utils.clip_grad_norm_(params_list, clip))
             loss_value = loss_sum / accum
             if world > 1:
                 import torch.distributed as dist
@@ -600,6 +643,8 @@ def train(cfg: ProjectConfig, resume: str = "auto", callbacks: list[Callback] | 
         if sinks is not None:
             sinks.close()
     wait_for_saves(ctx)
+    if ctx.checkpointer is not None:
+        ctx.checkpointer.close()  # frees the sharded saver's staging buffers
 
     cbs.on_train_end(ctx)
     seconds = time.perf_counter() - t_start

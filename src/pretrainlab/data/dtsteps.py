@@ -1,0 +1,133 @@
+"""datatrove glue for `data build`: our pipeline step and the executors that run it.
+
+:class:`PrefixStep` is a datatrove ``PipelineStep`` that runs one task of a
+:class:`~pretrainlab.data.executor.Plan` (read units, run the stage prefix, write the
+part). The executor subclasses only change logging: datatrove logs every task to
+the console at INFO level (and a failing task's traceback); ours write each task's
+log to ``<work>/logs/task_NNNNN.log`` only and keep the console for progress bars
+and one-line errors. Everything else -- task scheduling, completion markers,
+skipping finished tasks, sbatch scripts, Ray placement -- is datatrove's.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+from datatrove.executor import base as _dt_base
+from datatrove.executor.local import LocalPipelineExecutor
+from datatrove.executor.slurm import SlurmPipelineExecutor
+from datatrove.pipeline.base import PipelineStep
+from loguru import logger
+
+from pretrainlab.config import DataExecutorConfig
+from pretrainlab.data.executor import local_workers, python_env_command, run_task
+
+
+class PrefixStep(PipelineStep):
+    """Runs the stages before the first stateful one on the task's work units (see :mod:`.executor`)."""
+
+    name = "pretrainlab data prefix"
+    type = "pretrainlab"
+
+    def __init__(self, work_dir: str) -> None:
+        super().__init__()
+        self.work_dir = work_dir
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        with self.track_time("task"):
+            counts = run_task(Path(self.work_dir), rank)
+        for key, value in counts.items():
+            self.stat_update(key, value=value, unit="task")
+        return None
+
+
+def _task_log(logging_dir, rank: int, local_rank: int = 0, node_rank: int = -1):
+    logger.remove()
+    logfile = logging_dir.open(f"logs/task_{rank:05d}.log", "w")
+    prefix = f"[NODE {node_rank}] " if node_rank != -1 else ""
+    logger.add(logfile, level="DEBUG", colorize=False,
+               format=prefix + "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <8} | {name}:{function}:{line} - {message}")
+    logger.info(f"Launching pipeline for {rank=}")
+    return logfile
+
+
+def _close_task_log(logfile) -> None:
+    logger.complete()
+    quiet_console()
+    logfile.close()
+
+
+def quiet_console() -> None:
+    """datatrove's messages on the console: warnings and errors only."""
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING", format="datatrove {level}: {message}")
+
+
+@contextmanager
+def _file_only_task_logs(module):
+    saved = module.add_task_logger, module.close_task_logger
+    module.add_task_logger, module.close_task_logger = _task_log, _close_task_log
+    try:
+        yield
+    finally:
+        module.add_task_logger, module.close_task_logger = saved
+
+
+class LocalExecutor(LocalPipelineExecutor):
+    def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
+        with _file_only_task_logs(_dt_base):
+            return super()._run_for_rank(rank, local_rank, node_rank)
+
+
+class SlurmExecutor(SlurmPipelineExecutor):
+    def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
+        with _file_only_task_logs(_dt_base):
+            return super()._run_for_rank(rank, local_rank, node_rank)
+
+
+def _ray_executor_class():
+    from datatrove.executor import ray as _dt_ray
+
+    class RayExecutor(_dt_ray.RayPipelineExecutor):
+        def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
+            with _file_only_task_logs(_dt_ray):
+                return super()._run_for_rank(rank, local_rank, node_rank)
+
+    return RayExecutor
+
+
+def make_executor(ex: DataExecutorConfig, work_dir: str, tasks: int):
+    quiet_console()  # (the Ray executor warns that a local work folder must be shared: docs/CONFIG.md says so)
+    pipeline = [PrefixStep(work_dir)]
+    if ex.kind == "local":
+        return LocalExecutor(pipeline, tasks=tasks, workers=min(tasks, local_workers(ex)), logging_dir=work_dir,
+                             start_method="fork" if sys.platform.startswith("linux") else "spawn")
+    if ex.kind == "slurm":
+        s = ex.slurm
+        return SlurmExecutor(
+            pipeline, tasks=tasks, time=s.time, partition=s.partition, cpus_per_task=s.cpus_per_task,
+            mem_per_cpu_gb=s.mem_per_cpu_gb, workers=ex.workers or -1, job_name=s.job_name, qos=s.qos or "",
+            env_command=s.env_command or python_env_command(), sbatch_args=dict(s.sbatch_args),
+            max_array_size=s.max_array_size, logging_dir=work_dir,
+        )
+    r = ex.ray
+    return _ray_executor_class()(pipeline, tasks=tasks, workers=ex.workers or -1, logging_dir=work_dir,
+                                 cpus_per_task=r.cpus_per_task, mem_per_cpu_gb=r.mem_per_cpu_gb)
+
+
+def run_quietly(executor, ex: DataExecutorConfig) -> None:
+    quiet_console()
+    if ex.kind == "ray":
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=ex.ray.address, log_to_driver=False, include_dashboard=False, logging_level=logging.WARNING)
+            try:
+                executor.run()
+            finally:
+                ray.shutdown()  # we started it: stop the local Ray processes / disconnect
+            return
+    executor.run()

@@ -1,0 +1,403 @@
+"""Run the per-document stages of `data build` as datatrove tasks, then hand the results back in read order.
+
+Phase 1 (here): the approved sources are cut into *work units* -- a file, a run of
+small files of one source, or a byte range of a large plain JSONL file (cut at line
+starts found while the input is hashed, so one huge file spreads over many tasks) --
+and the units, in read order, are dealt out in contiguous runs to ``tasks`` datatrove
+tasks. A task reads its units, runs the stages before the first stateful one
+(:func:`.parallel.run_stages`) and writes one *part*: pickled batches of
+``(unit, document, trace)`` records in read order, then the stages' ``finish()``
+statistics, written atomically. datatrove writes the task's completion marker after
+the part, so a re-run with the same plan (inputs, config, code, unit layout: the same
+work folder) skips finished tasks.
+
+Phase 2 (:mod:`.pipeline`): the main process reads the parts in task order -- which
+is the (source, file, offset) order of reading the sources directly -- and replays
+them into dedup, counting, quarantine and writing, so the corpus, quarantine and
+statistics equal an in-process build. Memory stays bounded: tasks and the merge
+stream, one part open at a time.
+
+Executors (``data.executor.kind``): ``local`` (datatrove's LocalPipelineExecutor, a
+process pool on this machine), ``slurm`` (SlurmPipelineExecutor: an sbatch job array;
+the work folder must be on a filesystem the nodes share) and ``ray``
+(RayPipelineExecutor; needs ``pip install ray``). datatrove is imported only when an
+executor runs (its import costs ~0.4 s); the classes built on it live in
+:mod:`.dtsteps`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pretrainlab.config import DataConfig, DataExecutorConfig
+from pretrainlab.data.parallel import Trace, resolve_workers, run_stages
+from pretrainlab.data.readers import read_source
+from pretrainlab.data.sources import BadRecord, SourceSpec
+from pretrainlab.data.stages import STAGES, Document, _load_builtin_stages
+from pretrainlab.errors import ConfigError, DataError
+from pretrainlab.fsio import atomic_open, atomic_write_bytes
+from pretrainlab.progress import console, progress_bar
+
+BATCH_RECORDS = 256  # records per pickled batch in a part
+PLAN_FILE = "plan.pkl"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A piece of one source read by one task: whole files (indices into ``SourceSpec.files``),
+    or a byte range ``(start, end, line number at start)`` of one plain JSONL file."""
+
+    source: str
+    files: tuple[int, ...]
+    bytes: int
+    byte_range: tuple[int, int, int] | None = None
+
+
+@dataclass
+class Plan:
+    """Everything a task needs, pickled into the work folder (tasks may run on other machines)."""
+
+    cfg: DataConfig
+    prefix: list[str]  # names of the stages the tasks run
+    sources: dict[str, SourceSpec]  # absolute paths
+    units: list[Unit]
+    ranges: list[tuple[int, int]]  # task -> [lo, hi) unit indices
+
+    def task_bytes(self, rank: int) -> int:
+        lo, hi = self.ranges[rank]
+        return sum(u.bytes for u in self.units[lo:hi])
+
+
+def check_executor(ex: DataExecutorConfig) -> None:
+    """Configuration problems of the chosen executor, before any data is read."""
+    if ex.kind == "slurm":
+        if not ex.slurm.partition:
+            raise ConfigError("data.executor.kind=slurm needs data.executor.slurm.partition (the Slurm partition to run on)")
+        if shutil.which("sbatch") is None:
+            raise ConfigError("data.executor.kind=slurm: `sbatch` not found on PATH; run `data build` on a Slurm login node")
+    if ex.kind == "ray" and importlib.util.find_spec("ray") is None:
+        raise ConfigError("data.executor.kind=ray needs the ray package: pip install 'pretrainlab[ray]' (or pip install ray)")
+
+
+def unit_target_bytes(ex: DataExecutorConfig, total_bytes: int) -> int:
+    """Work-unit size: data.executor.unit_mb, smaller when more tasks than that many units are asked for."""
+    target = int(ex.unit_mb * 1e6)
+    if ex.tasks > 0:
+        target = min(target, max(1 << 20, -(-total_bytes // ex.tasks)))
+    return max(1, target)
+
+
+def plan_units(specs: list[SourceSpec], sizes: dict[str, list[int]], cuts: dict[tuple[str, int], list],
+               unit_bytes: int) -> list[Unit]:
+    """Units in read order: files with cut points become byte ranges; runs of smaller files of a
+    source are grouped up to ``unit_bytes``."""
+    units: list[Unit] = []
+    for spec in specs:
+        group: list[int] = []
+        group_bytes = 0
+        for i, size in enumerate(sizes[spec.name]):
+            file_cuts = cuts.get((spec.name, i))
+            if group and (file_cuts or group_bytes + size > unit_bytes):
+                units.append(Unit(spec.name, tuple(group), group_bytes))
+                group, group_bytes = [], 0
+            if file_cuts:
+                bounds = [(0, 1), *file_cuts, (size, None)]
+                for (start, line), (end, _) in zip(bounds, bounds[1:]):
+                    units.append(Unit(spec.name, (i,), end - start, (start, end, line)))
+                continue
+            group.append(i)
+            group_bytes += size
+        if group:
+            units.append(Unit(spec.name, tuple(group), group_bytes))
+    return units
+
+
+def assign_tasks(units: list[Unit], tasks: int) -> list[tuple[int, int]]:
+    """Contiguous runs of units per task, balanced by bytes (a task may get none)."""
+    weights = [max(1, u.bytes) for u in units]
+    total = sum(weights)
+    owner, cum = [], 0
+    for w in weights:
+        owner.append(min(tasks - 1, int((cum + w / 2) * tasks / total)))
+        cum += w
+    return [(bisect.bisect_left(owner, t), bisect.bisect_right(owner, t)) for t in range(tasks)]
+
+
+def make_plan(cfg: DataConfig, prefix: list[str], specs: list[SourceSpec], sizes: dict[str, list[int]],
+              cuts: dict[tuple[str, int], list], unit_bytes: int) -> Plan:
+    units = plan_units(specs, sizes, cuts, unit_bytes)
+    tasks = cfg.executor.tasks or len(units)
+    sources = {s.name: dataclasses.replace(s, path=s.path.absolute(), files=[f.absolute() for f in s.files]) for s in specs}
+    return Plan(cfg, prefix, sources, units, assign_tasks(units, tasks))
+
+
+# --------------------------------------------------------------------------- the task (runs in workers)
+
+_PLANS: dict[str, Plan] = {}
+
+
+def load_plan(work_dir: Path) -> Plan:
+    key = str(work_dir)
+    if key not in _PLANS:
+        with open(work_dir / PLAN_FILE, "rb") as fh:
+            _PLANS[key] = pickle.load(fh)
+    return _PLANS[key]
+
+
+def part_path(work_dir: Path, rank: int) -> Path:
+    return work_dir / "parts" / f"{rank:05d}.pkl"
+
+
+def run_task(work_dir: Path, rank: int) -> dict:
+    """Read the task's units, run the prefix stages, write its part atomically; returns counts."""
+    plan = load_plan(work_dir)
+    _load_builtin_stages()  # a fresh process (Slurm, Ray) has not imported them yet
+    stages = [STAGES[n](plan.cfg) for n in plan.prefix]
+    for s in stages:
+        s.bind(plan.sources)
+        s.remote = True
+    counts = {"documents": 0, "bad_records": 0, "removed": 0, "bytes": plan.task_bytes(rank)}
+    lo, hi = plan.ranges[rank]
+    with atomic_open(part_path(work_dir, rank), "wb") as fh:
+        batch: list = []
+        for ui in range(lo, hi):
+            unit = plan.units[ui]
+            spec = plan.sources[unit.source]
+            skip = frozenset(spec.skip_stages)
+            for item in read_source(spec, plan.cfg.max_doc_bytes, list(unit.files), unit.byte_range):
+                if isinstance(item, Document):
+                    trace = run_stages(stages, item, skip)
+                    counts["documents"] += 1
+                    if trace.doc is None:
+                        counts["removed"] += 1
+                        item = Document(item.id, "", item.source)  # only id and source are needed
+                    else:
+                        item = trace.doc
+                    batch.append((ui, item, trace))
+                else:
+                    counts["bad_records"] += 1
+                    batch.append((ui, item, None))
+                if len(batch) >= BATCH_RECORDS:
+                    pickle.dump(batch, fh, protocol=pickle.HIGHEST_PROTOCOL)
+                    batch = []
+        if batch:
+            pickle.dump(batch, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump({"extras": {s.name: s.finish() for s in stages}}, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    return counts
+
+
+# --------------------------------------------------------------------------- the main process
+
+
+class Parts:
+    """The task parts, read back in task order (= read order): ``records()`` yields
+    ``(source, document or bad record, trace or None)``; ``extras`` collects the stages' statistics."""
+
+    def __init__(self, work_dir: Path, plan: Plan) -> None:
+        self.work_dir, self.plan = work_dir, plan
+        self.extras: list[dict] = []
+        self._it = self._records()
+        self._head = None
+
+    def _records(self) -> Iterator[tuple[str, Document | BadRecord, Trace | None]]:
+        units = self.plan.units
+        for rank in range(len(self.plan.ranges)):
+            with open(part_path(self.work_dir, rank), "rb") as fh:
+                while True:
+                    try:
+                        obj = pickle.load(fh)
+                    except EOFError:
+                        break
+                    if isinstance(obj, dict):
+                        self.extras.append(obj["extras"])
+                        continue
+                    for ui, item, trace in obj:
+                        yield units[ui].source, item, trace
+
+    def of_source(self, name: str) -> Iterator[tuple[Document | BadRecord, Trace | None]]:
+        """The records of source ``name`` (sources come in plan order, each contiguous)."""
+        while True:
+            if self._head is None:
+                self._head = next(self._it, None)
+                if self._head is None:
+                    return
+            source, item, trace = self._head
+            if source != name:
+                return
+            self._head = None
+            yield item, trace
+
+    def drain(self) -> None:
+        """Read to the end (so every part's statistics are collected)."""
+        for _ in self._it:
+            raise RuntimeError("internal error: task parts hold records of no listed source")
+
+    def merged_extras(self) -> dict[str, dict]:
+        return {n: STAGES[n].merge_extras([p[n] for p in self.extras if n in p]) for n in self.plan.prefix}
+
+
+def work_root(ex: DataExecutorConfig, out_dir: Path) -> Path:
+    return Path(ex.work_dir) if ex.work_dir else out_dir.with_name(out_dir.name + ".work")
+
+
+def plan_dir(root: Path, manifest_id: str, plan: Plan) -> Path:
+    """One folder per plan: same inputs, config, code and unit layout -> same folder (resume)."""
+    layout = json.dumps([manifest_id, [dataclasses.astuple(u) for u in plan.units], plan.ranges], default=str)
+    return root / f"plan-{hashlib.sha256(layout.encode()).hexdigest()[:16]}"
+
+
+def _completed(work_dir: Path) -> set[int]:
+    try:
+        return {int(n) for n in os.listdir(work_dir / "completions") if n.isdigit()}
+    except FileNotFoundError:
+        return set()
+
+
+def run_tasks(plan: Plan, ex: DataExecutorConfig, root: Path, manifest_id: str) -> tuple[Path, Parts] | None:
+    """Run the plan's tasks on the configured executor (finished ones are skipped); returns the
+    work folder and its parts, or None when a Slurm job was submitted without waiting."""
+    work_dir = plan_dir(root, manifest_id, plan)
+    if root.is_dir():  # parts of other plans (changed inputs, config or code) can never be used again
+        for old in root.iterdir():
+            if old != work_dir and old.name.startswith("plan-") and (old / PLAN_FILE).exists():
+                shutil.rmtree(old, ignore_errors=True)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(work_dir / PLAN_FILE, pickle.dumps(plan, protocol=pickle.HIGHEST_PROTOCOL))
+    tasks = len(plan.ranges)
+    done = _completed(work_dir)
+    for rank in [r for r in done if not part_path(work_dir, r).is_file()]:  # marked done but its part is gone
+        (work_dir / "completions" / f"{rank:05d}").unlink()
+        done.discard(rank)
+    if done:
+        console.print(f"data tasks: {len(done)} of {tasks} already finished in {work_dir}; running the rest")
+
+    from pretrainlab.data import dtsteps
+
+    executor = dtsteps.make_executor(ex, str(work_dir), tasks)
+    failure: BaseException | None = None
+    if ex.kind == "slurm":
+        submitted = _run_slurm(executor, ex, work_dir, plan)
+        if submitted is not None:
+            return None
+    else:
+        try:
+            with _TaskProgress(plan, work_dir, ex.kind):
+                dtsteps.run_quietly(executor, ex)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # a task failed: the finished ones stay finished
+            failure = exc
+    missing = sorted(set(range(tasks)) - _completed(work_dir))
+    if missing:
+        first = f" (first error: {type(failure).__name__}: {str(failure).splitlines()[0] if str(failure) else ''})" if failure else ""
+        raise DataError(
+            f"{len(missing)} of {tasks} data tasks did not finish{first}; logs: {work_dir}/logs/task_{missing[0]:05d}.log; "
+            "re-run `pretrainlab data build` to run only those tasks"
+        )
+    return work_dir, Parts(work_dir, plan)
+
+
+class _TaskProgress:
+    """A progress bar (MB of input, throughput, ETA) fed by polling datatrove's completion markers."""
+
+    def __init__(self, plan: Plan, work_dir: Path, kind: str) -> None:
+        self.plan, self.work_dir, self.kind = plan, work_dir, kind
+        self.stop = threading.Event()
+
+    def __enter__(self):
+        self._cm = progress_bar(f"data tasks ({self.kind})", sum(u.bytes for u in self.plan.units) / 1e6, unit="MB")
+        bar = self._cm.__enter__()
+        seen: set[int] = set()
+
+        def poll() -> None:
+            while True:
+                new = _completed(self.work_dir) - seen
+                for rank in new:
+                    bar.advance(self.plan.task_bytes(rank) / 1e6)
+                seen.update(new)
+                if self.stop.wait(0.25):
+                    return
+
+        self._thread = threading.Thread(target=poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self._thread.join()
+        return self._cm.__exit__(*exc)
+
+
+def _slurm_job_alive(job_id: str) -> bool:
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", str(job_id)], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and bool(out.stdout.strip())
+
+
+def _run_slurm(executor, ex: DataExecutorConfig, work_dir: Path, plan: Plan) -> str | None:
+    """Submit the job array (unless one of this plan is still queued or running), then wait for
+    it; returns the job id when not waiting (data.executor.slurm.wait=false)."""
+    job_file = work_dir / "slurm_job.json"
+    job_id = None
+    if job_file.is_file():
+        previous = json.loads(job_file.read_text(encoding="utf-8")).get("job_id")
+        if previous and _slurm_job_alive(previous):
+            job_id = previous
+            console.print(f"slurm job {job_id} of this build is still queued or running; waiting for it")
+    tasks = len(plan.ranges)
+    if job_id is None and len(_completed(work_dir)) < tasks:
+        from pretrainlab.data import dtsteps
+
+        dtsteps.run_quietly(executor, ex)  # writes the sbatch script into the work folder and calls sbatch
+        job_id = str(executor.job_id)
+        atomic_write_bytes(job_file, json.dumps({"job_id": job_id}).encode())
+        console.print(f"submitted slurm job {job_id} ({tasks - len(_completed(work_dir))} tasks, script "
+                      f"{work_dir / 'launch_script.slurm'}, logs {work_dir / 'logs'})")
+    if job_id is None:
+        return None
+    if not ex.slurm.wait:
+        console.print(f"not waiting (data.executor.slurm.wait=false); when job {job_id} is done, re-run "
+                      "`pretrainlab data build` to merge")
+        return job_id
+    with _TaskProgress(plan, work_dir, "slurm"):
+        while len(_completed(work_dir)) < tasks and _slurm_job_alive(job_id):
+            time.sleep(ex.slurm.poll_seconds)
+    return None
+
+
+def finish_work(root: Path, work_dir: Path, keep: bool) -> None:
+    """After a successful build: remove the work folder (parts are a full copy of the corpus)."""
+    if keep:
+        return
+    shutil.rmtree(work_dir, ignore_errors=True)
+    try:
+        root.rmdir()  # only when empty
+    except OSError:
+        pass
+
+
+def local_workers(ex: DataExecutorConfig) -> int:
+    return resolve_workers(ex.workers)
+
+
+def python_env_command() -> str:
+    """Shell line that activates the Python environment running this process (for Slurm tasks)."""
+    if sys.prefix != sys.base_prefix and (Path(sys.prefix) / "bin" / "activate").is_file():
+        return f"source {Path(sys.prefix) / 'bin' / 'activate'}"
+    return f"export PATH={Path(sys.executable).parent}:$PATH"
