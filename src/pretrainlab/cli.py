@@ -184,9 +184,23 @@ def cmd_train(args):
     from pretrainlab.train.trainer import train
 
     summary = train(_config_from_args(args), resume=args.resume)
+    _close_process_groups()
     first, final = summary["first_val_loss"], summary["final_val_loss"]
     if first is not None and final is not None:
         print(f"validation loss {first:.4f} -> {final:.4f}; run: {summary['run_dir']}")
+
+
+def _close_process_groups() -> None:
+    """After a successful torchrun job: wait for every rank, then tear the groups down.
+
+    Exiting with live gloo groups occasionally aborts (SIGABRT) in their destructors while a peer is still
+    sending; a barrier then an orderly destroy avoids that. Failed runs skip this (a barrier could hang).
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _run_overrides(args: argparse.Namespace) -> list[str]:
