@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from pretrainlab.config import ModelConfig
-from pretrainlab.model.fused_ops import apply_rotary, cross_entropy, linear_cross_entropy, rms_norm
+from pretrainlab.model.fused_ops import apply_rotary, cross_entropy, linear_cross_entropy, rms_norm, swiglu
 from pretrainlab.model.transformer import Transformer
 
 
@@ -59,6 +59,21 @@ def test_rotary_with_trainable_tables_falls_back_to_autograd():
     torch.testing.assert_close(grad, ref)
 
 
+def test_swiglu_matches_autograd_values_and_gradients():
+    torch.manual_seed(0)
+    gate = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
+    up = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
+    out, ref = swiglu(gate, up), F.silu(gate) * up
+    torch.testing.assert_close(out, ref)
+    grad = torch.randn_like(out)
+    ours = torch.autograd.grad(out, (gate, up), grad, retain_graph=True)
+    for a, b in zip(ours, torch.autograd.grad(ref, (gate, up), grad)):
+        torch.testing.assert_close(a, b)
+    # backward writes over the saved silu(gate): a second backward through the graph refuses
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(out, (gate, up), grad)
+
+
 def test_cross_entropy_matches_torch_with_ignored_targets():
     torch.manual_seed(0)
     logits = (3 * torch.randn(12, 30, dtype=torch.float64)).requires_grad_()
@@ -105,6 +120,23 @@ def test_linear_cross_entropy_matches_linear_then_cross_entropy(chunk_rows):
     ref_grads = torch.autograd.grad(F.cross_entropy(F.linear(h, w), targets), (h, w))
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a, b)
+
+
+def test_linear_cross_entropy_is_exact_for_extreme_logits_and_refuses_a_second_backward():
+    """Targets far below the top logit (their softmax probability underflows) still get the exact loss."""
+    h = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], requires_grad=True)
+    w = torch.tensor([[300.0, 0.0], [-200.0, 1e4], [0.0, -1e4]], requires_grad=True)
+    targets = torch.tensor([1, 2, 0])
+    loss, _ = linear_cross_entropy(h, w, targets, chunk_rows=2)
+    ref = F.cross_entropy(F.linear(h, w), targets)
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(loss, ref)
+    grads = torch.autograd.grad(loss, (h, w), retain_graph=True)
+    for a, b in zip(grads, torch.autograd.grad(ref, (h, w))):
+        torch.testing.assert_close(a, b)
+    # backward scales the gradients it computed in forward in place: a second pass refuses
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(loss, (h, w))
 
 
 def test_model_training_step_equals_the_unfused_head():

@@ -11,6 +11,11 @@ and keeps fewer tensors for backward:
   (on the CPU ``F.rms_norm`` is the same six-op composite as the textbook code).
 - ``apply_rotary``: writes both rotated halves straight into one output (no
   ``cat``); keeps only the cos/sin tables, since the rotation is linear.
+- ``swiglu``: silu(gate) * up with a backward that applies silu's derivative
+  in place and writes the up-gradient over the saved silu(gate): two fewer
+  fresh (tokens, ffn) buffers than autograd's chain. On the CPU a fresh large
+  buffer costs page faults, which is why this and the in-place buffers below
+  are measurable.
 - ``cross_entropy``: softmax in forward (the log-sum-exp follows from the
   largest probability, so one exp pass serves loss and gradient); backward
   turns the saved probabilities into ``softmax - onehot`` in place instead of
@@ -99,6 +104,31 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return _Rotary.apply(x, cos, sin)
 
 
+class _SwiGLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gate, up):
+        act = F.silu(gate)
+        ctx.save_for_backward(gate, up, act)  # what autograd would keep for silu and the product
+        return act * up
+
+    @staticmethod
+    def backward(ctx, grad):
+        gate, up, act = ctx.saved_tensors
+        # silu'(gate) applied in place on grad * up, and the up-gradient written over silu(gate), which is
+        # ours and not needed after this: two fewer (tokens, ffn) buffers than autograd's chain. A second
+        # backward through the same graph therefore raises ("modified by an inplace operation").
+        grad_gate = torch.mul(grad, up)
+        torch.ops.aten.silu_backward.grad_input(grad_gate, gate, grad_input=grad_gate)
+        return grad_gate, act.mul_(grad)
+
+
+def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up, for same-shaped fp32 tensors."""
+    if is_compiling():
+        return F.silu(gate) * up
+    return _SwiGLU.apply(gate, up)
+
+
 class _CrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, targets, ignore_index):
@@ -147,39 +177,56 @@ class _LinearCrossEntropy(torch.autograd.Function):
         valid = targets != ignore_index
         safe = torch.where(valid, targets, 0)
         count = valid.sum()
-        row_scale = valid.to(h.dtype) / count  # 0/0 = nan when nothing is valid, as F.cross_entropy
+        row_scale = (valid.to(h.dtype) / count)[:, None]  # 0/0 = nan when nothing is valid, as F.cross_entropy
         grad_h = torch.empty_like(h) if ctx.needs_input_grad[0] else None
         grad_w = torch.empty_like(weight) if ctx.needs_input_grad[1] else None
-        loss = h.new_zeros(())
+        picked = h.new_empty(n)  # softmax probability of each row's target
         minus_one = h.new_full((min(chunk_rows, n), 1), -1.0)
+        chunk = h.new_empty(min(chunk_rows, n), vocab)  # one buffer for every chunk: no allocation per chunk
         for start in range(0, n, chunk_rows):
             end = min(start + chunk_rows, n)
             z = logits[start:end]
             torch.mm(h[start:end], weight.t(), out=z)
-            probs = torch.softmax(z, dim=-1)
-            lse = z.amax(-1) - probs.amax(-1).log()  # see _CrossEntropy
+            probs = torch.ops.aten._softmax.out(z, -1, False, out=chunk[: end - start])
             idx = safe[start:end, None]
-            loss += ((lse - z.gather(1, idx).squeeze(1)) * row_scale[start:end]).sum()
-            g = probs.scatter_add_(1, idx, minus_one[: end - start]).mul_(row_scale[start:end, None])
+            torch.gather(probs, 1, idx, out=picked[start:end, None])
+            # Unscaled softmax - onehot: the per-row loss weights go onto the (rows, d) operands and
+            # results, 16x smaller than this (rows, vocab) chunk, so the chunk sees no extra pass.
+            g = probs.scatter_add_(1, idx, minus_one[: end - start])
             if grad_h is not None:
                 torch.mm(g, weight, out=grad_h[start:end])
-            if grad_w is not None and start == 0:
-                torch.mm(g.t(), h[start:end], out=grad_w)
-            elif grad_w is not None:
-                grad_w.addmm_(g.t(), h[start:end])
+            if grad_w is not None:
+                hs = h[start:end] * row_scale[start:end]
+                if start == 0:
+                    torch.mm(g.t(), hs, out=grad_w)
+                else:
+                    grad_w.addmm_(g.t(), hs)
+        if grad_h is not None:
+            grad_h.mul_(row_scale)
+        nll = picked.log_().neg_()
+        # -log(p) is exact while p is a normal float; where it underflowed (a target some 70+ nats below
+        # the top logit) take log-sum-exp minus the target logit from the logits instead (rare: no exp pass
+        # over the whole tensor otherwise).
+        far = ~(nll < 69.0)
+        if bool(far.any()):
+            rows = far.nonzero().squeeze(1)
+            nll[rows] = torch.logsumexp(logits[rows], -1) - logits[rows, safe[rows]]
+        loss = (nll * row_scale.squeeze(1)).sum()
         ctx.save_for_backward(h, weight, grad_h, grad_w)
         return loss, logits
 
     @staticmethod
     def backward(ctx, grad_loss, grad_logits):
         h, weight, grad_h, grad_w = ctx.saved_tensors
+        # The saved gradients are ours: scale them in place (no new buffers). A second backward through
+        # the same graph therefore raises ("modified by an inplace operation") instead of rescaling.
         gh = gw = None
         if ctx.needs_input_grad[0]:
-            gh = grad_h * grad_loss if grad_loss is not None else torch.zeros_like(h)
+            gh = grad_h.mul_(grad_loss) if grad_loss is not None else grad_h.zero_()
             if grad_logits is not None:
                 gh.addmm_(grad_logits, weight)
         if ctx.needs_input_grad[1]:
-            gw = grad_w * grad_loss if grad_loss is not None else torch.zeros_like(weight)
+            gw = grad_w.mul_(grad_loss) if grad_loss is not None else grad_w.zero_()
             if grad_logits is not None:
                 gw.addmm_(grad_logits.t(), h)
         return gh, gw, None, None, None
