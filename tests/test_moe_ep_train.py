@@ -7,11 +7,7 @@ tensors equal to DDP's, and those checkpoints resume on one process or under
 another layout. Bad EP settings are refused in one line.
 """
 
-import os
 import shutil
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -23,28 +19,11 @@ from pretrainlab.fsio import iter_jsonl
 from pretrainlab.train import checkpoint as ckpt
 from pretrainlab.train.parallel_ep import check_expert_parallel
 from test_cli import assert_one_line_error, run_cli
+from test_distributed import run_one, run_two  # torchrun launch + one-process reference
 
 MOE = ["model.moe.num_experts=4", "model.moe.top_k=2", "model.moe.expert_hidden=48", "train.steps=8",
        "checkpoint.every=4", "checkpoint.keep_last=4"]
 FULL = "checkpoint.format=full"
-
-
-def run_train(tiny_data, run_dir, nproc, *extra, timeout=300) -> list[float]:
-    """`pretrainlab train` in one process or under torchrun; returns the train losses."""
-    sets = tiny_overrides(tiny_data) + [f"run.dir={run_dir}", "train.threads=1", "train.val_every=100", *extra]
-    cli = ["-m", "pretrainlab.cli", "train"] + [a for o in sets for a in ("--set", o)]
-    if nproc == 1:
-        cmd = [sys.executable, *cli]
-    else:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_port", str(port), *cli]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
-    return [r["loss"] for r in train_records(run_dir)]
 
 
 def train_records(run_dir) -> list[dict]:
@@ -74,8 +53,8 @@ def copy_without_last_checkpoint(src, dst):
 def runs(tiny_data, tmp_path_factory):
     """Two 8-step MoE runs on 2 processes, full checkpoints at steps 4 and 8: plain DDP, and DDP + EP=2."""
     root = tmp_path_factory.mktemp("ep_train")
-    run_train(tiny_data, root / "ddp", 2, *MOE, FULL)
-    run_train(tiny_data, root / "ep", 2, *MOE, FULL, "train.expert_parallel=2")
+    run_two(tiny_data, root / "ddp", *MOE, FULL)
+    run_two(tiny_data, root / "ep", *MOE, FULL, "train.expert_parallel=2")
     return root
 
 
@@ -110,8 +89,8 @@ def test_an_expert_parallel_checkpoint_resumes_in_one_process(runs, tiny_data, t
     # One process continues the EP run and, for reference, the DDP run from their step-4 checkpoints: the
     # checkpoints are equal, so the next losses must be too (one process groups rows into micro-batches
     # differently from two, so capacity drops differ: compare with each other, not with the 2-process run).
-    from_ep = run_train(tiny_data, copy_without_last_checkpoint(runs / "ep", tmp_path / "ep"), 1, *MOE)
-    from_ddp = run_train(tiny_data, copy_without_last_checkpoint(runs / "ddp", tmp_path / "ddp"), 1, *MOE)
+    from_ep = run_one(tiny_data, copy_without_last_checkpoint(runs / "ep", tmp_path / "ep"), *MOE)
+    from_ddp = run_one(tiny_data, copy_without_last_checkpoint(runs / "ddp", tmp_path / "ddp"), *MOE)
     assert len(from_ep) == len(from_ddp) == 8
     assert all(close(a, b) for a, b in zip(from_ep, from_ddp)), (from_ep, from_ddp)
     assert from_ep[:4] == [r["loss"] for r in train_records(runs / "ep")][:4]
@@ -123,7 +102,7 @@ def test_a_data_parallel_checkpoint_continues_under_expert_parallel_fsdp2_with_s
     # DDP's full step-4 checkpoint, continued on 2 processes with EP=2 and FSDP2 for the rest of the model
     # (expert slices cut on load, FSDP2 leaving them alone), reproduces DDP's steps 5-8 ...
     run = copy_without_last_checkpoint(runs / "ddp", tmp_path / "resharded")
-    resumed = run_train(tiny_data, run, 2, *MOE, "train.expert_parallel=2", "train.parallel=fsdp2",
+    resumed = run_two(tiny_data, run, *MOE, "train.expert_parallel=2", "train.parallel=fsdp2",
                         "checkpoint.format=sharded")
     reference = [r["loss"] for r in train_records(runs / "ddp")]
     assert len(resumed) == 8

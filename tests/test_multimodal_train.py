@@ -13,10 +13,10 @@ from pretrainlab.multimodal.build import mm_paths
 from pretrainlab.multimodal.train_callback import action_index, action_targets
 from pretrainlab.tokenizer.vocab import load_tokenizer
 from pretrainlab.train import checkpoint as ckpt
-from pretrainlab.train.callbacks import Callback
 from pretrainlab.train.loader import MixtureLoader
 from pretrainlab.train.trainer import train
 from test_multimodal import mm_cfg, mm_work  # noqa: F401  (module fixture: tokenizer, demo data, shards)
+from test_train import _InterruptAt
 
 # Rows long enough for whole documents (cut only between groups), so each row pairs images with their caption.
 ROWS = ["packing.mode=best_fit", "train.seq_len=256", "model.max_seq_len=256", "multimodal.max_doc_tokens=257",
@@ -64,15 +64,6 @@ def test_infonce_and_action_losses_are_logged_and_fall_over_20_steps(mm_work, tm
 def test_text_runs_log_no_extra_terms(mm_work, tmp_path):
     train(_cfg(mm_work, tmp_path / "run", "train.steps=2", "train.val_every=2", "checkpoint.every=2"))
     assert all("ce_loss" not in r and "loss/infonce" not in r for r in _train_records(tmp_path / "run"))
-
-
-class _InterruptAt(Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_after_backward(self, ctx, metrics):
-        if ctx.step == self.step:
-            raise KeyboardInterrupt
 
 
 def test_resume_restores_the_action_head_and_reproduces_the_losses_exactly(mm_work, tmp_path):

@@ -59,7 +59,7 @@ from pretrainlab.data import executor as dexec
 from pretrainlab.data.parallel import Trace, prefix_length
 from pretrainlab.data.stages import STAGES, Document, Reject, Stage, build_stages
 from pretrainlab.errors import DataError
-from pretrainlab.fsio import atomic_open, atomic_write_json, fsync_dir, sha256_file
+from pretrainlab.fsio import atomic_open, atomic_write_json, replace_dir, sha256_file
 from pretrainlab.progress import console, progress_bar
 
 MANIFEST_KIND = "clean_corpus"
@@ -159,19 +159,6 @@ def _check_output_dir(out_dir: Path, in_dir: Path) -> None:
                     f"refusing to replace {out_dir}: it is not empty and not a clean corpus written by `data build`; "
                     "choose a new or empty data.out"
                 )
-
-
-def _swap_in(tmp: Path, out_dir: Path) -> None:
-    """Replace out_dir with the finished tmp dir (old corpus removed only after the new one is in place)."""
-    old = None
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        os.rmdir(old)
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    fsync_dir(out_dir.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 class _Run:
@@ -568,7 +555,7 @@ def build_clean_corpus(cfg: ProjectConfig) -> dict:
             "counts": stats["totals"],
         }
         atomic_write_json(tmp / "manifest.json", manifest)  # last: its presence marks a complete corpus
-        _swap_in(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

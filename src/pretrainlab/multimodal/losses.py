@@ -16,6 +16,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from pretrainlab.multimodal.modality import MODALITIES, class_table, token_classes
+
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float | torch.Tensor = 0.07,
              gather: bool = True) -> torch.Tensor:
@@ -59,11 +61,8 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor,
 
 def modality_masks(ids: torch.Tensor, spec) -> dict[str, torch.Tensor]:
     """Boolean (B, T) masks of text ids (control tokens excluded) and of each code range."""
-    out = {"text": (ids >= len(spec.control_ids)) & (ids < spec.text_size)}
-    for name in ("image", "audio", "action"):
-        r = spec.id_range(name)
-        out[name] = (ids >= r.start) & (ids < r.stop)
-    return out
+    classes = token_classes(ids, torch.from_numpy(class_table(spec)).to(ids.device))
+    return {name: classes == MODALITIES.index(name) for name in ("text", "image", "audio", "action")}
 
 
 def paired_infonce(hidden: torch.Tensor, ids: torch.Tensor, spec, first: str = "image", second: str = "text",
