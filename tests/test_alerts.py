@@ -91,7 +91,7 @@ def test_a_paused_run_delivers_its_alert_to_the_webhook(tiny_cfg):
     with Receiver() as hook:
         cfg = tiny_cfg("train.steps=30", "guard.rising_window=10steps", f"alerts.webhook_url={hook.url}")
         with pytest.raises(TrainingPaused):
-            from pretrainlab.train.trainer import train
+            from pretrainlab.recipes import train
 
             train(cfg, callbacks=[RisingLoss(start=4, rate=0.2)])
     bodies = [r["body"] for r in hook.received]

@@ -10,15 +10,47 @@ def run_cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "pretrainlab.cli", *args], capture_output=True, text=True, cwd=cwd)
 
 
-@pytest.mark.parametrize(
-    "args",
-    [[], ["corpus", "build"], ["data", "build"], ["data", "tokenize"], ["tokenizer", "train"], ["train"], ["eval"],
-     ["report"], ["quickstart"], ["config", "show"]],
-)
-def test_every_subcommand_explains_itself(args):
-    out = run_cli(*args, "--help")
+def leaf_commands(parser=None, path=()):
+    """Every runnable command (a parser with no further subcommands) as its argv prefix and parser."""
+    import argparse
+
+    from pretrainlab.cli import build_parser
+
+    parser = parser or build_parser()
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield path, parser
+        return
+    for name, sp in subs[0].choices.items():
+        yield from leaf_commands(sp, path + (name,))
+
+
+LEAVES = [" ".join(path) for path, _ in leaf_commands()]
+
+
+def test_the_top_level_help_explains_itself():
+    out = run_cli("--help")
     assert out.returncode == 0
-    assert "usage: pretrainlab" in out.stdout and len(out.stdout) > 200
+    assert "usage: pretrainlab" in out.stdout and "Start with" in out.stdout
+
+
+@pytest.mark.parametrize("command", LEAVES)
+def test_every_leaf_command_explains_itself(command, capsys):
+    from pretrainlab.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main([*command.split(), "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"usage: pretrainlab {command}") and len(text) > 200
+
+
+def test_help_lists_commands_in_the_order_the_program_runs_them():
+    out = run_cli("--help").stdout
+    listed = [line.split()[0] for line in out.split("COMMAND\n", 1)[1].split("options:")[0].splitlines()
+              if line.startswith("    ") and not line.startswith("     ")]
+    assert listed == ["quickstart", "plan", "corpus", "data", "tokenizer", "mm", "train", "eval", "export", "report",
+                      "dashboard", "gates", "experiments", "config"]
 
 
 def assert_one_line_error(out, *fragments):
@@ -31,7 +63,7 @@ def assert_one_line_error(out, *fragments):
 
 
 def test_missing_config_file(tmp_path):
-    assert_one_line_error(run_cli("train", str(tmp_path / "nope.yaml")), "config file not found")
+    assert_one_line_error(run_cli("train", "-c", str(tmp_path / "nope.yaml")), "config file not found")
 
 
 def test_bad_yaml(tmp_path):
@@ -64,7 +96,8 @@ def test_eval_of_a_missing_run(tmp_path):
 
 
 def test_derived_flags_equal_set_overrides():
-    from pretrainlab.cli import _config_from_args, build_parser
+    from pretrainlab.cli import build_parser
+    from pretrainlab.cliargs import config_from_args as _config_from_args
 
     parser = build_parser()
     a = _config_from_args(parser.parse_args(["train", "--steps", "17", "--log-every", "3", "--precision", "bf16"]))
@@ -75,7 +108,8 @@ def test_derived_flags_equal_set_overrides():
 
 
 def test_list_options_take_comma_separated_flags():
-    from pretrainlab.cli import _config_from_args, build_parser
+    from pretrainlab.cli import build_parser
+    from pretrainlab.cliargs import config_from_args as _config_from_args
 
     parser = build_parser()
     cfg = _config_from_args(parser.parse_args(["corpus", "build", "--sources", "stdlib_code,man_pages"]))

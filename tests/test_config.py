@@ -94,3 +94,18 @@ def test_a_run_config_with_options_this_version_lacks_still_loads_with_a_warning
     assert "train.source_weights" in err and "retired_section" in err
     with pytest.raises(ConfigError, match="unknown key"):
         load_run_config(tmp_path, ["train.stepz=9"])  # overrides stay strict
+
+
+def test_guard_actions_accept_an_unquoted_off_from_yaml_and_set(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("guard:\n  rising_action: off\n  flat_action: off\n")  # YAML 1.1 reads `off` as false
+    cfg = load_config(path, ["guard.throughput_action=off"])
+    assert (cfg.guard.rising_action, cfg.guard.flat_action, cfg.guard.throughput_action) == ("off", "off", "off")
+    with pytest.raises(ConfigError, match=r"'guard.flat_action'.*'pause', 'alert' or 'off'"):
+        load_config(None, ["guard.flat_action=on"])  # true is not an action
+
+
+def test_stop_signals_are_normalized_and_uncatchable_ones_refused():
+    assert load_config(None, ["train.stop_signals=[term, SIGUSR2]"]).train.stop_signals == ["SIGTERM", "SIGUSR2"]
+    with pytest.raises(ConfigError, match=r"'train.stop_signals': 'SIGKILL' is not a signal that can be caught"):
+        load_config(None, ["train.stop_signals=[SIGKILL]"])

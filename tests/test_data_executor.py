@@ -126,6 +126,49 @@ def test_local_executor_gives_the_in_process_corpus_byte_for_byte(tmp_path):
     assert len(os.listdir(work / "parts")) == len(plan.ranges)
 
 
+def _two_builds(tmp_path: Path, sources: dict, stages: str) -> dict:
+    """The same input built in-process and on 2 local workers: same corpus and quarantine, byte for byte."""
+    full = {n: {"license": "CC0-1.0", "approval": APPROVAL, **s} for n, s in sources.items()}
+    (tmp_path / "raw" / "sources.yaml").write_text(yaml.safe_dump({"sources": full}))
+    build_clean_corpus(_cfg(tmp_path, "inproc", stages))
+    summary = build_clean_corpus(_cfg(tmp_path, "tasks", stages, *EXEC, "data.executor.workers=2", "data.executor.keep_work=true"))
+    for rel in [*(f"{n}/train.jsonl" for n in sources), "quarantine.jsonl"]:
+        assert (tmp_path / "inproc" / rel).read_bytes() == (tmp_path / "tasks" / rel).read_bytes(), rel
+    return summary
+
+
+def test_the_quarantine_is_identical_for_a_document_a_stage_changes_and_then_rejects(tmp_path):
+    (tmp_path / "raw").mkdir()
+    menu = "\n".join(f"home about contact item {i}" for i in range(60))  # no terminal punctuation: dropped
+    trimmed = f"{_prose(1, 1)}\n{menu}"  # c4_lines drops the menu, then one sentence < c4_min_sentences: rejected
+    recs = [{"id": f"p{i}", "text": _prose(i)} for i in range(40)]
+    recs[10] = {"id": "trimmed", "text": trimmed}
+    (tmp_path / "raw" / "a.jsonl").write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in recs))
+    _two_builds(tmp_path, {"a": {"path": "a.jsonl"}}, "data.stages=[normalize, length_filter, c4_lines, exact_dedup]")
+    q = {r["id"]: r for r in map(json.loads, (tmp_path / "tasks" / "quarantine.jsonl").read_text().splitlines())}
+    assert q["trimmed"]["code"] == "c4_too_few_sentences" and q["trimmed"]["chars"] == len(trimmed)
+    assert q["trimmed"]["preview"] == trimmed[:200]  # the document as it entered the stage
+
+
+def test_tasks_read_unparsable_and_mislabelled_input_as_the_in_process_build_does(tmp_path):
+    """A line nested past the recursion limit, a byte-order mark, a '.gz' file that is plain JSONL
+    (split into byte ranges) and a '.jsonl' file that is gzip."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    recs = [json.dumps({"id": f"p{i}", "text": _prose(i)}).encode() + b"\n" for i in range(60)]
+    recs[30] = b'{"text": ' + b"[" * 1000 + b"]" * 1000 + b"}\n"
+    (raw / "plain.jsonl.gz").write_bytes(b"\xef\xbb\xbf" + b"".join(recs))
+    (raw / "packed.jsonl").write_bytes(gzip.compress(b"".join(recs[40:])))
+    s = _two_builds(tmp_path, {"plain": {"path": "plain.jsonl.gz"}, "packed": {"path": "packed.jsonl"}},
+                    "data.stages=[normalize, length_filter, exact_dedup]")
+    (work,) = (tmp_path / "tasks.work").iterdir()
+    assert sum(u.byte_range is not None for u in dexec.load_plan(work).units) >= 2  # the '.gz' plain file was split
+    q = [json.loads(line) for line in (tmp_path / "tasks" / "quarantine.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["code"]) for r in q if r["stage"] == "read"] == [("plain:line31", "too_deep")]
+    assert s["sources"]["plain"]["docs_in"] == 60 and s["sources"]["packed"]["docs_in"] == 20  # p0 kept despite the BOM
+    assert "p0" in (tmp_path / "tasks" / "plain" / "train.jsonl").read_text()
+
+
 def test_work_folder_is_removed_after_a_successful_build_and_fewer_tasks_than_units_work(tmp_path):
     _raw(tmp_path)
     build_clean_corpus(_cfg(tmp_path, "inproc"))

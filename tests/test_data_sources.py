@@ -121,7 +121,7 @@ def test_compliance_gate_skip_mode_reads_nothing_of_refused_sources_and_records_
 @pytest.mark.parametrize("spec,field", [
     ({"path": "x.jsonl", "approval": {"status": "ok"}}, "approval.status"),
     ({"path": "x.jsonl", "approval": {"status": "approved", "date": "2026-01-01"}}, "approval.by"),
-    ({"path": "x.jsonl", "approval": {"status": "approved", "by": "a", "date": "d"}, "license": None}, "license"),
+    ({"path": "x.jsonl", "approval": {"status": "approved", "by": "a", "date": "2026-01-01"}, "license": None}, "license"),
     ({"path": "x.jsonl", "pii_policy": "hide"}, "pii_policy"),
     ({"path": "x.csv", "format": "csv"}, "format"),
     ({"approval": APPROVAL}, "path"),
@@ -200,6 +200,50 @@ def test_a_corrupt_zstd_file_is_reported_not_fatal(tmp_path):
     _registry(raw, {"ok": {"path": "ok.jsonl"}, "bad": {"path": "bad.jsonl.zst"}})
     summary = build_clean_corpus(_cfg(tmp_path, "data.stages=[normalize]"))
     assert summary["sources"]["bad"]["removed"] == {"corrupt_file": 1} and summary["sources"]["ok"]["docs_out"] == 1
+
+
+DEEP = b'{"text": "deep", "x": ' + b"[" * 1000 + b"]" * 1000 + b"}\n"  # past the recursion limit
+
+
+def test_nothing_a_record_contains_stops_the_build_or_the_rest_of_its_file(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    deep_meta = {"id": "deepmeta", "text": _prose(3), "meta": {}}
+    node = deep_meta["meta"]
+    for _ in range(80):
+        node["m"] = {}
+        node = node["m"]
+    lines = [_jsonl([{"id": "first", "text": _prose(1)}]), DEEP, b'{"text": "big", "n": ' + b"7" * 5000 + b"}\n",
+             _jsonl([deep_meta, {"id": "last", "text": _prose(2)}])]
+    (raw / "s.jsonl").write_bytes(b"".join(lines))
+    _registry(raw, {"s": {"path": "s.jsonl"}})
+    summary = build_clean_corpus(_cfg(tmp_path, "data.stages=[normalize]"))
+    assert _out_ids(tmp_path / "clean", "s") == {"first", "last"}
+    assert summary["sources"]["s"]["removed"] == {"too_deep": 2, "invalid_json": 1}
+    q = {r["line"]: r for r in map(json.loads, (tmp_path / "clean" / "quarantine.jsonl").read_text().splitlines())}
+    assert q[2]["reason"] == "line 2: JSON nested too deeply to parse" and "4300 digits" in q[3]["reason"]
+    assert q[4]["reason"] == "line 4: 'meta' nests deeper than 64 levels"
+
+
+def test_compression_is_detected_by_content_and_a_byte_order_mark_costs_no_record(tmp_path):
+    import zstandard
+
+    raw = tmp_path / "raw"
+    (raw / "docs").mkdir(parents=True)
+    bom = b"\xef\xbb\xbf"
+    (raw / "plain.jsonl.gz").write_bytes(bom + _jsonl([{"id": "p1", "text": _prose(1)}, {"id": "p2", "text": _prose(2)}]))
+    (raw / "packed.jsonl").write_bytes(gzip.compress(bom + _jsonl([{"id": "g1", "text": _prose(3)}])))
+    (raw / "packed.json").write_bytes(zstandard.ZstdCompressor().compress(_jsonl([{"id": "z1", "text": _prose(4)}])))
+    (raw / "docs" / "a.txt").write_bytes(bom + _prose(5).encode())
+    _registry(raw, {"plain": {"path": "plain.jsonl.gz"}, "gz": {"path": "packed.jsonl"}, "zst": {"path": "packed.json"},
+                    "txt": {"path": "docs", "format": "text"}})
+    summary = build_clean_corpus(_cfg(tmp_path, "data.stages=[length_filter]"))  # (normalize would drop a BOM too)
+    clean = tmp_path / "clean"
+    assert [_out_ids(clean, s) for s in ("plain", "gz", "zst")] == [{"p1", "p2"}, {"g1"}, {"z1"}]
+    assert summary["totals"]["bad_records"] == 0
+    (doc,) = [json.loads(line) for line in (clean / "txt" / "train.jsonl").read_text().splitlines()]
+    assert doc["text"] == _prose(5)  # no U+FEFF left at the start
+    assert json.loads((clean / "manifest.json").read_text())["inputs"]["files"]["plain"]["lines"] == 2
 
 
 def test_data_report_cli_writes_offline_html_and_json(tmp_path, capsys):

@@ -21,7 +21,7 @@ from conftest import tiny_overrides
 from pretrainlab.config import load_config
 from pretrainlab.fsio import iter_jsonl
 from pretrainlab.train import checkpoint as ckpt
-from pretrainlab.train.trainer import train
+from pretrainlab.recipes import train
 
 STEPS = ("train.steps=10", "checkpoint.every=2", "checkpoint.keep_last=10", "checkpoint.keep_best=false")
 
@@ -180,3 +180,96 @@ def test_kill_9_at_a_random_moment_then_resume_auto_is_exact(two_process, tiny_d
     assert run_two(tiny_data, run, *extra) == uninterrupted  # merged: steps up to the checkpoint + the resumed ones
     resume = [r for r in iter_jsonl(run / "events.jsonl") if r["event"] == "resume"]
     assert [r["checkpoint"] for r in resume] == [str(resumed_from)]
+
+
+def stop_with(proc: subprocess.Popen, run: Path, sig: signal.Signals, after_steps: int, whole_group: bool) -> str:
+    """Deliver ``sig`` once ``after_steps`` steps are logged: to every process (a terminal's Ctrl-C) or to the launcher."""
+    deadline = time.time() + 240
+    while not (ckpt.latest_checkpoint(run) and len(losses(run)) >= after_steps):
+        assert proc.poll() is None, proc.communicate()[0][-4000:]
+        assert time.time() < deadline, "the run made no progress"
+        time.sleep(0.005)
+    if whole_group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
+    return proc.communicate(timeout=120)[0]
+
+
+def interrupted_at(run: Path, out: str) -> dict:
+    """The run's last `interrupted` event, checked against its metrics and checkpoints."""
+    evs = [e for e in iter_jsonl(run / "events.jsonl") if e["event"] == "interrupted"]
+    assert evs, out[-4000:]
+    assert evs[-1]["step"] == len(losses(run)), "every rank stops after the step it last logged"
+    assert ckpt.is_complete(run / "checkpoints" / f"step_{evs[-1]['step']:08d}")
+    return evs[-1]
+
+
+@pytest.mark.slow
+def test_ctrl_c_then_sigterm_stop_every_rank_at_one_step_with_a_checkpoint_and_resume_exactly(two_process, tiny_data,
+                                                                                               tmp_path):
+    parallel, _, uninterrupted = two_process
+    run, extra = tmp_path / "run", (f"train.parallel={parallel}",)
+    # Ctrl-C in the terminal reaches torchrun and both workers (torchrun forwards it once more).
+    out = stop_with(launch(tiny_data, run, *extra), run, signal.SIGINT, after_steps=3, whole_group=True)
+    first = interrupted_at(run, out)
+    assert first["signal"] == "SIGINT" and first["step"] < 8
+    # SIGTERM to torchrun alone (kubelet, `kill PID`): it forwards it to the workers.
+    out = stop_with(launch(tiny_data, run, *extra), run, signal.SIGTERM, first["step"] + 1, whole_group=False)
+    second = interrupted_at(run, out)
+    assert second["signal"] == "SIGTERM" and first["step"] < second["step"] < 10, out[-4000:]
+    assert run_two(tiny_data, run, *extra) == uninterrupted
+
+
+FAKE_SRUN = """#!{python}
+# srun stand-in: SLURM_NTASKS copies of the command on this machine; forwards signals; exits with the highest code.
+import os, signal, subprocess, sys
+args = sys.argv[1:]
+while args[0].startswith("-"):
+    args.pop(0)
+procs = [subprocess.Popen(args, env={{**os.environ, "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)}})
+         for i in range(int(os.environ["SLURM_NTASKS"]))]
+def forward(sig, frame):
+    for p in procs:
+        p.send_signal(sig)
+for s in (signal.SIGTERM, signal.SIGUSR1):
+    signal.signal(s, forward)
+sys.exit(max(c if c >= 0 else 128 - c for c in [p.wait() for p in procs]))
+"""
+FAKE_SCONTROL = '#!/bin/bash\nif [ "$1" = show ]; then echo 127.0.0.1; else echo "scontrol $*" >> "$FAKE_SLURM_LOG"; fi\n'
+
+
+@pytest.mark.slow
+def test_slurm_script_checkpoints_on_the_time_limit_signal_requeues_and_the_requeued_job_resumes_exactly(
+        two_process, tiny_data, tmp_path):
+    parallel, _, uninterrupted = two_process
+    if parallel != "fsdp2":
+        pytest.skip("one parallel mode is enough for the job script")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in (("srun", FAKE_SRUN.format(python=sys.executable)), ("scontrol", FAKE_SCONTROL)):
+        (bin_dir / name).write_text(body)
+        (bin_dir / name).chmod(0o755)
+    config = tmp_path / "train.yaml"
+    config.write_text("# every setting comes from --set\n")
+    run = tmp_path / "run"
+    sets = [a for o in _sets(tiny_data, run, f"train.parallel={parallel}") for a in ("--set", o)]
+    script = Path(__file__).resolve().parents[1] / "scripts" / "slurm_train.sh"
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHON": sys.executable,
+           "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "node1", "SLURM_NTASKS": "2", "OMP_NUM_THREADS": "1",
+           "MASTER_PORT": str(_free_port()), "FAKE_SLURM_LOG": str(tmp_path / "slurm.log")}
+
+    def job() -> subprocess.Popen:
+        return subprocess.Popen(["bash", str(script), str(config), *sets], cwd=tmp_path, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+    first = job()
+    out = stop_with(first, run, signal.SIGUSR1, after_steps=3, whole_group=False)  # --signal=B:USR1@300
+    assert interrupted_at(run, out)["signal"] == "SIGUSR1" and first.returncode == 99, out[-4000:]
+    assert "requeueing job 4242" in out and (tmp_path / "slurm.log").read_text() == "scontrol requeue 4242\n"
+    env["MASTER_PORT"] = str(_free_port())
+    requeued = job()
+    out = requeued.communicate(timeout=300)[0]
+    assert requeued.returncode == 0, out[-4000:]
+    assert losses(run) == uninterrupted
+    assert (tmp_path / "slurm.log").read_text() == "scontrol requeue 4242\n"  # not requeued again

@@ -282,3 +282,20 @@ def test_evaluate_run_user_errors(tmp_path):
     run = make_run(tmp_path, with_checkpoint=False)
     with pytest.raises(UserError, match="no complete checkpoint"):
         evaluate_run(run)
+
+
+@pytest.mark.parametrize("bad", ["tasks", "prompts"])
+def test_a_bad_tasks_or_prompts_file_is_reported_before_any_model_work(tmp_path, monkeypatch, bad):
+    import pretrainlab.eval.run as eval_run
+    from pretrainlab.errors import DataError
+
+    run = make_run(tmp_path)
+    work = []
+    monkeypatch.setattr(eval_run, "perplexity_per_source", lambda *a, **k: work.append("perplexity"))
+    monkeypatch.setattr(eval_run, "load_checkpoint", lambda *a, **k: work.append("load model"))
+    (tmp_path / "bad.jsonl").write_text('{"context": "a", "choices": [" b", " c"], "gold": 7}\n')
+    (tmp_path / "prompts.jsonl").write_text('{"text": "no prompt field"}\n')
+    override = {"tasks": f"eval.tasks=[{tmp_path / 'bad.jsonl'}]", "prompts": f"eval.prompts_file={tmp_path / 'prompts.jsonl'}"}
+    with pytest.raises((DataError, UserError), match="bad.jsonl:1|prompts.jsonl:1"):
+        eval_run.evaluate_run(run, [override[bad]], print_results=False)
+    assert work == []

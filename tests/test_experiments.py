@@ -235,7 +235,7 @@ def test_sgd_and_fp16_with_loss_scaling_train_end_to_end(tiny_cfg):
 
     from pretrainlab.experiments.runner import StepRecorder
     from pretrainlab.train.callbacks import Callback
-    from pretrainlab.train.trainer import train
+    from pretrainlab.recipes import train
 
     seen = {}
 

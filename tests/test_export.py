@@ -23,7 +23,7 @@ transformers = pytest.importorskip("transformers")
 @pytest.fixture(scope="module")
 def trained_run(tiny_data, tmp_path_factory):
     """A 12-step tiny run with checkpoints at steps 4, 8, 12 (keep_last 3)."""
-    from pretrainlab.train.trainer import train
+    from pretrainlab.recipes import train
 
     run = tmp_path_factory.mktemp("exp") / "run"
     cfg = load_config(None, tiny_overrides(tiny_data) + [f"run.dir={run}", "checkpoint.keep_last=3",
@@ -131,18 +131,27 @@ def test_all_checkpoints_sweep_writes_one_record_per_checkpoint_and_charts(train
     assert all(set(r["tasks"]) == {"cloze", "continuation"} for r in saved)
     assert records[-1]["perplexity"]["overall"]["loss"] < records[0]["perplexity"]["overall"]["loss"]
     assert (trained_run / SWEEP_HTML).read_text().count("<svg") == 2
-    from pretrainlab.monitor.report import build_report_html
+    from pretrainlab.reporting import build_report_html
 
     assert "Evaluation across training" in build_report_html(trained_run)
 
 
 @pytest.mark.slow
-def test_lm_eval_harness_offline_on_the_export_equals_our_accuracy(trained_run):
+def test_lm_eval_harness_offline_on_the_export_equals_our_accuracy(trained_run, tmp_path, monkeypatch, capfd):
     pytest.importorskip("lm_eval")
     from pretrainlab.eval.harness import run_harness
+    from pretrainlab.export.package import ensure_hf_export
 
-    record = run_harness(trained_run, ["builtin"])
-    assert set(record["tasks"]) == {"cloze", "continuation"}
+    arc = tmp_path / "arc_like.jsonl"  # a converted layout: lm-eval's target_delimiter " ", acc_norm over the bare text
+    words = ["the model", "a token", "data", "return value", "the layer norm", "shard", "import class", "self"]
+    arc.write_text("".join(json.dumps({"question": f"What is {w}?", "answerKey": "B", "choices": {
+        "label": ["A", "B", "C"], "text": [words[(i + 1) % 8], w, words[(i + 3) % 8] + " x"]}}) + "\n"
+        for i, w in enumerate(words)))
+    monkeypatch.chdir(tmp_path)  # not a git checkout: git must not print "fatal: not a git repository"
+    capfd.readouterr()
+    record = run_harness(trained_run, ["builtin", str(arc)], export_to_hf=ensure_hf_export)
+    assert "fatal" not in capfd.readouterr().err
+    assert set(record["tasks"]) == {"cloze", "continuation", "arc_like"}
     for name, r in record["tasks"].items():
         assert r["acc"] == pytest.approx(r["ours"]["acc"]) and r["acc_norm"] == pytest.approx(r["ours"]["acc_norm"]), name
     assert json.loads((trained_run / "harness.json").read_text())["tasks"]["cloze"]["acc"] == record["tasks"]["cloze"]["acc"]
@@ -191,3 +200,87 @@ def test_card_lists_each_source_with_license_approval_tokens_and_mixture(trained
     assert f"| prose | CC-BY-4.0 | approved legal 2026-11-01 | {train_tokens:,} |" in card
     assert f"| {weight:.3f} |" in card and "| code | PSF-2.0 | approved |" in card
     assert card.startswith("---\nlicense: apache-2.0\n") and "manifest `abc`" in card and "90 documents kept" in card
+
+
+def test_card_data_section_is_the_same_from_any_working_directory(tmp_path, monkeypatch):
+    """A run made with a relative workdir exports the same data section from elsewhere, and never reads the
+    `work/clean` that happens to lie in the current directory."""
+    from conftest import make_clean_corpus
+    from pretrainlab.tokenizer.shards import tokenize_corpus
+    from pretrainlab.tokenizer.train import train_tokenizer
+    from pretrainlab.recipes import train
+
+    proj, other = tmp_path / "proj", tmp_path / "other"
+    sources = {"prose": {"license": "CC-BY-4.0", "approval": {"status": "approved", "by": "legal", "date": "2026-11-01"}},
+               "code": {"license": "PSF-2.0", "approval": {"status": "approved", "by": "legal", "date": "2026-11-02"}}}
+    make_clean_corpus(proj / "work" / "clean", {"prose": 30, "code": 20})
+    (proj / "work" / "clean" / "manifest.json").write_text(json.dumps({"manifest_id": "real", "sources": sources}))
+    decoy = {s: {"license": "DECOY-LICENSE", "approval": {"status": "approved", "by": "x"}} for s in sources}
+    (other / "work" / "clean").mkdir(parents=True)
+    (other / "work" / "clean" / "manifest.json").write_text(json.dumps({"manifest_id": "decoy", "sources": decoy}))
+    monkeypatch.chdir(proj)
+    cfg = load_config(None, tiny_overrides(proj / "work")[1:] + ["workdir=work", "train.steps=2", "checkpoint.every=2",
+                                                                 "export.verify=false", "tokenize.workers=1"])
+    train_tokenizer(cfg)
+    tokenize_corpus(cfg)
+    train(cfg)
+    monkeypatch.chdir(other)
+    out = tmp_path / "delivery"
+    assert main(["export", str(proj / "work" / "runs" / "quickstart"), "--to", "hf", str(out)]) == 0
+    card = (out / "README.md").read_text()
+    assert "| prose | CC-BY-4.0 | approved legal 2026-11-01 |" in card and "| code | PSF-2.0 |" in card
+    assert "DECOY" not in card and "manifest `real`" in card
+    assert "Nothing truncates by itself" in card and "`truncation=True`" in card  # as the exported tokenizer does
+    assert json.loads((out / "repro" / "data_manifest.json").read_text())["manifest_id"] == "real"
+
+
+def test_readme_lm_eval_command_scores_empty_contexts_after_eos_like_pretrainlab(tiny_data, tmp_path, monkeypatch):
+    """The README's plain `lm_eval --model hf` command, run on an export, prefixes empty contexts as we do."""
+    pytest.importorskip("lm_eval")
+    import re
+    from pathlib import Path
+
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.utils import simple_parse_args_string
+
+    from pretrainlab.eval.tasks import encode_pair
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    commands = re.findall(r"`(lm_eval --model hf --model_args (\S+) [^`]*)`", readme)
+    assert commands, "README shows no plain lm_eval command"
+    tok = load_tokenizer(tiny_data / "tokenizer")
+    export_hf(tiny_model(tok.vocab_size, True), tok, tmp_path / "hf")
+    ours = encode_pair(tok, "", " x")[0]
+    for _, model_args in commands:
+        args = simple_parse_args_string(model_args.replace("out/model", str(tmp_path / "hf")))
+        lm = HFLM(**{"device": "cpu", **args})
+        assert [lm.prefix_token_id] == ours == [tok.eos_id], model_args
+
+
+def test_every_exported_file_has_ordinary_permissions(tiny_data, tmp_path):
+    """0666 less the umask, like any file the user writes (safetensors alone used to be 0600)."""
+    import os
+
+    tok = load_tokenizer(tiny_data / "tokenizer")
+    export_hf(tiny_model(tok.vocab_size, True), tok, tmp_path / "one")
+    export_hf(tiny_model(tok.vocab_size, True), tok, tmp_path / "sharded", shard_bytes=20_000)
+    umask = os.umask(0)
+    os.umask(umask)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name.startswith("model-00002") for p in files)
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(0o666 & ~umask) for p in files}
+
+
+def test_exported_tokenizer_truncates_long_prompts_to_their_last_context_tokens(tiny_data, tmp_path, monkeypatch):
+    from transformers import AutoTokenizer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tok = load_tokenizer(tiny_data / "tokenizer")
+    model = tiny_model(tok.vocab_size, True)
+    export_hf(model, tok, tmp_path / "hf")
+    hf_tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    text = " ".join(f"word{i} def return" for i in range(200))
+    full = hf_tok(text).input_ids
+    assert len(full) > model.cfg.max_seq_len and full == tok.encode(text)
+    assert hf_tok(text, truncation=True).input_ids == full[-model.cfg.max_seq_len:]

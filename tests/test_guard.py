@@ -14,7 +14,7 @@ from pretrainlab.errors import TrainingPaused, TrainingStopped
 from pretrainlab.fsio import iter_jsonl
 from pretrainlab.train import checkpoint as ckpt
 from pretrainlab.train.callbacks import Callback
-from pretrainlab.train.trainer import train
+from pretrainlab.recipes import train
 
 
 def events(run_dir, name=None):
@@ -77,7 +77,8 @@ def test_repeated_nan_rolls_back_to_the_last_checkpoint_skips_the_bad_data_and_f
     assert [e["step"] for e in events(run, "skip_step")] == [5, 6, 7]
     (rb,) = events(run, "rollback")
     assert rb["checkpoint"].endswith("step_00000004") and rb["from_step"] == 7 and rb["to_step"] == 4
-    assert rb["skipped_batches"] == 3 and rb["data_batches"] == 7  # 4 trained + 3 skipped
+    # past everything consumed up to the bad step (batches 5-7), then skip_batches more (8-10)
+    assert rb["skipped_batches"] == 6 and rb["skipped_data_batches"] == [5, 10] and rb["data_batches"] == 10
     assert summary["steps"] == 12 and len(summary["losses"]) == 12
     assert all(math.isfinite(x) for x in summary["losses"])  # the poisoned batches were never seen again
     # metrics.jsonl holds the surviving branch, once per step; the abandoned steps are kept aside.
@@ -86,6 +87,20 @@ def test_repeated_nan_rolls_back_to_the_last_checkpoint_skips_the_bad_data_and_f
     assert orphaned == [("train", 5), ("train", 6), ("val", 6), ("train", 7)]
     alerts = list(iter_jsonl(run / "alerts.jsonl"))
     assert [a["rule"] for a in alerts] == ["rollback"]
+
+
+def test_repeated_rollbacks_skip_past_the_bad_region_and_the_skip_grows_each_time(tiny_cfg):
+    # Poisoned data 5-10 is wider than skip_batches=1: skipping from the checkpoint would land in it again and again.
+    cfg = tiny_cfg("train.steps=12", "checkpoint.every=4", "guard.inject_nan_at_steps=[5,6,7,8,9,10]",
+                   "guard.rollback_after=2", "guard.skip_batches=1", "guard.max_rollbacks=3")
+    summary = train(cfg)
+    run = cfg.run_dir
+    first, second = events(run, "rollback")
+    assert (first["to_step"], first["skipped_data_batches"]) == (4, [5, 7])  # bad 5, 6 -> past 6, +1
+    assert (second["to_step"], second["skipped_data_batches"]) == (4, [5, 11])  # bad 8, 9 -> past 9, +2 (doubled)
+    assert [e["data_batch"] for e in events(run, "inject_nan")] == [5, 6, 8, 9]  # no bad batch seen twice
+    assert summary["steps"] == 12 and all(math.isfinite(x) for x in summary["losses"])
+    assert "past bad batch 9 and 2 more (rollback 2/3)" in list(iter_jsonl(run / "alerts.jsonl"))[-1]["message"]
 
 
 def test_the_rollback_limit_stops_the_run_with_a_clear_message(tiny_cfg):
@@ -107,8 +122,8 @@ def test_a_loss_spike_is_skipped_and_repeated_spikes_roll_back(tiny_cfg):
     first = events(run, "skip_step")[0]
     assert first["loss"] > first["threshold"]
     (rb,) = events(run, "rollback")
-    assert rb["from_step"] == 13 and rb["to_step"] == 12 and rb["skipped_batches"] == 2
-    assert rb["data_batches"] == 14  # batches 13 and 14 were skipped
+    assert rb["from_step"] == 13 and rb["to_step"] == 12 and rb["skipped_batches"] == 3
+    assert rb["skipped_data_batches"] == [13, 15]  # the bad batch 13, then skip_batches=2 more
     assert summary["steps"] == 16
 
 
@@ -209,6 +224,19 @@ def test_a_throughput_drop_alerts_once_and_rearms_after_recovery(tmp_path):
     assert any(e.get("rule") == "throughput_recovered" for e in ctx.events)
     alerts = list(iter_jsonl(tmp_path / "alerts.jsonl"))
     assert [a["rule"] for a in alerts] == ["throughput_drop", "throughput_drop"]
+
+
+def test_a_throughput_drop_is_caught_before_a_whole_window_of_history_exists(tmp_path):
+    guard = make_guard(tmp_path)  # throughput_window: 1h
+    ctx = FakeCtx()
+    speeds = [1000.0] * 20 + [110.0] * 10  # one logged step a minute: 20 minutes normal, then 10 at 11%
+    for i, tps in enumerate(speeds, start=1):
+        metrics = {"step": i, "loss": 5.0 - 0.01 * i, "grad_norm": 1.0, "time": 60.0 * i}
+        guard.on_step_end(ctx, metrics)
+        ctx.history.append({**metrics, "tokens_per_s": tps})
+    drops = [e for e in ctx.events if e.get("rule") == "throughput_drop"]
+    assert [e["step"] for e in drops] == [23]  # two low points in, well before an hour has passed
+    assert drops[0]["median"] == 1000.0
 
 
 def test_trend_rules_over_wall_clock_hours(tmp_path):

@@ -161,7 +161,7 @@ def test_best_fit_keeps_documents_whole_and_ignores_padding(tiny_data):
 def test_training_logs_stage_transitions_and_reports_intended_vs_realized_shares(tiny_cfg):
     from pretrainlab.fsio import iter_jsonl
     from pretrainlab.monitor.report import write_report
-    from pretrainlab.train.trainer import train
+    from pretrainlab.recipes import train
 
     cfg = tiny_cfg("train.steps=8", "train.val_every=4",
                    "mix.stages=[{name: cold, until_tokens: 1024, sources: [prose]}, {name: mid, temperature: 3}]")

@@ -10,7 +10,7 @@ from pretrainlab.fsio import iter_jsonl
 from pretrainlab.model.moe import MoE
 from pretrainlab.monitor.report import write_report
 from pretrainlab.train.moe_monitor import collapse_reasons, load_summary
-from pretrainlab.train.trainer import train
+from pretrainlab.recipes import train
 
 MOE = ["model.moe.num_experts=4", "model.moe.top_k=2", "model.moe.expert_hidden=48"]
 

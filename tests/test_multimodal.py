@@ -264,7 +264,7 @@ def test_mm_cli_demo_build_and_errors(tmp_path, capsys, mm_work):
 
 
 def test_the_existing_trainer_trains_on_multimodal_shards(mm_work, tmp_path):
-    from pretrainlab.train.trainer import train
+    from pretrainlab.recipes import train
 
     cfg = mm_cfg(mm_work, f"train.tokens={mm_work / 'mm_tokens'}", "train.steps=5", "train.val_every=5",
                  f"run.dir={tmp_path / 'run'}", "checkpoint.every=5")

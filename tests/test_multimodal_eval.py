@@ -22,7 +22,7 @@ from pretrainlab.multimodal.realdata import espeak_available, load_digits_data, 
 from pretrainlab.tokenizer.shards import ShardReader
 from pretrainlab.tokenizer.vocab import load_tokenizer
 from pretrainlab.train import checkpoint as ckpt
-from pretrainlab.train.trainer import train
+from pretrainlab.recipes import train
 from test_multimodal import mm_cfg, mm_work  # noqa: F401  (module fixture: tokenizer, demo data, shards)
 from test_multimodal_train import ROWS, _InterruptAt
 
@@ -136,7 +136,7 @@ def test_a_multimodal_run_ends_with_mm_eval_and_the_cli_reevaluates_it(mm_work, 
     assert main(["mm", "eval", str(run)]) == 0
     again = json.loads((run / "mm_eval.json").read_text())
     assert again["perplexity"] == pytest.approx(ev["perplexity"]) and again["action"]["mse_head"] == pytest.approx(a["mse_head"])
-    from pretrainlab.monitor.report import write_report
+    from pretrainlab.reporting import write_report
 
     html = write_report(run).read_text()
     assert "Cross-modal evaluation" in html and "chance R@1" in html and "constant baseline" in html

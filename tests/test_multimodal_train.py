@@ -14,7 +14,7 @@ from pretrainlab.multimodal.train_callback import action_index, action_targets
 from pretrainlab.tokenizer.vocab import load_tokenizer
 from pretrainlab.train import checkpoint as ckpt
 from pretrainlab.train.loader import MixtureLoader
-from pretrainlab.train.trainer import train
+from pretrainlab.recipes import train
 from test_multimodal import mm_cfg, mm_work  # noqa: F401  (module fixture: tokenizer, demo data, shards)
 from test_train import _InterruptAt
 

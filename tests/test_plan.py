@@ -168,7 +168,7 @@ def test_cli_json_html_and_compare(tmp_path, capsys):
 
 
 def test_from_run_uses_the_measured_mfu_and_tokens_per_second(tiny_cfg, capsys):
-    from pretrainlab.train.trainer import train
+    from pretrainlab.recipes import train
 
     cfg = tiny_cfg()
     train(cfg)
@@ -197,3 +197,50 @@ def test_trainer_activation_checkpointing_means_full_recompute():
     on = plan(*model, "train.activation_checkpointing=true")
     assert on["memory"]["recompute"] == "full"
     assert plan(*model, "train.activation_checkpointing=true", "plan.recompute=selective")["memory"]["recompute"] == "selective"
+
+
+def test_total_params_alone_plans_by_parameter_count_with_6n_only():
+    """No preset and no vocabulary: 6N is the only FLOP count there is, whatever flops_formula says."""
+    p = plan("plan.total_params=7e9", "plan.active_params=2e9", "plan.tokens=1e12", "plan.devices=64")
+    c, m = p["compute"], p["memory"]
+    assert p["model"]["architecture"] is None and p["model"]["total_params"] == 7e9
+    assert c["formula_text"] == "6N" and c["flops_per_token"] == 6 * 2e9 and c["flops_per_token_attention"] is None
+    assert c["total_flops"] == pytest.approx(6 * 2e9 * 1e12)
+    # model states of all 7e9 parameters (fp32-master 4+4+8 bytes, ZeRO-1 over 64 ranks) + bf16 autocast copies
+    assert m["model_states_bytes"] == pytest.approx(7e9 * (4 + 4 + 8 / 64))
+    assert m["total_bytes"] == pytest.approx(7e9 * (4 + 4 + 8 / 64 + 2)) and m["activations_bytes"] is None
+    assert m["fits"] is None and any("by parameter count" in n for n in p["notes"])
+    assert plan("plan.total_params=7e9", "plan.zero_stage=0")["memory"]["fits"] is False  # 112 GB of states > 77 GB
+    with pytest.raises(ConfigError, match="needs the experts of an architecture"):
+        plan("plan.total_params=7e9", "plan.expert_parallel=2", "plan.devices=2")
+
+
+def test_total_params_with_an_architecture_keeps_its_attention_term_as_the_help_says(capsys):
+    p = plan("plan.model_preset=7b", "plan.total_params=6.5e9")
+    assert p["compute"]["flops_per_token"] == pytest.approx(6 * 6.5e9 + 12 * 32 * 4096 * 4096)
+    assert plan("plan.model_preset=7b", "plan.total_params=6.5e9", "plan.flops_formula=6n")["compute"][
+        "flops_per_token"] == 6 * 6.5e9
+    with pytest.raises(SystemExit):
+        main(["plan", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "6N only" not in help_text.split("--total-params")[1].split("by parameter count")[0]
+    assert "attention term still comes from the architecture" in help_text
+    assert "--tokens-per-sec-per-device" in help_text
+
+
+def test_measured_tokens_per_second_per_device_sets_time_cost_and_energy():
+    base = ("plan.model_preset=7b", "plan.devices=8", "plan.tokens=1e12", "plan.price_per_device_hour=2")
+    p = plan(*base, "plan.tokens_per_sec_per_device=3000")
+    c, t = p["compute"], p["time"]
+    secs = 1e12 / (8 * 3000)
+    assert t["pure_compute_seconds"] == pytest.approx(secs) and c["tokens_per_s"] == 8 * 3000
+    assert t["cost"]["low"] == pytest.approx(8 * secs * 1.2 / 3600 * 2)
+    assert p["energy"]["kwh"][0] == pytest.approx(8 * 0.7 * secs * 1.2 / 3600 * 1.2)  # 700 W TDP, PUE 1.2
+    assert c["step_seconds"] == pytest.approx(4 * 1024 * 1024 / (8 * 3000))
+    implied = 3000 * c["flops_per_token"] / p["hardware"]["peak_flops"]
+    assert c["mfu"] == pytest.approx(implied) and "implied" in c["mfu_source"]
+    # the same numbers as a peak x MFU plan at the MFU that throughput implies
+    assert plan(*base, f"plan.mfu={implied}")["time"]["pure_compute_seconds"] == pytest.approx(secs)
+    assert any("check the throughput" in n for n in plan(*base, "plan.tokens_per_sec_per_device=1e6")["notes"])
+    with pytest.raises(ConfigError, match="one source of throughput"):
+        plan(*base, "plan.tokens_per_sec_per_device=3000", "plan.mfu=0.4")

@@ -10,7 +10,8 @@ import pytest
 
 from pretrainlab.errors import UserError
 from pretrainlab.fsio import append_jsonl
-from pretrainlab.monitor.report import nice_ticks, svg_line_chart, write_report
+from pretrainlab.htmlkit import nice_ticks, svg_line_chart
+from pretrainlab.monitor.report import write_report
 
 
 def test_svg_line_chart_axes_legend_and_bad_values():

@@ -1,7 +1,12 @@
 """Sharded (torch.distributed.checkpoint) checkpoints in one process: same guarantees as full-state ones."""
 
 import errno
+import json
+import os
+import re
 import shutil
+import subprocess
+from concurrent.futures import Future
 
 import pytest
 import torch
@@ -9,7 +14,8 @@ import torch
 from pretrainlab.errors import UserError
 from pretrainlab.fsio import iter_jsonl
 from pretrainlab.train import checkpoint as ckpt
-from pretrainlab.train.trainer import train
+from pretrainlab.train import integrity, recovery
+from pretrainlab.recipes import train
 
 
 def test_sharded_saves_resume_exactly_and_match_full_ones(tiny_cfg, tmp_path):
@@ -52,7 +58,8 @@ def test_a_failed_sharded_save_keeps_the_previous_checkpoint_and_says_so(tiny_cf
         return real(self, path, mode)
 
     monkeypatch.setattr(FileSystem, "create_stream", full_disk)
-    with pytest.raises(UserError, match=r"step 8 failed \(disk full\); the previous checkpoint .*step_00000004 is intact"):
+    with pytest.raises(UserError, match=r"step 8 to .*checkpoints failed \(disk full: needs about .*\); "
+                                        r"the previous checkpoint .*step_00000004 is intact"):
         train(cfg)
     assert ckpt.latest_checkpoint(cfg.run_dir).name == "step_00000004"
     assert not [p for p in (cfg.run_dir / "checkpoints").iterdir() if p.name.startswith(".")]
@@ -91,3 +98,87 @@ def test_a_guard_rollback_reloads_a_sharded_checkpoint_like_a_full_one(tiny_cfg,
         (rollback,) = [e for e in iter_jsonl(tmp_path / fmt / "events.jsonl") if e["event"] == "rollback"]
         assert rollback["to_step"] == 4
         assert {ckpt.checkpoint_format(p) for _, p in ckpt.list_checkpoints(tmp_path / fmt)} == {fmt}
+
+
+# --------------------------------------------------------------------------- integrity, recovery, failures
+
+
+def _app_state(n: int = 64) -> dict:
+    model = torch.nn.Linear(n, n)
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randn(2, n)).sum().backward()
+    opt.step()
+    return {"model": model.state_dict(), "optim": opt.state_dict()}
+
+
+def _save(run_dir, step, n: int = 64):
+    return ckpt.save_sharded_checkpoint(run_dir, step, _app_state(n), {"torch": torch.get_rng_state()}, {"step": step})
+
+
+def test_a_sharded_checkpoint_records_its_shards_and_metadata(tmp_path):
+    path = _save(tmp_path, 1)
+    files = json.loads((path / ckpt.MARKER).read_text())["files"]
+    assert {".metadata", "rng.pt", "state.json", "meta.json"} <= set(files)
+    shards = sorted(p.name for p in path.glob("*.distcp"))
+    assert shards and set(shards) <= set(files)
+    assert all(files[n] == integrity.file_entry(path / n) for n in files)
+    assert ckpt.verify(path) is None
+
+
+@pytest.mark.parametrize("kind,says", [("truncate-distcp", r"__0_0\.distcp is [\d,]+ bytes, [\d,]+ when saved"),
+                                       ("truncate-metadata", r"\.metadata is [\d,]+ bytes"),
+                                       ("flip-byte", r"__0_0\.distcp does not match the checksum")])
+def test_a_damaged_sharded_checkpoint_is_set_aside_for_the_previous_one(tmp_path, kind, says):
+    _save(tmp_path, 1)
+    integrity.corrupt(_save(tmp_path, 2), kind)
+    found = recovery.find_resumable(tmp_path)
+    assert found.step == 1 and re.search(says, found.skipped[0].reason), found.skipped[0].reason
+    assert found.skipped[0].moved_to.name == ".corrupt-step_00000002"
+
+
+def test_resume_auto_skips_a_truncated_shard_and_continues_bit_identically(tiny_cfg, tmp_path):
+    sharded = ("checkpoint.format=sharded", "checkpoint.keep_best=false")
+    whole = train(tiny_cfg(f"run.dir={tmp_path / 'whole'}", *sharded))
+    cfg = tiny_cfg(f"run.dir={tmp_path / 'cut'}", "train.steps=8", *sharded)
+    train(cfg)
+    integrity.corrupt(ckpt.latest_checkpoint(cfg.run_dir), "truncate-metadata")
+    assert train(tiny_cfg(f"run.dir={tmp_path / 'cut'}", *sharded))["losses"] == whole["losses"][4:]
+    (event,) = [e for e in iter_jsonl(cfg.run_dir / "events.jsonl") if e["event"] == "checkpoint_skipped"]
+    assert event["skipped_step"] == 8 and ".metadata" in event["reason"]
+
+
+def test_a_failed_staging_copy_is_raised_not_swallowed():
+    saver = ckpt.ShardedAsyncCheckpointer()
+    try:
+        failed: Future = Future()
+        failed.set_exception(RuntimeError("CUDA error: out of memory"))
+        saver._staging = failed
+        with pytest.raises(RuntimeError, match="copying checkpoint state to CPU failed: CUDA error: out of memory"):
+            saver.wait_staged()
+    finally:
+        saver.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1.5 MB filesystem (tmpfs, needs root); skipped where it cannot be mounted."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root; test_a_failed_sharded_save_... covers the same path patched")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1500k", "tmpfs", str(mnt)], capture_output=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("left_kb", [500, 200, 8])  # room left for the second save: it fails at a different point
+def test_a_real_full_disk_fails_a_sharded_save_in_one_line(small_disk, left_kb):
+    run = small_disk / "run"
+    _save(run, 1, n=256)
+    (small_disk / "filler").write_bytes(b"\0" * max(0, shutil.disk_usage(small_disk).free - left_kb * 1024))
+    with pytest.raises(UserError, match=rf"step 2 to {re.escape(str(run / 'checkpoints'))} failed \(disk full: needs"):
+        _save(run, 2, n=256)
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000001"]
+    assert ckpt.verify(run / "checkpoints" / "step_00000001") is None

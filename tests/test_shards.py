@@ -273,3 +273,28 @@ def test_a_shard_range_read_touches_only_its_pages(cfg):
     view = reader.tokens(10, 20)
     assert isinstance(view, np.memmap) and not view.flags.owndata and view.base is not None
     assert isinstance(reader.index, np.memmap)
+
+
+def test_manifest_locates_its_corpus_from_any_cwd_and_after_a_move(cfg, tmp_path, monkeypatch):
+    """The corpus is recorded absolute and relative to the manifest, never relative to the cwd."""
+    from pretrainlab.tokenizer.shards import corpus_dir_of
+
+    monkeypatch.chdir(tmp_path)
+    rel = load_config(None, ["workdir=.", "tokenizer.vocab_size=300"])  # paths relative to the cwd
+    tokenize_corpus(rel)
+    m = read_tokens_manifest(tmp_path / "tokens")
+    assert m["corpus_dir"] == str((tmp_path / "clean").resolve()) and m["corpus_dir_relative"] == "../clean"
+    assert Path(m["tokenizer_dir"]).is_absolute()
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert corpus_dir_of(tmp_path / "tokens").resolve() == (tmp_path / "clean").resolve()
+    # moved together to another place, with a different corpus left at the old absolute path
+    moved = elsewhere / "project"
+    shutil.copytree(tmp_path / "tokens", moved / "tokens")
+    shutil.copytree(tmp_path / "clean", moved / "clean")
+    (tmp_path / "clean" / "manifest.json").write_text('{"other": "corpus"}')
+    assert corpus_dir_of(moved / "tokens").resolve() == (moved / "clean").resolve()
+    # a corpus whose manifest is not the one tokenized is never taken for it
+    (moved / "clean" / "manifest.json").write_text('{"changed": true}')
+    assert corpus_dir_of(moved / "tokens") is None

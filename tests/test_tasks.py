@@ -49,9 +49,10 @@ def test_task_file_layouts_and_errors(tmp_path):
     ]) + "\n\n")
     task = load_task(path)
     assert task.name == "t" and len(task.examples) == 4
-    assert task.examples[1] == Example("A man", (" runs", " flies"), 0)
-    assert task.examples[2] == Example("Question: 2+2?\nAnswer:", (" 4", " 5"), 0)
-    assert task.examples[3].choices == (" blue", " green", " red")
+    assert task.examples[1] == Example("A man", ("runs", "flies"), 0, " ")
+    assert task.examples[2] == Example("Question: 2+2?\nAnswer:", ("4", "5"), 0, " ")
+    assert task.examples[3].continuations == (" blue", " green", " red")
+    assert task.examples[0].continuations == (" b", " c") and task.target_delimiter is None  # mixed layouts
     assert len(load_task(path, limit=2).examples) == 2
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"context": "A", "choices": [" b", " c"], "gold": 0}) + "\n"
@@ -126,7 +127,7 @@ def test_resolve_tasks_rejects_unknown_names(tmp_path):
 
 
 def test_in_training_task_eval_logs_eval_records_to_metrics(tiny_cfg):
-    from pretrainlab.train.trainer import train
+    from pretrainlab.recipes import train
 
     cfg = tiny_cfg("eval.every_steps=5", "eval.in_training_examples=6", "eval.task_examples=10")
     train(cfg)
@@ -147,3 +148,45 @@ def test_prompts_file_text_and_jsonl(tmp_path):
         read_prompts(tmp_path / "p.jsonl")
     with pytest.raises(UserError, match="not found"):
         read_prompts(tmp_path / "missing.txt")
+
+
+# lm-eval task configs equivalent to our converted layouts (its ARC prompt; default target_delimiter " ").
+LM_EVAL_LAYOUTS = {
+    "arc": ({"doc_to_text": "Question: {{question}}\nAnswer:", "doc_to_choice": "{{choices.text}}",
+             "doc_to_target": "{{choices.label.index(answerKey)}}"},
+            [{"question": "Which is a mammal?", "choices": {"text": ["a", "bbbb"], "label": ["A", "B"]}, "answerKey": "B"},
+             {"question": "Sky?", "choices": {"text": ["blue", "grey", "x"], "label": ["1", "2", "3"]}, "answerKey": "1"}]),
+    "hellaswag": ({"doc_to_text": "ctx", "doc_to_choice": "endings", "doc_to_target": "label"},
+                  [{"ctx": "A man", "endings": ["a", "bbbb"], "label": 1},
+                   {"ctx": "She", "endings": ["sings", "is", "z"], "label": 0}]),
+    "mmlu": ({"doc_to_text": "Question: {{question}}\nAnswer:", "doc_to_choice": "choices", "doc_to_target": "answer"},
+             [{"question": "2+2?", "choices": ["a", "bbbb"], "answer": 1},
+              {"question": "Red?", "choices": ["yes", "no", "q"], "answer": 0}]),
+}
+# per-choice log-likelihoods chosen so that dividing by len(" " + choice) instead of len(choice) flips the first item
+LLS = [[-3.0, -9.0], [-5.0, -4.1, -2.2]]
+
+
+@pytest.mark.parametrize("layout", sorted(LM_EVAL_LAYOUTS))
+def test_converted_layouts_score_exactly_as_lm_eval(layout, tmp_path, monkeypatch):
+    """Same requests (context, continuation) and the same acc / acc_norm as lm-eval's own process_results."""
+    pytest.importorskip("lm_eval")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    from lm_eval.api.task import ConfigurableTask
+
+    fields, docs = LM_EVAL_LAYOUTS[layout]
+    path = tmp_path / f"{layout}.jsonl"
+    path.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    task = ConfigurableTask(config={
+        "task": f"t_{layout}", "dataset_path": "json", "test_split": "test", "output_type": "multiple_choice",
+        "dataset_kwargs": {"data_files": {"test": str(path)}, "cache_dir": str(tmp_path / "cache")},
+        "metric_list": [{"metric": "acc"}, {"metric": "acc_norm"}], **fields})
+    ours = load_task(path)
+    for doc, ex, ll in zip(task.dataset["test"], ours.examples, LLS):
+        requests = task.construct_requests(doc, task.doc_to_text(doc), metadata=(task.config.task, 0, 1))
+        assert [r.arguments for r in requests] == [(ex.context, c) for c in ex.continuations]
+        theirs = task.process_results(doc, [(v, False) for v in ll])
+        mine = task_metrics([ex], [ll])
+        assert (mine["acc"], mine["acc_norm"]) == (theirs["acc"], theirs["acc_norm"])
+    # -3/1 > -9/4 picks "bbbb" (gold); counting the delimiter, -3/2 > -9/5 would pick "a"
+    assert task_metrics(ours.examples[:1], LLS[:1])["acc_norm"] == 1.0

@@ -3,7 +3,7 @@
 import pytest
 
 from pretrainlab.monitor.sinks import MlflowSink, WandbSink
-from pretrainlab.train.trainer import train
+from pretrainlab.recipes import train
 
 
 @pytest.mark.slow

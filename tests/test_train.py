@@ -13,7 +13,7 @@ from pretrainlab.errors import UserError
 from pretrainlab.fsio import iter_jsonl
 from pretrainlab.train import checkpoint as ckpt
 from pretrainlab.train.callbacks import Callback
-from pretrainlab.train.trainer import train
+from pretrainlab.recipes import train
 
 
 def test_training_lowers_validation_loss_and_writes_the_run_directory(tiny_cfg):

@@ -400,6 +400,25 @@ class TrainConfig(Section):
     log_every: int = Field(10, ge=1, description="Steps between metrics lines.")
     val_every: int = Field(100, ge=1, description="Steps between validation-loss evaluations.")
     val_batches: int = Field(8, ge=1, description="Micro-batches of held-out data per validation.")
+    stop_signals: list[str] = Field(
+        ["SIGINT", "SIGTERM", "SIGUSR1"],
+        description="Signals that stop training at the next step boundary with a checkpoint (all ranks agree on the "
+        "step); exit code 130 after SIGINT, 99 after the others (requeue). [] keeps Python's default behaviour.",
+    )
+
+    @field_validator("stop_signals")
+    @classmethod
+    def _catchable_signals(cls, names: list[str]) -> list[str]:
+        import signal
+
+        out = []
+        for name in names:
+            text = str(name).strip().upper()
+            sig = getattr(signal, text if text.startswith("SIG") else f"SIG{text}", None)
+            if not isinstance(sig, signal.Signals) or sig.name in ("SIGKILL", "SIGSTOP"):
+                raise ValueError(f"{name!r} is not a signal that can be caught; use names like SIGTERM, SIGUSR1")
+            out.append(sig.name)
+        return out
 
     @model_validator(mode="after")
     def _batch_divides(self) -> "TrainConfig":
@@ -593,6 +612,11 @@ class GuardConfig(Section):
     inject_nan_at_steps: list[int] = Field(
         [], description="Accident experiments: poison the data batches the run would train on at these steps (loss NaN)."
     )
+
+    @field_validator("rising_action", "flat_action", "throughput_action", mode="before")
+    @classmethod
+    def _off_is_not_false(cls, v):
+        return "off" if v is False else v  # YAML 1.1 reads an unquoted `off` as the boolean false
 
     @field_validator("rising_window", "flat_window", "throughput_window", mode="before")
     @classmethod

@@ -29,3 +29,16 @@ class TrainingPaused(Exception):
     def __init__(self, message: str, checkpoint: str | None = None):
         super().__init__(message)
         self.checkpoint = checkpoint
+
+
+class TrainingInterrupted(Exception):
+    """A stop signal (Ctrl-C, SIGTERM, ...) ended training at a step boundary after a checkpoint was saved.
+
+    ``exit_code`` is 130 after Ctrl-C and 99 after SIGTERM or another configured signal
+    (train/interrupts.py): a requeue script resubmits on 99 and `--resume auto` continues.
+    """
+
+    def __init__(self, message: str, exit_code: int, checkpoint: str | None = None):
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.checkpoint = checkpoint

@@ -8,19 +8,18 @@ from collections.abc import Callable
 from rich.table import Table
 
 from pretrainlab.config import ProjectConfig
+from pretrainlab.corpus.embedded import build_corpus
+from pretrainlab.data.pipeline import build_clean_corpus
+from pretrainlab.eval.run import evaluate_run
 from pretrainlab.fsio import atomic_write_json
 from pretrainlab.progress import console
+from pretrainlab.reporting import write_report
+from pretrainlab.tokenizer.shards import tokenize_corpus
+from pretrainlab.tokenizer.train import train_tokenizer
+from pretrainlab.recipes import train
 
 
 def run_quickstart(cfg: ProjectConfig, resume: str = "auto") -> dict:
-    from pretrainlab.corpus.embedded import build_corpus
-    from pretrainlab.data.pipeline import build_clean_corpus
-    from pretrainlab.eval.run import evaluate_run
-    from pretrainlab.monitor.report import write_report
-    from pretrainlab.tokenizer.shards import tokenize_corpus
-    from pretrainlab.tokenizer.train import train_tokenizer
-    from pretrainlab.train.trainer import train
-
     stages: list[tuple[str, Callable[[], object]]] = [
         ("corpus build", lambda: build_corpus(cfg)),
         ("data build", lambda: build_clean_corpus(cfg)),

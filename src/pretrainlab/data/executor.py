@@ -47,7 +47,7 @@ from pretrainlab.config import DataConfig, DataExecutorConfig
 from pretrainlab.data.parallel import Trace, resolve_workers, run_stages
 from pretrainlab.data.readers import read_source
 from pretrainlab.data.sources import BadRecord, SourceSpec
-from pretrainlab.data.stages import STAGES, Document, _load_builtin_stages
+from pretrainlab.data.stages import STAGES, Document, load_builtin_stages
 from pretrainlab.errors import ConfigError, DataError
 from pretrainlab.fsio import atomic_open, atomic_write_bytes
 from pretrainlab.progress import console, progress_bar
@@ -165,7 +165,7 @@ def part_path(work_dir: Path, rank: int) -> Path:
 def run_task(work_dir: Path, rank: int) -> dict:
     """Read the task's units, run the prefix stages, write its part atomically; returns counts."""
     plan = load_plan(work_dir)
-    _load_builtin_stages()  # a fresh process (Slurm, Ray) has not imported them yet
+    load_builtin_stages()  # a fresh process (Slurm, Ray) has not imported them yet
     stages = [STAGES[n](plan.cfg) for n in plan.prefix]
     for s in stages:
         s.bind(plan.sources)

@@ -58,14 +58,15 @@ def run_stages(stages: list[Stage], doc: Document, skip: frozenset) -> Trace:
         if stage.name in skip:
             trace.steps.append(Step(stage.name, skipped=True))
             continue
-        chars_in = len(doc.text)
+        text_in = doc.text  # the quarantine shows the text as it entered the stage (a stage may change it, then reject)
+        chars_in = len(text_in)
         stage.note = None
         t = time.perf_counter()
         result = stage.process(doc)
         seconds = time.perf_counter() - t
         if isinstance(result, Reject):
             trace.steps.append(Step(stage.name, chars_in, 0, seconds, code=result.code, reason=result.reason,
-                                    preview=doc.text[:PREVIEW_CHARS], note=stage.note))
+                                    preview=text_in[:PREVIEW_CHARS], note=stage.note))
             return trace
         doc = result
         trace.steps.append(Step(stage.name, chars_in, len(doc.text), seconds, note=stage.note))

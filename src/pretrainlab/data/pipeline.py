@@ -54,12 +54,14 @@ from rich.table import Table
 
 import pretrainlab
 from pretrainlab.config import ProjectConfig, config_to_dict
-from pretrainlab.data.sources import PREVIEW_CHARS, BadRecord, SourceSpec, check_sources, load_registry, read_documents, scan_file
+from pretrainlab.data.gate import Admission, check_sources
+from pretrainlab.data.readers import compression
+from pretrainlab.data.sources import PREVIEW_CHARS, BadRecord, SourceSpec, load_registry, read_documents, scan_file
 from pretrainlab.data import executor as dexec
 from pretrainlab.data.parallel import Trace, prefix_length
 from pretrainlab.data.stages import STAGES, Document, Reject, Stage, build_stages
 from pretrainlab.errors import DataError
-from pretrainlab.fsio import atomic_open, atomic_write_json, replace_dir, sha256_file
+from pretrainlab.fsio import atomic_open, atomic_write_json, remove_stale_temporaries, replace_dir, sha256_file
 from pretrainlab.progress import console, progress_bar
 
 MANIFEST_KIND = "clean_corpus"
@@ -245,6 +247,7 @@ class _Run:
                 continue
             c.docs_in += 1
             c.chars_in += len(doc.text)
+            text_in = doc.text  # a stage may change the document before rejecting it (c4_lines)
             t = time.perf_counter()
             result = stage.process(doc)
             c.seconds += time.perf_counter() - t
@@ -252,7 +255,7 @@ class _Run:
                 c.removed[result.code] += 1
                 src.removed[result.code] += 1
                 src.removed_by_stage[stage.name] += 1
-                self._quarantine(doc.id, doc.source, stage.name, result.code, result.reason, doc.text)
+                self._quarantine(doc.id, doc.source, stage.name, result.code, result.reason, text_in)
                 return None
             doc = result
             c.docs_out += 1
@@ -347,6 +350,18 @@ def _print_table(specs: list[SourceSpec], per_source: dict[str, SourceCounts], o
     console.print(table)
 
 
+def _print_refusals(gate: Admission) -> None:
+    """One line per refused source and per refused file an approved source matched too."""
+    for name, why in gate.refused_sources.items():
+        n = sum(name in f.matched_by for f in gate.refused_files)
+        console.print(f"[yellow]refused:[/] source {name} ({why}); none of its {n} file(s) was opened")
+    for f in gate.refused_files:
+        approved = [n for n in f.matched_by if n not in gate.refused_sources]
+        if approved:
+            console.print(f"[yellow]refused:[/] file {f.path} ({'; '.join(f.reasons)}), also matched by "
+                          f"{', '.join(approved)}: not opened")
+
+
 def _check_skip_stages(specs: list[SourceSpec], registry: Path) -> None:
     known = set(STAGES)
     for spec in specs:
@@ -362,10 +377,12 @@ def _scan_inputs(specs: list[SourceSpec], cut_bytes: int | None = None,
     ``cut_bytes``, the line starts where plain JSONL files can be split go into ``cuts``."""
     inputs: dict[str, dict] = {}
     for spec in specs:
-        files, h, total_bytes, lines = [], hashlib.sha256(), 0, 0
+        files, h, total_bytes, lines, all_plain = [], hashlib.sha256(), 0, 0, spec.format.startswith("jsonl")
         for i, path in enumerate(spec.files):
             file_cuts: list = []
-            sha, n_lines, size = scan_file(path, cut_bytes if spec.format == "jsonl" else None, file_cuts)
+            plain = spec.format.startswith("jsonl") and compression(path) is None  # by content, not by name
+            all_plain = all_plain and plain
+            sha, n_lines, size = scan_file(path, cut_bytes if plain else None, file_cuts)
             if file_cuts and cuts is not None:
                 cuts[(spec.name, i)] = file_cuts
             files.append({"path": str(path), "sha256": sha, "bytes": size})
@@ -373,11 +390,11 @@ def _scan_inputs(specs: list[SourceSpec], cut_bytes: int | None = None,
             total_bytes += size
             lines += n_lines
         single = len(files) == 1
-        progress_total = lines if spec.format == "jsonl" else (len(files) if spec.format == "text" else None)
+        progress_total = lines if all_plain else (len(files) if spec.format == "text" else None)
         inputs[spec.name] = {
             "path": str(spec.path), "format": spec.format,
             "sha256": files[0]["sha256"] if single else h.hexdigest(), "bytes": total_bytes,
-            "lines": lines if spec.format == "jsonl" else None, "files": files, "progress_total": progress_total,
+            "lines": lines if all_plain else None, "files": files, "progress_total": progress_total,
         }
     return inputs
 
@@ -421,10 +438,14 @@ def build_clean_corpus(cfg: ProjectConfig) -> dict:
     _check_skip_stages(all_specs, registry)
     ex = cfg.data.executor
     dexec.check_executor(ex)
-    specs, refused = check_sources(all_specs, registry, cfg.data.unapproved)  # the compliance gate: before any read
-    for name, why in refused.items():
-        console.print(f"[yellow]refused:[/] source {name} ({why}); nothing of it was read")
+    never_data = {out_dir: "inside data.out (this build's output)",
+                  dexec.work_root(ex, out_dir): "inside the data tasks' work folder (this build's output)"}
+    gate = check_sources(all_specs, registry, cfg.data.unapproved, never_data)  # the compliance gate: before any read
+    specs, refused = gate.sources, gate.refused_sources
+    _print_refusals(gate)
     _check_output_dir(out_dir, in_dir)
+    for left in remove_stale_temporaries(out_dir):  # what a killed `data build` left beside its output
+        console.print(f"removed {left} (left by an interrupted build)")
 
     now = dt.datetime.now(dt.timezone.utc)
     registry_sha = sha256_file(registry)
@@ -550,6 +571,7 @@ def build_clean_corpus(cfg: ProjectConfig) -> dict:
                 s.name: {"reason": refused[s.name], "license": s.license, "approval": s.approval}
                 for s in all_specs if s.name in refused
             },
+            "refused_files": [f.as_dict() for f in gate.refused_files],  # listed and stat-ed, never opened
             "stages": [s.name for s in stages],
             "outputs": outputs,
             "counts": stats["totals"],

@@ -4,7 +4,10 @@ Each yields :class:`~pretrainlab.data.stages.Document` or
 :class:`~pretrainlab.data.sources.BadRecord` one at a time, so memory stays
 bounded by the largest record (and records over ``max_doc_bytes`` are never
 held whole: a JSONL line is read in slices and dropped). A bad record, an
-unreadable or corrupt file is reported with a reason and the reader moves on.
+unreadable or corrupt file is reported with a reason and the reader moves on:
+nothing a record contains (nesting past the recursion limit, a 5,000-digit number)
+stops a build. Compression is detected by content (gzip / zstd magic bytes), not by
+the file name, and a UTF-8 byte-order mark at the start of a file is skipped.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from pretrainlab.data.sources import PREVIEW_CHARS, BadRecord, SourceSpec
 from pretrainlab.data.stages import Document
 
 _SLICE = 1 << 20
+BOM = b"\xef\xbb\xbf"
+MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd"}
+MAX_META_DEPTH = 64  # deeper ``meta`` is refused: writing or pickling it could exceed the recursion limit
 
 try:
     from zstandard import ZstdError as _ZstdError
@@ -27,10 +33,18 @@ except ImportError:  # zstandard missing: .zst sources fail with a clear message
         pass
 
 
-def _open_binary(path: Path, fmt: str):
-    if fmt == "jsonl.gz":
+def compression(path: Path) -> str | None:
+    """'gzip' or 'zstd' when the file starts with that format's magic bytes, else None (plain)."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    return next((kind for magic, kind in MAGIC.items() if head.startswith(magic)), None)
+
+
+def _open_binary(path: Path):
+    kind = compression(path)
+    if kind == "gzip":
         return gzip.open(path, "rb")
-    if fmt == "jsonl.zst":
+    if kind == "zstd":
         import zstandard
 
         return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True), _SLICE)
@@ -58,6 +72,20 @@ def _lines(fh, limit: int, lineno: int = 0, budget: int | None = None) -> Iterat
         yield lineno, None, size
 
 
+def _deeper_than(obj, limit: int) -> bool:
+    """Whether lists/dicts in ``obj`` nest more than ``limit`` levels (iterative: no recursion)."""
+    stack = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children)
+    return False
+
+
 def _record_to_doc(rec, spec: SourceSpec, rid_default: str, lineno: int | None, preview: str) -> Document | BadRecord:
     where = f"line {lineno}" if lineno is not None else "row"
     if not isinstance(rec, dict):
@@ -76,6 +104,8 @@ def _record_to_doc(rec, spec: SourceSpec, rid_default: str, lineno: int | None, 
     if not text.strip():
         return BadRecord(rid, lineno, "empty_text", f"{where}: '{spec.text_field}' is empty", preview)
     meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
+    if _deeper_than(meta, MAX_META_DEPTH):
+        return BadRecord(rid, lineno, "too_deep", f"{where}: 'meta' nests deeper than {MAX_META_DEPTH} levels", preview)
     return Document(rid, text, spec.name, meta)
 
 
@@ -86,7 +116,7 @@ def read_jsonl(spec: SourceSpec, path: Path, prefix: str, max_doc_bytes: int,
     (start and end are line starts, see :func:`~pretrainlab.data.sources.scan_file`)."""
     lineno = 0
     try:
-        with _open_binary(path, spec.format) as fh:
+        with _open_binary(path) as fh:
             budget = None
             if byte_range is not None:
                 start, end, first_line = byte_range
@@ -97,6 +127,8 @@ def read_jsonl(spec: SourceSpec, path: Path, prefix: str, max_doc_bytes: int,
                 if raw is None:
                     yield BadRecord(bad_id, lineno, "too_large", f"line {lineno}: {size:,} bytes > data.max_doc_bytes={max_doc_bytes:,}", "")
                     continue
+                if lineno == 1 and raw.startswith(BOM):  # the first line of the file (a byte range from 0)
+                    raw = raw[len(BOM):]
                 if not raw.strip():
                     continue
                 try:
@@ -110,6 +142,12 @@ def read_jsonl(spec: SourceSpec, path: Path, prefix: str, max_doc_bytes: int,
                     rec = json.loads(line)
                 except json.JSONDecodeError as exc:
                     yield BadRecord(bad_id, lineno, "invalid_json", f"line {lineno}: invalid JSON ({exc.msg} at column {exc.colno})", line[:PREVIEW_CHARS])
+                    continue
+                except RecursionError:
+                    yield BadRecord(bad_id, lineno, "too_deep", f"line {lineno}: JSON nested too deeply to parse", line[:PREVIEW_CHARS])
+                    continue
+                except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+                    yield BadRecord(bad_id, lineno, "invalid_json", f"line {lineno}: invalid JSON ({str(exc).split(';')[0]})", line[:PREVIEW_CHARS])
                     continue
                 yield _record_to_doc(rec, spec, bad_id, lineno, line[:PREVIEW_CHARS])
     except (OSError, EOFError, ValueError, _ZstdError) as exc:  # how gzip/zstd corruption surfaces
@@ -159,6 +197,8 @@ def read_text_file(spec: SourceSpec, path: Path, root: Path, max_doc_bytes: int)
     except OSError as exc:
         yield BadRecord(rid, None, "unreadable_file", f"{rel}: cannot read ({exc.strerror or exc})", "")
         return
+    if data.startswith(BOM):
+        data = data[len(BOM):]
     if b"\x00" in data[:8192]:
         yield BadRecord(rid, None, "binary_file", f"{rel}: binary file (NUL bytes), not text", "")
         return

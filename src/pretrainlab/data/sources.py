@@ -16,13 +16,18 @@
         tags: [code]
         skip_stages: [gopher_quality]  # stages this source bypasses (e.g. prose rules on code)
 
-A list of specs each with a ``name`` key is accepted too. Only sources whose
-``approval.status`` is ``approved`` may be read; the gate runs before any data
-file is opened. The format readers live in :mod:`.readers`.
+A list of specs each with a ``name`` key is accepted too; a key written twice
+anywhere in the file is an error. Only sources whose ``approval.status`` is
+``approved`` may be read, and admission is decided per *file*, by identity of
+the file behind the path (:mod:`.gate`): a file that any refused entry
+matches is refused whoever else matches it, ``sources.yaml`` itself is never
+data, and a link out of a folder or glob's root is not followed. The gate runs
+before any data file is opened. The format readers live in :mod:`.readers`.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import glob as globlib
 import hashlib
 import re
@@ -55,7 +60,7 @@ class SourceSpec:
     group: str = ""
     tags: list[str] = field(default_factory=list)
     skip_stages: list[str] = field(default_factory=list)
-    files: list[Path] = field(default_factory=list)  # resolved by check_sources
+    files: list[Path] = field(default_factory=list)  # the admitted files, set by gate.check_sources
     raw: dict = field(default_factory=dict)  # the spec as written
 
     @property
@@ -80,6 +85,87 @@ def infer_format(path: str) -> str:
     return "text" if p.endswith("/") or "." not in Path(p).name else "jsonl"
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key, line: int, first: int) -> None:
+        super().__init__(key)
+        self.key, self.line, self.first = key, line, first
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key written twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise _DuplicateKey(key, line, seen[key])
+                    seen[key] = line
+                except TypeError:  # unhashable key: the base class reports it
+                    continue
+        return super().construct_mapping(node, deep)
+
+    def construct_yaml_timestamp(self, node):
+        try:
+            return super().construct_yaml_timestamp(node)
+        except ValueError:  # 2026-13-45 looks like a date but is none: kept as text, refused by the field check
+            return self.construct_scalar(node)
+
+
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:timestamp", _UniqueKeyLoader.construct_yaml_timestamp)
+
+
+def _show(value) -> str:
+    kind = "a number" if isinstance(value, (int, float)) and not isinstance(value, bool) else f"a {type(value).__name__}"
+    return f"{value!r} ({kind})"
+
+
+def _text_field(spec: dict, key: str, label: str, where: str, origin: Path, why: str) -> None:
+    """``spec[key]`` (field ``label``) must be a non-blank string (``why``: what the field is for)."""
+    value = spec.get(key)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise DataError(f"{origin}: {where}: field '{label}' is missing or blank; {why}")
+    if not isinstance(value, str):
+        raise DataError(f"{origin}: {where}: field '{label}' is {_show(value)}, not a string; {why} (quote it in YAML)")
+
+
+def latest_date_anywhere() -> dt.date:
+    """Today's date in the timezone furthest ahead (UTC+14): an approval dated later is in the future everywhere."""
+    return (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=14)).date()
+
+
+def _approval_date(value, where: str, origin: Path) -> dt.date:
+    fix = "write the day the source was approved as YYYY-MM-DD"
+    if value is None or value == "":
+        raise DataError(f"{origin}: {where}: field 'approval.date' is missing; an approved source records who approved it and when")
+    if isinstance(value, dt.datetime):
+        day = value.date()
+    elif isinstance(value, dt.date):
+        day = value
+    elif isinstance(value, str):
+        try:
+            day = dt.date.fromisoformat(value.strip())
+        except ValueError:
+            raise DataError(f"{origin}: {where}: field 'approval.date' is {value!r}, not a date; {fix}") from None
+    else:
+        raise DataError(f"{origin}: {where}: field 'approval.date' is {_show(value)}, not a date; {fix}")
+    if day > latest_date_anywhere():
+        raise DataError(f"{origin}: {where}: field 'approval.date' is {day.isoformat()}, in the future; {fix}")
+    return day
+
+
+def _check_approved(spec: dict, approval: dict, where: str, origin: Path) -> None:
+    """An approved source says who approved it (a name), when (a real, past date) and under which license."""
+    _text_field(approval, "by", "approval.by", where, origin, "an approved source records who approved it and when")
+    _approval_date(approval.get("date"), where, origin)
+    _text_field(spec, "license", "license", where, origin, "an approved source must state its license (SPDX id or terms)")
+
+
 def _str_list(value, where: str, origin: Path) -> list[str]:
     if value is None:
         return []
@@ -96,8 +182,15 @@ def _parse_spec(name: str, spec, origin: Path) -> SourceSpec:
         raise DataError(f"{origin}: {where} must be a mapping with at least 'path', 'license' and 'approval'")
     if not _NAME.match(name):
         raise DataError(f"{origin}: source name '{name}' may use only letters, digits, '_', '.', '-' (it names an output folder)")
-    if not spec.get("path") or not isinstance(spec["path"], str):
+    path = spec.get("path")
+    if path is None or path == "":
         raise DataError(f"{origin}: {where}: field 'path' is missing; give a file, glob or folder relative to sources.yaml")
+    if not isinstance(path, str):
+        raise DataError(f"{origin}: {where}: field 'path' is {_show(path)}; it must be a string: a file, glob or folder "
+                        "relative to sources.yaml (quote it in YAML)")
+    group = spec.get("group")
+    if group is not None and not isinstance(group, str):
+        raise DataError(f"{origin}: {where}: field 'group' is {_show(group)}; it must be one mixing-group name (a string)")
     fmt = spec.get("format") or infer_format(spec["path"])
     if fmt not in FORMATS:
         raise DataError(f"{origin}: {where}: field 'format' is '{fmt}'; use one of {', '.join(FORMATS)}")
@@ -111,11 +204,7 @@ def _parse_spec(name: str, spec, origin: Path) -> SourceSpec:
     if status not in APPROVAL_STATUSES:
         raise DataError(f"{origin}: {where}: field 'approval.status' is {status!r}; use one of {', '.join(APPROVAL_STATUSES)}")
     if status == "approved":
-        for key in ("by", "date"):
-            if not approval.get(key):
-                raise DataError(f"{origin}: {where}: field 'approval.{key}' is missing; an approved source records who approved it and when")
-        if not spec.get("license"):
-            raise DataError(f"{origin}: {where}: field 'license' is missing; an approved source must state its license (SPDX id or terms)")
+        _check_approved(spec, approval, where, origin)
     pii = spec.get("pii_policy")
     if pii is not None and pii not in PII_POLICIES:
         raise DataError(f"{origin}: {where}: field 'pii_policy' is {pii!r}; use one of {', '.join(PII_POLICIES)}")
@@ -133,7 +222,7 @@ def _parse_spec(name: str, spec, origin: Path) -> SourceSpec:
         languages=_str_list(spec.get("languages", spec.get("language")), f"{where}: field 'languages'", origin),
         modality=modality,
         pii_policy=pii,
-        group=str(spec.get("group") or name),
+        group=group or name,
         tags=_str_list(spec.get("tags"), f"{where}: field 'tags'", origin),
         skip_stages=_str_list(spec.get("skip_stages"), f"{where}: field 'skip_stages'", origin),
         raw=spec,
@@ -143,9 +232,12 @@ def _parse_spec(name: str, spec, origin: Path) -> SourceSpec:
 def load_registry(path: Path) -> list[SourceSpec]:
     """Parse and validate sources.yaml (DataError with one line naming the field on any problem)."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except UnicodeDecodeError:
         raise DataError(f"{path}: not UTF-8 text; save sources.yaml as UTF-8") from None
+    except _DuplicateKey as dup:
+        raise DataError(f"{path}: key '{dup.key}' is written twice (lines {dup.first} and {dup.line}); YAML would keep "
+                        "only the last one: merge the two or rename one") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -171,37 +263,16 @@ def load_registry(path: Path) -> list[SourceSpec]:
 
 
 def resolve_files(spec: SourceSpec) -> list[Path]:
-    """The data files of a source: one file, every match of a glob, or every file under a folder (sorted)."""
+    """The paths a source names: one file, every match of a glob, or every file under a folder
+    (sorted; hidden files and folders are skipped, as a glob skips them). Only lists and stats:
+    which of them may be read is the gate's decision (:mod:`.gate`)."""
     text = str(spec.path)
     if any(c in text for c in "*?["):
         return sorted(Path(p) for p in globlib.glob(text, recursive=True) if Path(p).is_file())
     if spec.path.is_dir():
-        return sorted(p for p in spec.path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        return sorted(p for p in spec.path.rglob("*")
+                      if p.is_file() and not any(part.startswith(".") for part in p.relative_to(spec.path).parts))
     return [spec.path] if spec.path.is_file() else []
-
-
-def check_sources(specs: list[SourceSpec], registry: Path, mode: str = "error") -> tuple[list[SourceSpec], dict[str, str]]:
-    """The compliance gate: runs before anything is read.
-
-    Non-approved sources stop the build (``mode='error'``) or are left out
-    (``mode='skip'``); either way nothing of them is opened. Returns the approved
-    specs (with ``files`` resolved) and ``{refused name: why}``."""
-    refused = {s.name: f"approval.status is {s.approval_status!r}" for s in specs if s.approval_status != "approved"}
-    if refused and mode == "error":
-        listed = ", ".join(f"'{n}' ({why})" for n, why in refused.items())
-        raise DataError(
-            f"refusing non-approved source(s) {listed} in {registry}: nothing of them was read; "
-            "set approval.status: approved once reviewed, remove them from sources.yaml, or set data.unapproved=skip"
-        )
-    approved = [s for s in specs if s.name not in refused]
-    if not approved:
-        raise DataError(f"{registry}: no source is approved ({', '.join(refused)} refused); nothing to build")
-    for s in approved:
-        s.files = resolve_files(s)
-        if not s.files:
-            what = "matches no file" if any(c in str(s.path) for c in "*?[") else "not found"
-            raise DataError(f"source '{s.name}': file {s.path} {what} (listed in {registry}); rerun `pretrainlab corpus build` or fix its path")
-    return approved, refused
 
 
 @dataclass
@@ -247,9 +318,8 @@ def scan_file(path: Path, cut_bytes: int | None = None, cuts: list | None = None
 
 
 def read_documents(spec: SourceSpec, max_doc_bytes: int = 10_000_000) -> Iterator:
-    """Stream a source's Documents and BadRecords (see :mod:`.readers`)."""
+    """Stream the Documents and BadRecords of a source's admitted files (``files``, set by the
+    gate in :mod:`.gate`; nothing else is ever read). See :mod:`.readers`."""
     from pretrainlab.data.readers import read_source
 
-    if not spec.files:
-        spec.files = resolve_files(spec)
     return read_source(spec, max_doc_bytes)

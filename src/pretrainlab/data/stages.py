@@ -120,19 +120,20 @@ def register_stage(cls: type[Stage]) -> type[Stage]:
     return cls
 
 
-def _load_builtin_stages() -> None:
-    # Imported for their @register_stage side effect.
+def load_builtin_stages() -> None:
+    """Register the built-in stages (a fresh worker process has not imported them yet)."""
+    # Imported for their @register_stage side effect; inside the function because they import this module.
     from pretrainlab.data import dedup, filters, langid, pii, quality  # noqa: F401
 
 
 def available_stages() -> list[str]:
-    _load_builtin_stages()
+    load_builtin_stages()
     return sorted(STAGES)
 
 
 def build_stages(cfg: DataConfig) -> list[Stage]:
     """Instantiate ``cfg.stages`` in order; unknown or repeated names are ConfigErrors."""
-    _load_builtin_stages()
+    load_builtin_stages()
     out: list[Stage] = []
     for name in cfg.stages:
         if name not in STAGES:

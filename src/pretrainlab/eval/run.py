@@ -22,45 +22,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 
 from pretrainlab.errors import UserError
 from pretrainlab.eval.generate import generate
 from pretrainlab.eval.perplexity import OVERALL, perplexity_per_source
+from pretrainlab.eval.suite import resolve_tasks, run_tasks
 from pretrainlab.fsio import append_jsonl, atomic_write_json
+from pretrainlab.rundir import load_checkpoint, open_run, run_device
+from pretrainlab.tokenizer.vocab import load_tokenizer
 
 EVAL_FILE = "eval.json"
-
-
-def _device(cfg) -> torch.device:
-    want = cfg.train.device
-    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise UserError("train.device is 'cuda' but no CUDA device is available; pass --set train.device=cpu")
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def _checkpoint_info(path: Path) -> tuple[int | None, int | None]:
-    """(step, tokens seen) from a checkpoint's meta.json / state.json."""
-    step = tokens = None
-    for name in ("meta.json", "state.json"):
-        try:
-            data = json.loads((path / name).read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(data, dict):
-            step = step if step is not None else data.get("step")
-            tokens = tokens if tokens is not None else data.get("tokens", data.get("tokens_seen"))
-    if step is None and path.name.startswith("step_") and path.name[5:].isdigit():
-        step = int(path.name[5:])
-    return (int(step) if step is not None else None), (int(tokens) if tokens is not None else None)
-
-
-def _check_run_dir(run_dir: Path) -> None:
-    if not run_dir.exists():
-        raise UserError(f"run directory not found: {run_dir}; pass runs/<name> made by `pretrainlab train`")
-    if not run_dir.is_dir() or not (run_dir / "config.yaml").is_file():
-        raise UserError(f"{run_dir} is not a run directory (no config.yaml); pass runs/<name> made by `pretrainlab train`")
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -111,21 +85,29 @@ def sample_prompts(model, tok, prompts: list[str], ev, seed: int) -> list[dict]:
     return samples
 
 
-def evaluate_model(model, cfg, tok, run_dir: Path, device, *, samples: bool = True, tasks=None) -> dict[str, Any]:
-    """Perplexity per source, task accuracies and (optionally) samples of one loaded model."""
-    from pretrainlab.eval.suite import resolve_tasks, run_tasks
-
+def evaluation_inputs(cfg, tok, run_dir: Path, *, samples: bool = True) -> tuple[list, list[str]]:
+    """(tasks, prompts) of an evaluation, read and checked before any model work, so a bad file fails at once."""
     ev = cfg.eval
+    tasks = resolve_tasks(ev.tasks, run_dir, cfg.train_tokens_dir, tok, ev.task_examples, ev.task_seed)
+    prompts = (read_prompts(ev.prompts_file) if ev.prompts_file else list(ev.prompts)) if samples else []
+    return tasks, prompts
+
+
+def evaluate_model(model, cfg, tok, run_dir: Path, device, *, samples: bool = True, tasks=None,
+                   prompts: list[str] | None = None) -> dict[str, Any]:
+    """Perplexity per source, task accuracies and (optionally) samples of one loaded model."""
+    ev = cfg.eval
+    if tasks is None or (samples and prompts is None):
+        found_tasks, found_prompts = evaluation_inputs(cfg, tok, run_dir, samples=samples)
+        tasks = found_tasks if tasks is None else tasks
+        prompts = found_prompts if prompts is None else prompts
     seq_len = min(cfg.train.seq_len, model.cfg.max_seq_len)
     ppl = perplexity_per_source(
         model, cfg.train_tokens_dir, seq_len, ev.max_tokens_per_source, cfg.train.micro_batch, device
     )
-    if tasks is None:
-        tasks = resolve_tasks(ev.tasks, run_dir, cfg.train_tokens_dir, tok, ev.task_examples, ev.task_seed)
     task_results = run_tasks(model, tok, tasks, ev.task_batch_size, device)
     out: dict[str, Any] = {"seq_len": seq_len, "perplexity": ppl, "tasks": task_results}
     if samples:
-        prompts = read_prompts(ev.prompts_file) if ev.prompts_file else ev.prompts
         out["samples"] = sample_prompts(model, tok, prompts, ev, cfg.train.seed)
     return out
 
@@ -138,19 +120,14 @@ def evaluate_run(
     print_results: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a run's checkpoint (default: the newest complete one); returns what eval.json holds."""
-    from pretrainlab.config import load_run_config
-    from pretrainlab.tokenizer.vocab import load_tokenizer
-    from pretrainlab.train.checkpoint import load_model
-
     t0 = time.time()
-    run_dir = Path(run_dir)
-    _check_run_dir(run_dir)
-    cfg = load_run_config(run_dir, cfg_overrides or None)
-    device = _device(cfg)
-    model, _, ckpt_path = load_model(run_dir, checkpoint, device)
-    step, tokens = _checkpoint_info(ckpt_path)
+    run_dir, cfg = open_run(run_dir, cfg_overrides)
+    device = run_device(cfg)
     tok = load_tokenizer(cfg.tokenizer_dir)
-    res = evaluate_model(model, cfg, tok, run_dir, device)
+    tasks, prompts = evaluation_inputs(cfg, tok, run_dir)  # every input checked before the model loads
+    ckpt = load_checkpoint(run_dir, checkpoint, device)
+    ckpt_path, step, tokens = ckpt.path, ckpt.step, ckpt.tokens
+    res = evaluate_model(ckpt.model, cfg, tok, run_dir, device, tasks=tasks, prompts=prompts)
 
     ev = cfg.eval
     seed = cfg.train.seed
@@ -186,10 +163,6 @@ def _fmt(x, spec: str) -> str:
 
 def print_eval(result: dict) -> None:
     """Rich table (source, tokens, loss, ppl) and the samples, on stdout."""
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
     console = Console(highlight=False)
     table = Table(title=f"{result['run']} @ step {result['step']} ({result['seconds']:.1f}s)")
     table.add_column("source")
@@ -211,9 +184,6 @@ def print_eval(result: dict) -> None:
 
 def task_table(tasks: dict):
     """Rich table of task results: examples, acc, acc_norm (± stderr), chance."""
-    from rich.markup import escape
-    from rich.table import Table
-
     table = Table(title="multiple-choice tasks (log-likelihood, lm-eval definitions)")
     for col in ("task", "n", "acc", "acc_norm", "chance"):
         table.add_column(col, justify="left" if col == "task" else "right")

@@ -4,8 +4,9 @@ Each complete checkpoint (oldest first; ``checkpoint.keep_last`` decides how
 many a run keeps) gets held-out perplexity per source and the task accuracies,
 on the same task examples. Writes ``<run>/eval_sweep.json`` (one record per
 checkpoint, rewritten after each so an interrupted sweep keeps what it did) and
-``<run>/eval_sweep.html`` with the charts (inline SVG from the report module);
-the run report shows the same charts.
+``<run>/eval_sweep.html`` with the charts (inline SVG, ``pretrainlab.htmlkit``).
+It also registers the run report's "Evaluation across training" section: task
+accuracy logged during training plus the same sweep charts.
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from pretrainlab.errors import UserError
-from pretrainlab.fsio import atomic_write_json, atomic_write_text
+from pretrainlab.eval.run import evaluate_model
+from pretrainlab.eval.suite import resolve_tasks
+from pretrainlab.fsio import atomic_write_json, atomic_write_text, read_json
+from pretrainlab.htmlkit import esc, page, points, svg_line_chart
+from pretrainlab.monitor.rundata import RunData, register_section
+from pretrainlab.progress import console
+from pretrainlab.rundir import list_checkpoints, load_checkpoint, open_run, run_device
+from pretrainlab.tokenizer.vocab import load_tokenizer
 
 SWEEP_FILE = "eval_sweep.json"
 SWEEP_HTML = "eval_sweep.html"
@@ -23,8 +31,6 @@ SWEEP_HTML = "eval_sweep.html"
 
 def sweep_charts(records: list[dict]) -> list[str]:
     """SVG charts: held-out loss per source and task accuracy, against training tokens."""
-    from pretrainlab.monitor.report import svg_line_chart
-
     def x(r):
         return r.get("tokens") if r.get("tokens") is not None else r.get("step")
 
@@ -44,28 +50,19 @@ def sweep_charts(records: list[dict]) -> list[str]:
 
 
 def evaluate_all_checkpoints(run_dir: str | Path, cfg_overrides: list[str] | None = None) -> list[dict[str, Any]]:
-    from pretrainlab.config import load_run_config
-    from pretrainlab.eval.run import _check_run_dir, _checkpoint_info, _device, evaluate_model
-    from pretrainlab.eval.suite import resolve_tasks
-    from pretrainlab.progress import console
-    from pretrainlab.tokenizer.vocab import load_tokenizer
-    from pretrainlab.train.checkpoint import list_checkpoints, load_model
-
-    run_dir = Path(run_dir)
-    _check_run_dir(run_dir)
-    cfg = load_run_config(run_dir, cfg_overrides or None)
+    run_dir, cfg = open_run(run_dir, cfg_overrides)
     ckpts = list_checkpoints(run_dir)
     if not ckpts:
         raise UserError(f"{run_dir}: no complete checkpoint found; train first with `pretrainlab train`")
-    device = _device(cfg)
+    device = run_device(cfg)
     tok = load_tokenizer(cfg.tokenizer_dir)
     tasks = resolve_tasks(cfg.eval.tasks, run_dir, cfg.train_tokens_dir, tok, cfg.eval.task_examples, cfg.eval.task_seed)
     records: list[dict[str, Any]] = []
     for i, (_, path) in enumerate(ckpts, 1):
         t0 = time.time()
-        model, _, _ = load_model(run_dir, str(path), device)
-        step, tokens = _checkpoint_info(path)
-        res = evaluate_model(model, cfg, tok, run_dir, device, samples=False, tasks=tasks)
+        ckpt = load_checkpoint(run_dir, str(path), device)
+        step, tokens = ckpt.step, ckpt.tokens
+        res = evaluate_model(ckpt.model, cfg, tok, run_dir, device, samples=False, tasks=tasks)
         records.append({"checkpoint": str(path), "step": step, "tokens": tokens, **res,
                         "seconds": round(time.time() - t0, 3)})
         atomic_write_json(run_dir / SWEEP_FILE, {"run": run_dir.resolve().name, "checkpoints": records})
@@ -73,11 +70,28 @@ def evaluate_all_checkpoints(run_dir: str | Path, cfg_overrides: list[str] | Non
         accs = ", ".join(f"{k} {v['acc']:.3f}" for k, v in res["tasks"].items())
         console.print(f"[{i}/{len(ckpts)}] step {step}: held-out loss {overall.get('loss') or float('nan'):.4f}"
                       f"{'; ' + accs if accs else ''} ({records[-1]['seconds']:.1f}s)")
-    from pretrainlab.monitor.report import CSS, _esc
-
-    html = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_esc(run_dir.name)} checkpoints"
-            f"</title><style>{CSS}</style></head><body><h1>Checkpoint sweep: {_esc(run_dir.resolve().name)}</h1>"
-            f'<div class="charts">{"".join(sweep_charts(records))}</div></body></html>\n')
+    html = page(f"{run_dir.name} checkpoints", f"<h1>Checkpoint sweep: {esc(run_dir.resolve().name)}</h1>"
+                f'<div class="charts">{"".join(sweep_charts(records))}</div>')
     atomic_write_text(run_dir / SWEEP_HTML, html)
     console.print(f"sweep: {run_dir / SWEEP_FILE}, charts: {run_dir / SWEEP_HTML}")
     return records
+
+
+@register_section("evaluation across training", 70)
+def across_training_section(run: RunData) -> str:
+    """The report section: task accuracy logged during training, and the checkpoint sweep's charts."""
+    try:
+        sweep = read_json(run.path / SWEEP_FILE)
+    except (OSError, ValueError):
+        sweep = None
+    records = sweep.get("checkpoints") if isinstance(sweep, dict) else None
+    if not run.evals and not isinstance(sweep, dict):
+        return ""
+    charts = []
+    acc_keys = sorted({k for r in run.evals for k in r if k.startswith(("acc/", "acc_norm/"))})
+    if acc_keys:
+        charts.append(svg_line_chart({k: points(run.evals, "tokens", k) for k in acc_keys},
+                                     "Task accuracy during training", "tokens", "accuracy"))
+    if records:
+        charts += sweep_charts(records)
+    return "<h2>Evaluation across training</h2>\n" + '<div class="charts">' + "".join(charts) + "</div>"

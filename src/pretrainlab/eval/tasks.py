@@ -5,13 +5,17 @@ A task is a JSONL file; each line is one example. The canonical form is::
     {"context": "The cat sat on the", "choices": [" mat", " moon"], "gold": 0}
 
 where each choice is the exact continuation text scored after the context (put
-the separating space in the choice). Three other common layouts are accepted
-and converted to it (``normalize_example``):
+the separating space in the choice). As in lm-eval, the scored continuation is
+``target_delimiter + choice``; the canonical form's delimiter is ``""`` unless the
+record gives ``"target_delimiter"``. Three other common layouts are accepted and
+converted (``normalize_example``), all with lm-eval's default delimiter ``" "``:
 
-- HellaSwag-like: ``{"ctx", "endings", "label"}`` -> context ``ctx``, choices ``" " + ending``;
+- HellaSwag-like: ``{"ctx", "endings", "label"}`` -> context ``ctx``, choices the endings;
 - ARC-like: ``{"question", "choices": {"text", "label"}, "answerKey"}``;
 - MMLU-like: ``{"question", "choices": [...], "answer": int}``;
-  both as ``"Question: {q}\\nAnswer:"`` with choices ``" " + text`` (lm-eval's ARC prompt).
+  both as ``"Question: {q}\\nAnswer:"`` with the choice texts (lm-eval's ARC prompt).
+
+A file may mix layouts; only ``--harness`` (lm-eval has one delimiter per task) refuses that.
 
 Scoring follows lm-eval's ``HFLM.loglikelihood`` exactly, so our numbers equal the
 harness's on the same file: trailing whitespace of the context moves to the
@@ -22,7 +26,8 @@ the summed log-probability of the continuation tokens. Per example
 (as lm-eval's ``ConfigurableTask.process_results``):
 
 - ``acc``: ``argmax(ll) == gold``;
-- ``acc_norm``: ``argmax(ll / len(choice))`` with ``len`` in characters;
+- ``acc_norm``: ``argmax(ll / len(choice))`` with ``len`` in characters of the
+  choice itself, the delimiter not counted;
 - ``acc_bytes``: ``argmax(ll / len(choice.encode("utf-8")))`` (byte length);
 
 ties go to the first choice (``numpy.argmax``). ``*_stderr`` is the sample
@@ -46,8 +51,13 @@ from pretrainlab.errors import DataError
 @dataclass(frozen=True)
 class Example:
     context: str
-    choices: tuple[str, ...]
+    choices: tuple[str, ...]  # the answers (lm-eval's doc_to_choice); lengths for acc_norm count these
     gold: int
+    target_delimiter: str = ""  # scored continuation = target_delimiter + choice
+
+    @property
+    def continuations(self) -> tuple[str, ...]:
+        return tuple(self.target_delimiter + c for c in self.choices)
 
 
 @dataclass
@@ -55,6 +65,12 @@ class Task:
     name: str
     examples: list[Example]
     path: Path | None = None
+
+    @property
+    def target_delimiter(self) -> str | None:
+        """The delimiter all examples share (lm-eval has one per task); None when layouts are mixed."""
+        found = {e.target_delimiter for e in self.examples}
+        return found.pop() if len(found) == 1 else (None if found else "")
 
 
 # --------------------------------------------------------------------------- loading
@@ -64,18 +80,22 @@ def normalize_example(rec: dict) -> Example:
     """One JSON record in any accepted layout -> Example; ValueError says what is wrong."""
     if not isinstance(rec, dict):
         raise ValueError("record is not a JSON object")
+    delimiter = " "  # lm-eval's default target_delimiter, for the converted layouts
     if "context" in rec and "choices" in rec:
         context, choices, gold = rec["context"], rec["choices"], rec.get("gold", rec.get("label"))
+        delimiter = rec.get("target_delimiter", "")
+        if not isinstance(delimiter, str):
+            raise ValueError("target_delimiter must be a string")
     elif "ctx" in rec and "endings" in rec:
-        context, choices, gold = rec["ctx"], [" " + str(e) for e in rec["endings"]], rec.get("label")
+        context, choices, gold = rec["ctx"], [str(e) for e in rec["endings"]], rec.get("label")
     elif "question" in rec and isinstance(rec.get("choices"), dict):
         labels = list(rec["choices"].get("label") or [])
         texts = list(rec["choices"].get("text") or [])
-        context, choices = f"Question: {rec['question']}\nAnswer:", [" " + str(t) for t in texts]
+        context, choices = f"Question: {rec['question']}\nAnswer:", [str(t) for t in texts]
         key = rec.get("answerKey")
         gold = labels.index(key) if key in labels else key
     elif "question" in rec and isinstance(rec.get("choices"), list):
-        context, choices, gold = f"Question: {rec['question']}\nAnswer:", [" " + str(t) for t in rec["choices"]], rec.get("answer")
+        context, choices, gold = f"Question: {rec['question']}\nAnswer:", [str(t) for t in rec["choices"]], rec.get("answer")
     else:
         raise ValueError("expected keys context/choices/gold (or ctx/endings/label, or question/choices/answer[Key])")
     if not isinstance(context, str):
@@ -86,7 +106,7 @@ def normalize_example(rec: dict) -> Example:
         gold = int(gold)
     if isinstance(gold, bool) or not isinstance(gold, int) or not 0 <= gold < len(choices):
         raise ValueError(f"gold must be an index into the {len(choices)} choices (got {gold!r})")
-    return Example(context, tuple(choices), gold)
+    return Example(context, tuple(choices), gold, delimiter)
 
 
 def load_task(path: str | Path, name: str | None = None, limit: int | None = None) -> Task:
@@ -117,7 +137,9 @@ def write_task(path: str | Path, examples: list[Example]) -> None:
     """Write examples in the canonical JSONL form (atomically)."""
     from pretrainlab.fsio import atomic_write_jsonl
 
-    atomic_write_jsonl(path, ({"context": e.context, "choices": list(e.choices), "gold": e.gold} for e in examples))
+    atomic_write_jsonl(path, ({"context": e.context, "choices": list(e.choices), "gold": e.gold,
+                               **({"target_delimiter": e.target_delimiter} if e.target_delimiter else {})}
+                              for e in examples))
 
 
 # --------------------------------------------------------------------------- scoring
@@ -214,7 +236,7 @@ def task_metrics(examples: list[Example], lls: list[list[float]]) -> dict[str, A
 
 def evaluate_task(model, tokenizer, task: Task, batch_size: int = 16, device=None, show_progress: bool = True) -> dict[str, Any]:
     """Score every choice of every example; returns ``task_metrics`` plus the task's name and path."""
-    pairs = [(ex.context, choice) for ex in task.examples for choice in ex.choices]
+    pairs = [(ex.context, cont) for ex in task.examples for cont in ex.continuations]
     if show_progress:
         from pretrainlab.progress import progress_bar
 

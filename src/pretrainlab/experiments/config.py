@@ -14,6 +14,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ACCIDENTS = ("lr_x10", "no_warmup", "batch_1", "no_clip", "sgd", "fp16_no_scaling", "bf16")
 
+# The fields each command reads; its --help lists only these (any of them can still be --set).
+ACCIDENTS_FIELDS = (
+    "out", "accidents", "lr_multiplier", "no_clip_lr_multiplier", "early_steps", "early_margin", "bad_batch_steps",
+    "bad_batch_weight", "excursion_ratio", "diverge_window", "oscillation_ratio", "diverge_margin", "slow_ratio",
+    "target_fraction", "smooth_steps", "grad_explosion_ratio", "zero_grad_ratio", "parallel",
+)
+SWEEP_FIELDS = ("out", "parallel", "metric", "target_loss", "seed_repeats", "smooth_steps")
+LR_RANGE_FIELDS = ("out", "lr_min", "lr_max", "lr_steps", "lr_stop_factor")
+
 
 class ExperimentsConfig(BaseModel):
     """`experiments accidents`, `experiments lr-range`, `sweep`: what to run and how results are judged."""

@@ -1,7 +1,7 @@
 """One experiment record, written twice: a self-contained HTML page and a markdown file.
 
 A record is a list of blocks (heading, paragraph, table, chart). Charts are the
-run report's inline SVG (``monitor.report.svg_line_chart``); the markdown embeds
+inline SVG of ``pretrainlab.htmlkit`` (``svg_line_chart``); the markdown embeds
 them as SVG files written beside it, so both versions open offline.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pretrainlab.fsio import atomic_write_text
-from pretrainlab.monitor.report import CSS, fmt_num, svg_line_chart
+from pretrainlab.htmlkit import CSS, fmt_num, svg_line_chart
 
 
 def fmt(v, digits: int = 4) -> str:

@@ -108,7 +108,7 @@ def _read_records(run_dir: Path) -> tuple[list[dict], list[dict]]:
 def run_variant(base: ProjectConfig, variant: Variant, out: Path, threads: int | None = None,
                 callbacks: list[Callback] | None = None) -> dict:
     """Train ``variant`` (or reuse its finished result) and return its result record."""
-    from pretrainlab.train.trainer import train
+    from pretrainlab.recipes import train
 
     run_dir = (out / "runs" / variant.name).resolve()
     cfg = variant_config(base, variant, run_dir, threads)

@@ -63,6 +63,14 @@ def compute_estimate(cfg, meta: dict, metrics: list[dict], events: list[dict]) -
     }
 
 
+def training_corpus_dir(cfg, tokens_manifest: dict) -> Path | None:
+    """The clean corpus behind the run's token shards, independent of the cwd (None when it cannot be found)."""
+    from pretrainlab.tokenizer.shards import corpus_dir_of
+
+    clean = Path(cfg.clean_dir)  # absolute in a run's config; a relative one would depend on the cwd
+    return corpus_dir_of(cfg.train_tokens_dir, tokens_manifest, also=(clean,) if clean.is_absolute() else ())
+
+
 def gather_card_facts(run_dir: Path, cfg, checkpoint: Path, step: int | None, tokens: int | None,
                       export_record: dict) -> dict[str, Any]:
     from pretrainlab.model.transformer import count_params
@@ -71,8 +79,8 @@ def gather_card_facts(run_dir: Path, cfg, checkpoint: Path, step: int | None, to
     metrics = _jsonl(run_dir / "metrics.jsonl")
     events = _jsonl(run_dir / "events.jsonl")
     tokens_manifest = _json(Path(cfg.train_tokens_dir) / "manifest.json")
-    corpus_dir = Path(tokens_manifest.get("corpus_dir") or cfg.clean_dir)
-    data_manifest = _json(corpus_dir / "manifest.json")
+    corpus_dir = training_corpus_dir(cfg, tokens_manifest)
+    data_manifest = _json(corpus_dir / "manifest.json") if corpus_dir else {}
     tok_dir = Path(cfg.tokenizer_dir)
     tok_manifest = _json((tok_dir if tok_dir.is_dir() else tok_dir.parent) / "manifest.json")
     val = [m for m in metrics if m.get("kind") == "val" and isinstance(m.get("val_loss"), (int, float))]
@@ -232,7 +240,9 @@ def render_card(f: dict, license_tag: str = "other") -> str:
         "- Trained only on the sources below; it reproduces their style (code, documentation, license texts) and "
         "their biases, and knows nothing else.",
         "- Generations are frequently wrong, repetitive or nonsensical; nothing it writes should be trusted.",
-        f"- Context is limited to {m['max_seq_len']} tokens; longer prompts are truncated.",
+        f"- Context is limited to {m['max_seq_len']} tokens. Nothing truncates by itself: a longer input runs past the "
+        "trained positions and its outputs degrade. Tokenize with `truncation=True` to keep the last "
+        f"{m['max_seq_len']} tokens (the tokenizer truncates on the left), and leave room for the tokens you generate.",
         "- Evaluation covers held-out perplexity and small automatically built tasks; it says little about general ability.",
         "",
         "### Recommendations",

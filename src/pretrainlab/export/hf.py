@@ -26,7 +26,7 @@ import torch
 
 from pretrainlab.errors import UserError
 from pretrainlab.export.adapters import adapter_for
-from pretrainlab.fsio import atomic_write_json, replace_dir
+from pretrainlab.fsio import atomic_write_json, give_ordinary_permissions, replace_dir
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 EXPORT_MARKER = "pretrainlab_export.json"
@@ -53,17 +53,21 @@ def _shards(tensors: dict[str, torch.Tensor], shard_bytes: int) -> list[dict[str
     return shards
 
 
+def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    _safetensors()(tensors, str(path), metadata={"format": "pt"})
+    give_ordinary_permissions(path)  # safetensors creates its files 0600; the rest of the export is 0644
+
+
 def write_weights(tensors: dict[str, torch.Tensor], out: Path, shard_bytes: int) -> list[str]:
     """model.safetensors, or numbered shards plus the index transformers reads; returns file names."""
-    save_file = _safetensors()
     shards = _shards(tensors, shard_bytes)
     if len(shards) == 1:
-        save_file(shards[0], str(out / "model.safetensors"), metadata={"format": "pt"})
+        _save(shards[0], out / "model.safetensors")
         return ["model.safetensors"]
     names, weight_map = [], {}
     for i, shard in enumerate(shards, 1):
         name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(out / name), metadata={"format": "pt"})
+        _save(shard, out / name)
         names.append(name)
         weight_map.update({k: name for k in shard})
     total = sum(t.numel() * t.element_size() for t in tensors.values())
@@ -88,6 +92,8 @@ def tokenizer_files(tokenizer, out: Path, max_len: int) -> list[str]:
         "clean_up_tokenization_spaces": False,
         "model_max_length": max_len,
         "padding_side": "right",
+        # truncation=True keeps the end of a long prompt (what generation continues), as our own eval does
+        "truncation_side": "left",
     })
     atomic_write_json(out / "special_tokens_map.json", {k: v for k, v in specials.items() if v})
     return ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]

@@ -20,11 +20,19 @@ from typing import Any
 
 import torch
 
+from pretrainlab.config import dump_yaml
 from pretrainlab.errors import DataError
+from pretrainlab.eval.builtin_tasks import heldout_documents
+from pretrainlab.eval.generate import generate
+from pretrainlab.eval.suite import builtin_dir, ensure_builtin_tasks
 from pretrainlab.export.adapters import adapter_for
-from pretrainlab.export.card import gather_card_facts, render_card
-from pretrainlab.export.hf import export_hf
+from pretrainlab.export.card import gather_card_facts, render_card, training_corpus_dir
+from pretrainlab.export.hf import EXPORT_MARKER, export_hf
 from pretrainlab.fsio import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from pretrainlab.model.moe import MoE
+from pretrainlab.progress import console
+from pretrainlab.rundir import load_checkpoint, open_run, resolve_checkpoint
+from pretrainlab.tokenizer.vocab import load_tokenizer
 
 INFERENCE_EXAMPLE = '''"""Load this folder with transformers, generate, and score one multiple-choice example."""
 
@@ -71,17 +79,14 @@ def _commands(cfg, run_dir: Path, out_dir: Path) -> str:
         'pretrainlab data build -c "$CFG"',
         'pretrainlab tokenizer train -c "$CFG"',
         'pretrainlab data tokenize -c "$CFG"',
-        'pretrainlab train "$CFG"',
+        'pretrainlab train -c "$CFG"',
         f"pretrainlab eval {run_dir}",
-        f"pretrainlab export {run_dir} --to hf {out_dir}",
+        f"pretrainlab export {run_dir} --out {out_dir}",
         "",
     ])
 
 
 def _write_examples(tmp: Path, cfg, run_dir: Path, tok) -> list[str]:
-    from pretrainlab.eval.builtin_tasks import heldout_documents
-    from pretrainlab.eval.suite import builtin_dir
-
     files = []
     ex = tmp / "examples"
     ex.mkdir()
@@ -96,8 +101,6 @@ def _write_examples(tmp: Path, cfg, run_dir: Path, tok) -> list[str]:
         if recs:
             atomic_write_jsonl(ex / "heldout_sample.jsonl", recs)
             files.append("examples/heldout_sample.jsonl")
-    from pretrainlab.eval.suite import ensure_builtin_tasks
-
     if cfg.eval.tasks:
         ensure_builtin_tasks(run_dir, cfg.train_tokens_dir, tok, cfg.eval.task_examples, cfg.eval.task_seed)
     tasks_src = builtin_dir(run_dir)
@@ -110,8 +113,6 @@ def _write_examples(tmp: Path, cfg, run_dir: Path, tok) -> list[str]:
 
 
 def _write_repro(tmp: Path, cfg, run_dir: Path, out_dir: Path) -> list[str]:
-    from pretrainlab.config import dump_yaml
-
     r = tmp / "repro"
     r.mkdir()
     atomic_write_text(r / "config.yaml", dump_yaml(cfg))
@@ -120,11 +121,12 @@ def _write_repro(tmp: Path, cfg, run_dir: Path, out_dir: Path) -> list[str]:
     tokens_dir = Path(cfg.train_tokens_dir)
     tok_dir = Path(cfg.tokenizer_dir) if Path(cfg.tokenizer_dir).is_dir() else Path(cfg.tokenizer_dir).parent
     try:
-        corpus_dir = Path(json.loads((tokens_dir / "manifest.json").read_text()).get("corpus_dir") or cfg.clean_dir)
+        tokens_manifest = json.loads((tokens_dir / "manifest.json").read_text())
     except (OSError, ValueError):
-        corpus_dir = Path(cfg.clean_dir)
+        tokens_manifest = {}
+    corpus_dir = training_corpus_dir(cfg, tokens_manifest if isinstance(tokens_manifest, dict) else {})
     for src, name in ((run_dir / "meta.json", "meta.json"), (run_dir / "eval.json", "eval.json"),
-                      (corpus_dir / "manifest.json", "data_manifest.json"),
+                      *(((corpus_dir / "manifest.json", "data_manifest.json"),) if corpus_dir else ()),
                       (tok_dir / "manifest.json", "tokenizer_manifest.json"),
                       (tokens_dir / "manifest.json", "tokens_manifest.json")):
         if src.is_file():
@@ -135,9 +137,7 @@ def _write_repro(tmp: Path, cfg, run_dir: Path, out_dir: Path) -> list[str]:
 
 def verify_export(model, tok, out_dir: Path, device="cpu") -> dict[str, Any]:
     """Load ``out_dir`` with transformers and compare logits and greedy tokens with ``model``."""
-    from transformers import AutoModelForCausalLM
-
-    from pretrainlab.model.moe import MoE
+    from transformers import AutoModelForCausalLM  # optional dependency (pretrainlab[export]): imported when used
 
     hf = AutoModelForCausalLM.from_pretrained(out_dir, local_files_only=True, dtype=torch.float32).eval()
     moe = [m for m in model.modules() if isinstance(m, MoE)]
@@ -151,8 +151,6 @@ def verify_export(model, tok, out_dir: Path, device="cpu") -> dict[str, Any]:
 
 
 def _compare(model, hf, tok) -> dict[str, Any]:
-    from pretrainlab.eval.generate import generate
-
     ids = (tok.encode("def main():\n    return the value of the model\n") or [tok.bos_id])[: model.cfg.max_seq_len]
     x = torch.tensor([ids])
     with torch.no_grad():
@@ -169,18 +167,10 @@ def _compare(model, hf, tok) -> dict[str, Any]:
 
 def export_run(run_dir: str | Path, out_dir: str | Path | None = None, cfg_overrides: list[str] | None = None,
                checkpoint: str | int | None = None) -> dict[str, Any]:
-    from pretrainlab.config import load_run_config
-    from pretrainlab.eval.run import _check_run_dir, _checkpoint_info
-    from pretrainlab.progress import console
-    from pretrainlab.tokenizer.vocab import load_tokenizer
-    from pretrainlab.train.checkpoint import load_model
-
-    run_dir = Path(run_dir)
-    _check_run_dir(run_dir)
-    cfg = load_run_config(run_dir, cfg_overrides or None)
+    run_dir, cfg = open_run(run_dir, cfg_overrides)
     out = Path(out_dir) if out_dir else run_dir / "export" / "hf"
-    model, _, ckpt = load_model(run_dir, checkpoint, "cpu")
-    step, tokens = _checkpoint_info(ckpt)
+    loaded = load_checkpoint(run_dir, checkpoint, "cpu")
+    model, ckpt, step, tokens = loaded.model, loaded.path, loaded.step, loaded.tokens
     tok = load_tokenizer(cfg.tokenizer_dir)
     ec = cfg.export
     gen = cfg.eval.model_dump()
@@ -214,3 +204,18 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, cfg_overr
                                 f"{check['max_abs_logit_diff']:.2e}); this is a bug in the exporter, please report it")
     record["out"] = str(out)
     return record
+
+
+def ensure_hf_export(run_dir: str | Path, cfg_overrides: list[str] | None = None,
+                     checkpoint: str | int | None = None) -> Path:
+    """``RUN/export/hf`` holding the float32 export of ``checkpoint``, exported now if missing or stale."""
+    run_dir = Path(run_dir)
+    out = run_dir / "export" / "hf"
+    ckpt = resolve_checkpoint(run_dir, checkpoint)
+    try:
+        marker = json.loads((out / EXPORT_MARKER).read_text())
+    except (OSError, ValueError):
+        marker = {}
+    if marker.get("checkpoint") != str(ckpt) or marker.get("dtype") != "float32":
+        export_run(run_dir, out, list(cfg_overrides or []) + ["export.dtype=float32"], checkpoint=str(ckpt))
+    return out

@@ -7,103 +7,31 @@ the events timeline (skips, rollbacks, pauses, checkpoints, evals), the MoE view
 (expert-load heat map, CV, drop rate, router losses; from monitor/moe_report.py)
 for runs with MoE layers, and overlays of the selected runs on the same axes.
 
-The server renders the views to HTML fragments with the report's SVG charts
-(``svg_line_chart``); the page's small script fetches ``/api/view`` every few
+The server renders the views to HTML fragments with the SVG charts of
+``pretrainlab.htmlkit``; the page's small script fetches ``/api/view`` every few
 seconds and swaps them in, so curves grow as metrics.jsonl grows. Files are
 only read: the dashboard never writes into a run.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import math
-import statistics
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-import yaml
-
 from pretrainlab.errors import UserError
-from pretrainlab.fsio import iter_jsonl, read_json
-from pretrainlab.monitor.report import CSS, PALETTE, fmt_num, svg_line_chart
+from pretrainlab.htmlkit import CSS, esc, fmt_num, svg_line_chart
+from pretrainlab.monitor.moe_report import moe_section
+from pretrainlab.monitor.rundata import RunData, discover_runs
+from pretrainlab.progress import console
 
-RUN_FILES = ("metrics.jsonl", "events.jsonl", "config.yaml")
 EVENT_COLORS = {"skip_step": "#ff7f0e", "rollback": "#d62728", "pause": "#9467bd", "stopped": "#000000",
                 "trend": "#e377c2", "checkpoint": "#2ca02c", "eval": "#1f77b4", "resume": "#17becf",
                 "interrupted": "#8c564b", "start": "#7f7f7f", "end": "#7f7f7f"}
-
-
-def _esc(x) -> str:
-    return html.escape(str(x), quote=True)
-
-
-def is_run_dir(path: Path) -> bool:
-    return path.is_dir() and any((path / f).is_file() for f in RUN_FILES)
-
-
-def discover_runs(root: Path) -> dict[str, Path]:
-    """Run name -> directory: ``root`` itself if it is a run, else its run subfolders."""
-    root = Path(root)
-    if is_run_dir(root):
-        return {root.resolve().name: root}
-    return {p.name: p for p in sorted(root.iterdir()) if is_run_dir(p)} if root.is_dir() else {}
-
-
-class RunData:
-    """What the views need from one run directory, read fresh on every request."""
-
-    def __init__(self, name: str, path: Path):
-        self.name, self.path = name, path
-        metrics = list(iter_jsonl(path / "metrics.jsonl")) if (path / "metrics.jsonl").is_file() else []
-        self.train = [r for r in metrics if r.get("kind") == "train"]
-        self.val = [r for r in metrics if r.get("kind") == "val"]
-        self.events = list(iter_jsonl(path / "events.jsonl")) if (path / "events.jsonl").is_file() else []
-        try:
-            self.config = yaml.safe_load((path / "config.yaml").read_text()) or {}
-        except (OSError, yaml.YAMLError):
-            self.config = {}
-        try:
-            self.meta = read_json(path / "meta.json")
-        except (OSError, ValueError):
-            self.meta = {}
-
-    @property
-    def planned_steps(self):
-        return (self.config.get("train") or {}).get("steps")
-
-    def seconds_per_step(self) -> float | None:
-        recs = [r for r in self.train[-50:] if isinstance(r.get("time"), (int, float))]
-        rates = [(b["time"] - a["time"]) / (b["step"] - a["step"]) for a, b in zip(recs, recs[1:])
-                 if b["step"] > a["step"] and b["time"] > a["time"]]
-        return statistics.median(rates) if rates else None
-
-    def eta_s(self) -> float | None:
-        rate, steps = self.seconds_per_step(), self.planned_steps
-        if rate is None or not steps or not self.train:
-            return None
-        return max(0, steps - self.train[-1]["step"]) * rate
-
-    def status(self, now: float | None = None) -> str:
-        last = next((e["event"] for e in reversed(self.events) if e.get("event") in
-                     ("end", "pause", "stopped", "interrupted", "start", "resume", "rollback", "checkpoint")), None)
-        if last in ("end",):
-            return "finished"
-        if last in ("pause", "stopped", "interrupted"):
-            return {"pause": "paused", "stopped": "stopped", "interrupted": "interrupted"}[last]
-        times = [r["time"] for r in self.train[-1:] if isinstance(r.get("time"), (int, float))]
-        times += [e["time"] for e in self.events[-1:] if isinstance(e.get("time"), (int, float))]
-        if not times:
-            return "starting"
-        quiet = (now or time.time()) - max(times)
-        rate = self.seconds_per_step() or 0.0
-        return "running" if quiet < max(120.0, 20 * rate) else "silent"
-
-    def has_moe(self) -> bool:
-        return any(k.startswith("moe/") for r in self.train[-5:] for k in r)
 
 
 # --------------------------------------------------------------------------- views
@@ -145,7 +73,7 @@ def status_table(runs: list[RunData]) -> str:
                  fmt_num(lastv.get("val_loss")), fmt_num(last.get("lr")), fmt_num(last.get("tokens")), fmt_num(tps),
                  f"{100 * mfu:.1f}%" if mfu is not None else "-", _duration(r.eta_s()), count("skip_step"),
                  count("rollback"), count("pause")]
-        rows.append("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in cells) + "</tr>")
+        rows.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
     rows.append("</table>")
     return "".join(rows)
 
@@ -177,13 +105,13 @@ def events_timeline(runs: list[RunData], width: int = 1300, limit: int = 40, tab
     x = lambda s: ml + (width - ml - 14) * s / max_step  # noqa: E731
     for i, (r, evs) in enumerate(shown):
         y = 20 + lane * i + lane / 2
-        parts.append(f'<text x="{ml - 6}" y="{y + 4}" text-anchor="end" class="tk">{_esc(r.name)}</text>')
+        parts.append(f'<text x="{ml - 6}" y="{y + 4}" text-anchor="end" class="tk">{esc(r.name)}</text>')
         parts.append(f'<line x1="{ml}" y1="{y}" x2="{width - 14}" y2="{y}" class="grid"/>')
         for e in evs:
             c = EVENT_COLORS[e["event"]]
             detail = e.get("reason") or e.get("rule") or e.get("message") or ""
-            parts.append(f'<circle cx="{x(e["step"]):.1f}" cy="{y}" r="5" fill="{c}" class="ev ev-{_esc(e["event"])}">'
-                         f'<title>{_esc(e["event"])} at step {_esc(e["step"])} {_esc(detail)}</title></circle>')
+            parts.append(f'<circle cx="{x(e["step"]):.1f}" cy="{y}" r="5" fill="{c}" class="ev ev-{esc(e["event"])}">'
+                         f'<title>{esc(e["event"])} at step {esc(e["step"])} {esc(detail)}</title></circle>')
     lx = ml
     for name, c in EVENT_COLORS.items():
         parts.append(f'<circle cx="{lx}" cy="{height - 10}" r="4" fill="{c}"/>'
@@ -199,16 +127,14 @@ def events_timeline(runs: list[RunData], width: int = 1300, limit: int = 40, tab
         extra = ", ".join(f"{k}={fmt_num(v) if isinstance(v, (int, float)) else v}" for k, v in e.items()
                           if k not in ("time", "step", "event"))
         when = time.strftime("%H:%M:%S", time.localtime(e["time"])) if isinstance(e.get("time"), (int, float)) else ""
-        rows.append(f"<tr><td>{when}</td><td>{_esc(name)}</td><td>{_esc(e['step'])}</td>"
-                    f"<td>{_esc(e['event'])}</td><td>{_esc(extra[:300])}</td></tr>")
+        rows.append(f"<tr><td>{when}</td><td>{esc(name)}</td><td>{esc(e['step'])}</td>"
+                    f"<td>{esc(e['event'])}</td><td>{esc(extra[:300])}</td></tr>")
     rows.append("</table>")
     return "".join(parts) + "".join(rows)
 
 
 def moe_view(runs: list[RunData]) -> str:
-    from pretrainlab.monitor.moe_report import moe_section
-
-    out = [f"<h3>{_esc(r.name)}</h3>" + moe_section(r.train) for r in runs if r.has_moe()]
+    out = [f"<h3>{esc(r.name)}</h3>" + moe_section(r.train) for r in runs if r.has_moe()]
     return "".join(out) or '<div class="muted">No MoE metrics in the selected runs.</div>'
 
 
@@ -273,9 +199,9 @@ setInterval(refresh, REFRESH_MS);
 def page_html(title: str, refresh_s: float) -> str:
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<title>{_esc(title)} · pretrainlab dashboard</title><style>{CSS}\nbody{{max-width:none}}"
+        f"<title>{esc(title)} · pretrainlab dashboard</title><style>{CSS}\nbody{{max-width:none}}"
         "#run-list label{margin-right:12px}</style></head><body>"
-        f"<h1>War room: {_esc(title)}</h1><div class=\"muted\" id=\"updated\">loading…</div>"
+        f"<h1>War room: {esc(title)}</h1><div class=\"muted\" id=\"updated\">loading…</div>"
         "<div id=\"run-list\"></div>"
         "<h2>Runs</h2><div id=\"status\"></div>"
         "<h2>Global view</h2><div id=\"global\"></div>"
@@ -325,8 +251,6 @@ def make_server(root: str | Path, host: str = "127.0.0.1", port: int = 8765, ref
 
 def serve_dashboard(root: str | Path, host: str = "127.0.0.1", port: int = 8765, refresh_s: float = 5.0) -> None:
     """Serve until Ctrl-C."""
-    from pretrainlab.progress import console
-
     server = make_server(root, host, port, refresh_s)
     h, p = server.server_address[:2]
     console.print(f"dashboard of {Path(root).resolve()} on http://{h}:{p}/ (refresh {refresh_s:g}s); Ctrl-C stops it")

@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 import re
 
-from pretrainlab.monitor.report import _esc, _points, svg_line_chart
+from pretrainlab.htmlkit import esc, points, svg_line_chart
+from pretrainlab.monitor.rundata import RunData, register_section
 
 MAX_COLUMNS = 160  # steps are averaged into at most this many columns
 _LOAD_KEY = re.compile(r"^moe/layer(\d+)/tokens_per_expert$")
@@ -46,8 +47,8 @@ def svg_load_heatmap(steps: list[int], loads: list[list[float]], title: str, wid
     cw, rh = pw / len(steps), ph / n_exp
     parts = [
         f'<svg class="chart" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
-        f'aria-label="{_esc(title)}"><rect x="0" y="0" width="{width}" height="{height}" fill="#fff"/>',
-        f'<text x="{width / 2}" y="18" text-anchor="middle" class="ct">{_esc(title)}</text>',
+        f'aria-label="{esc(title)}"><rect x="0" y="0" width="{width}" height="{height}" fill="#fff"/>',
+        f'<text x="{width / 2}" y="18" text-anchor="middle" class="ct">{esc(title)}</text>',
     ]
     for j, col in enumerate(loads):
         total = sum(col)
@@ -72,6 +73,11 @@ def svg_load_heatmap(steps: list[int], loads: list[list[float]], title: str, wid
     return "".join(parts)
 
 
+@register_section("moe", 30)
+def _moe_report_section(run: RunData) -> str:
+    return moe_section(run.train)
+
+
 def moe_section(train: list[dict]) -> str:
     """HTML for the report's MoE section ("" when the run logged no MoE metrics)."""
     layers = moe_layer_ids(train)
@@ -83,14 +89,14 @@ def moe_section(train: list[dict]) -> str:
         if rows:
             charts.append(svg_load_heatmap([r["step"] for r in rows], [r[f"moe/layer{i}/tokens_per_expert"] for r in rows],
                                            f"Expert load, layer {i} (share vs uniform)"))
-    charts.append(svg_line_chart({f"layer {i}": _points(train, "step", f"moe/layer{i}/cv") for i in layers},
+    charts.append(svg_line_chart({f"layer {i}": points(train, "step", f"moe/layer{i}/cv") for i in layers},
                                  "Expert load CV (std/mean)", "step", "CV"))
-    charts.append(svg_line_chart({f"layer {i}": _points(train, "step", f"moe/layer{i}/drop_rate") for i in layers},
+    charts.append(svg_line_chart({f"layer {i}": points(train, "step", f"moe/layer{i}/drop_rate") for i in layers},
                                  "Token drop rate", "step", "dropped share"))
-    charts.append(svg_line_chart({"aux (load balance)": _points(train, "step", "moe/aux_loss"),
-                                  "z-loss": _points(train, "step", "moe/z_loss")}, "Router losses (mean over layers)",
+    charts.append(svg_line_chart({"aux (load balance)": points(train, "step", "moe/aux_loss"),
+                                  "z-loss": points(train, "step", "moe/z_loss")}, "Router losses (mean over layers)",
                                  "step", "loss"))
-    charts.append(svg_line_chart({"total": _points(train, "step", "loss"), "cross-entropy": _points(train, "step", "ce_loss")},
+    charts.append(svg_line_chart({"total": points(train, "step", "loss"), "cross-entropy": points(train, "step", "ce_loss")},
                                  "Training loss and its cross-entropy part", "step", "loss"))
     last = train[-1]
     rows = "".join(
@@ -101,10 +107,10 @@ def moe_section(train: list[dict]) -> str:
     )
     table = ("<table><tr><th>layer</th><th>load CV</th><th>max/mean load</th><th>min/mean load</th><th>drop rate</th>"
              f"<th>max router grad norm</th></tr>{rows}</table>")
-    return (f'<h2>Mixture of experts</h2><div class="muted">Last logged step {_esc(last.get("step"))}. '
+    return (f'<h2>Mixture of experts</h2><div class="muted">Last logged step {esc(last.get("step"))}. '
             "Heat map colour: an expert's share of routed tokens relative to a uniform share.</div>"
             + table + '<div class="charts">' + "".join(charts) + "</div>")
 
 
 def _fmt(v) -> str:
-    return "-" if not isinstance(v, (int, float)) else _esc(f"{v:.4g}")
+    return "-" if not isinstance(v, (int, float)) else esc(f"{v:.4g}")

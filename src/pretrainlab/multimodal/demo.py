@@ -35,7 +35,8 @@ def _frame(size: int, y: float, x: float, cam: str) -> np.ndarray:
     return np.clip(255 * (background + 0.8 * blob), 0, 255).astype(np.uint8)
 
 
-def _save(path: Path, arr: np.ndarray) -> None:
+def save_array(path: Path, arr: np.ndarray) -> None:
+    """One payload array as ``path`` (.npy), creating its folder."""
     # Plain writes: samples.jsonl, written atomically last, is what makes the dataset exist.
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, arr)
@@ -78,15 +79,15 @@ def demo_lines(out: Path, samples: int, groups: int, size: int, seed: int, sampl
                 segs.append({"group": g, "t_ns": ts(), "modality": "text",
                              "text": f"the object moves {pace} to the {horiz} and {vert}"})
                 rel = f"images/{sid}.npy"
-                _save(out / rel, _frame(size, y, x, "front"))
+                save_array(out / rel, _frame(size, y, x, "front"))
                 segs.append({"group": g, "t_ns": ts(), "modality": "image", "payload": rel})
             for cam in CAMERAS:
                 rel = f"frames/{sid}_{g}_{cam}.npy"
-                _save(out / rel, _frame(size, y, x, cam))
+                save_array(out / rel, _frame(size, y, x, cam))
                 segs.append({"group": g, "t_ns": ts(), "modality": "video", "camera": cam, "payload": rel})
             rel = f"audio/{sid}_{g}.npy"
             wave = 0.5 * np.sin(2 * np.pi * (200 + 600 * speed) * t_audio) + 0.01 * rng.standard_normal(n_audio)
-            _save(out / rel, wave.astype(np.float32))
+            save_array(out / rel, wave.astype(np.float32))
             segs.append({"group": g, "t_ns": ts(), "modality": "audio", "payload": rel})
             steer = float(np.clip(vx / 1.5, -1, 1))
             throttle = float(np.clip(speed / 2.2, 0, 1))

@@ -27,7 +27,7 @@ import numpy as np
 
 from pretrainlab.errors import DataError, UserError
 from pretrainlab.fsio import atomic_write_json, atomic_write_text
-from pretrainlab.multimodal.demo import _save, demo_lines
+from pretrainlab.multimodal.demo import demo_lines, save_array
 from pretrainlab.multimodal.format import SAMPLES_FILE
 from pretrainlab.progress import console, track
 
@@ -84,7 +84,7 @@ def write_real_data(out: str | Path, digits: int = 1797, speech: int = 0, scenes
     for i in track(range(digits), "mm real-data: digits", unit="samples"):
         sid = f"digit{i:05d}"
         rel = f"digits/{sid}.npy"
-        _save(out / rel, images[i])
+        save_array(out / rel, images[i])
         name = DIGIT_NAMES[labels[i]]
         segs = [{"group": 0, "t_ns": 0, "modality": "text", "text": f"a handwritten digit {name}"},
                 {"group": 0, "t_ns": 0, "modality": "image", "payload": rel}]
@@ -94,7 +94,7 @@ def write_real_data(out: str | Path, digits: int = 1797, speech: int = 0, scenes
                 voices[key] = speak(name, *VOICES[key[1]], sample_rate)
             arel = f"speech/{name}_{key[1]}.npy"
             if not (out / arel).is_file():
-                _save(out / arel, voices[key])
+                save_array(out / arel, voices[key])
             segs.append({"group": 0, "t_ns": 0, "modality": "audio", "payload": arel})
         lines.append(json.dumps({"id": sid, "segments": segs}))
     if scenes:

@@ -26,7 +26,10 @@ class PlanConfig(BaseModel):
         None, description="Plan a preset model instead of the `model` section: 1b, 7b, 14b, 30b (dense) or moe-10b."
     )
     total_params: float | None = Field(
-        None, gt=0, description="Override the total parameter count (e.g. 10e9); with it the FLOP count is 6N only."
+        None, gt=0, description="Override the total parameter count (e.g. 10e9); 6N then counts the active "
+        "parameters given (default this total). The attention term still comes from the architecture (preset or "
+        "`model` section); with no architecture (no preset and no model.vocab_size) the plan is by parameter count "
+        "alone: FLOPs 6N only, memory without activations, batch and tokens defaulting as for a preset.",
     )
     active_params: float | None = Field(
         None, gt=0, description="Override the parameters active per token (MoE; default total_params)."
@@ -59,6 +62,10 @@ class PlanConfig(BaseModel):
     devices: int | None = Field(None, ge=1, description="Number of devices (default 1, or the from_run run's world size).")
     mfu: float | None = Field(
         None, gt=0, le=1, description="Model FLOPs utilization assumed end to end (default 0.4; from_run measures it)."
+    )
+    tokens_per_sec_per_device: float | None = Field(
+        None, gt=0, description="Measured training throughput per device (tokens/s, at the planned scale); time, "
+        "cost and energy then follow from it instead of peak x MFU, and the MFU shown is the one it implies.",
     )
     from_run: Path | None = Field(
         None, description="Run directory whose measured MFU (and hardware, model, devices unless set) calibrate the plan."
@@ -119,4 +126,8 @@ class PlanConfig(BaseModel):
             raise ValueError(f"buffer_high ({self.buffer_high}) must be >= buffer_low ({self.buffer_low})")
         if self.active_params is not None and self.total_params is not None and self.active_params > self.total_params:
             raise ValueError("active_params must not exceed total_params")
+        given = [k for k in ("mfu", "from_run", "tokens_per_sec_per_device") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one source of throughput (mfu, from_run or tokens_per_sec_per_device), "
+                             f"not both {' and '.join(given)}")
         return self

@@ -107,6 +107,15 @@ PRESETS: dict[str, ModelSpec] = {
 }
 
 
+def given_counts(total: float, active: float | None = None) -> dict[str, float | str]:
+    """Counts of a model known only by its parameter counts (no architecture): 6N's N is the active count."""
+    active = total if active is None else active
+    if active > total:
+        raise ConfigError(f"active parameters ({active:.3g}) exceed total ({total:.3g}); fix plan.active_params")
+    return {"total": float(total), "active": float(active), "embedding": None, "matmul_active": float(active),
+            "experts": None, "derived_from": "plan.total_params/active_params (no architecture)"}
+
+
 def spec_from_preset(name: str, total: float | None = None, active: float | None = None) -> ModelSpec:
     if name not in PRESETS:
         raise ConfigError(f"unknown model preset {name!r}; choose from {sorted(PRESETS)}")
@@ -126,7 +135,8 @@ def spec_from_model_config(cfg: ModelConfig, name: str = "model section",
     if cfg.vocab_size is None:
         raise ConfigError(
             "the planner needs model.vocab_size (the trainer takes it from the tokenizer); "
-            "set it with --set model.vocab_size=32000, or plan a preset with --model-preset 1b|7b|14b|30b|moe-10b"
+            "set it with --set model.vocab_size=32000, plan a preset with --model-preset 1b|7b|14b|30b|moe-10b, "
+            "or plan by parameter count with --total-params"
         )
     kwargs: dict = {}
     if cfg.moe is not None:

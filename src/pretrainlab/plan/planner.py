@@ -16,7 +16,7 @@ from pretrainlab.errors import ConfigError
 from pretrainlab.plan import formulas as F
 from pretrainlab.plan.calibrate import RunMeasurement, measure_run
 from pretrainlab.plan.hardware import Hardware, resolve_hardware
-from pretrainlab.plan.model_spec import ModelSpec, spec_from_model_config, spec_from_preset
+from pretrainlab.plan.model_spec import ModelSpec, given_counts, spec_from_model_config, spec_from_preset
 
 PRESET_SEQ_LEN = 4096
 PRESET_GLOBAL_BATCH = 4 * 1024 * 1024  # 4M tokens (1024 rows of 4096)
@@ -44,15 +44,16 @@ def make_plan(cfg: ProjectConfig) -> dict:
     pc = cfg.plan
     measured: RunMeasurement | None = None
     if pc.from_run is not None:
-        if pc.mfu is not None:
-            raise ConfigError("give either plan.mfu (--mfu) or plan.from_run (--from-run), not both")
         measured = measure_run(pc.from_run)
         if not F.is_positive_finite(measured.mfu):
             raise ConfigError(f"--from-run {pc.from_run}: measured MFU is not positive; check the run's peak_flops")
 
     # ---- model and batch geometry
-    if pc.model_preset is not None:
-        spec = spec_from_preset(pc.model_preset, pc.total_params, pc.active_params)
+    # Given counts need no vocabulary; without one the model section is no architecture to plan, and the
+    # plan goes by parameter count alone (batch geometry and tokens default as for a preset).
+    by_count = pc.model_preset is None and cfg.model.vocab_size is None and pc.total_params is not None
+    if pc.model_preset is not None or by_count:
+        spec = spec_from_preset(pc.model_preset, pc.total_params, pc.active_params) if not by_count else None
         seq = pc.seq_len or PRESET_SEQ_LEN
         micro = pc.micro_batch or PRESET_MICRO_BATCH
         gbt = pc.global_batch_tokens or PRESET_GLOBAL_BATCH
@@ -61,7 +62,7 @@ def make_plan(cfg: ProjectConfig) -> dict:
         seq = pc.seq_len or cfg.train.seq_len
         micro = pc.micro_batch or cfg.train.micro_batch
         gbt = pc.global_batch_tokens or cfg.train.global_batch_tokens
-    counts = spec.counts()
+    counts = spec.counts() if spec is not None else given_counts(pc.total_params, pc.active_params)
 
     # ---- hardware
     mfu = measured.mfu if measured else (pc.mfu if pc.mfu is not None else DEFAULT_MFU)
@@ -81,20 +82,32 @@ def make_plan(cfg: ProjectConfig) -> dict:
     m = int(rows_per_step) // (micro * dp)  # micro-batches per pipeline per step (gradient accumulation)
 
     # ---- compute and time
+    notes: list[str] = []
     tokens = pc.tokens
     tokens_source = "plan.tokens"
     if tokens is None:
-        if pc.model_preset is None:
+        if spec is not None and pc.model_preset is None:
             tokens, tokens_source = float(cfg.train.steps * cfg.train.global_batch_tokens), "train.steps x global_batch_tokens"
         else:
             tokens, tokens_source = F.chinchilla_tokens_rule(counts["total"]), "20 x parameters (Chinchilla)"
     fpt_6n = F.flops_per_token_6n(counts["matmul_active"])
-    fpt_attn = F.attention_flops_per_token(spec.n_layers, spec.d_model, seq)
-    fpt = fpt_6n + (fpt_attn if pc.flops_formula == "6n+attention" else 0.0)
+    # 12*L*d*s needs the shape; by parameter count alone 6N is the only FLOP count there is.
+    fpt_attn = F.attention_flops_per_token(spec.n_layers, spec.d_model, seq) if spec is not None else None
+    formula = pc.flops_formula if spec is not None else "6n"
+    fpt = fpt_6n + (fpt_attn if formula == "6n+attention" else 0.0)
     total_flops = fpt * tokens
-    cluster = devices * hw.peak_flops * mfu
-    secs = total_flops / cluster
-    tokens_per_s = cluster / fpt
+    if pc.tokens_per_sec_per_device is not None:  # measured throughput: the MFU is what it implies
+        tokens_per_s = devices * pc.tokens_per_sec_per_device
+        cluster = tokens_per_s * fpt
+        mfu = cluster / (devices * hw.peak_flops)
+        if mfu > 1:
+            notes.append(f"{pc.tokens_per_sec_per_device:,.0f} tokens/s per device means {mfu:.0%} of the "
+                         f"{hw.peak_flops:.3g} FLOP/s peak at {fpt:.3g} FLOPs/token: check the throughput, "
+                         "hardware and precision")
+    else:
+        cluster = devices * hw.peak_flops * mfu
+        tokens_per_s = cluster / fpt
+    secs = tokens / tokens_per_s  # = total FLOPs / effective cluster FLOP/s
     days = secs / 86400
     wall_low, wall_high = secs * pc.buffer_low, secs * pc.buffer_high
     dev_hours = (devices * wall_low / 3600, devices * wall_high / 3600)
@@ -106,16 +119,18 @@ def make_plan(cfg: ProjectConfig) -> dict:
     steps = tokens / gbt
     step_s = gbt / tokens_per_s
 
-    notes: list[str] = []
+    if spec is None:
+        notes.append("planned by parameter count (plan.total_params without an architecture): FLOPs are 6N only, "
+                     "memory has no activations; give -c CONFIG with model.vocab_size, or --model-preset, for both")
     compute = {
-        "formula": pc.flops_formula,
-        "formula_text": "6N + 12*L*d*s" if pc.flops_formula == "6n+attention" else "6N",
+        "formula": formula,
+        "formula_text": "6N + 12*L*d*s" if formula == "6n+attention" else "6N",
         "n_for_6n": counts["matmul_active"],
         "n_for_6n_means": ("active parameters given (plan.active_params)" if counts["derived_from"] != "architecture"
                            else "active parameters in matmuls (total active minus the input embedding)"),
         "flops_per_token_6n": fpt_6n,
         "flops_per_token_attention": fpt_attn,
-        "flops_per_token_6n_plus_attention": fpt_6n + fpt_attn,
+        "flops_per_token_6n_plus_attention": fpt_6n + fpt_attn if fpt_attn is not None else None,
         "flops_per_token": fpt,
         "tokens": tokens,
         "tokens_source": tokens_source,
@@ -123,7 +138,10 @@ def make_plan(cfg: ProjectConfig) -> dict:
         "peak_flops_per_device": hw.peak_flops,
         "cluster_peak_flops": devices * hw.peak_flops,
         "mfu": mfu,
-        "mfu_source": f"measured in {measured.run_dir}" if measured else "plan.mfu",
+        "mfu_source": (f"measured in {measured.run_dir}" if measured else "implied by plan.tokens_per_sec_per_device"
+                       if pc.tokens_per_sec_per_device is not None else "plan.mfu"),
+        "throughput_source": ("plan.tokens_per_sec_per_device (measured)" if pc.tokens_per_sec_per_device is not None
+                              else "peak x MFU"),
         "effective_flops": cluster,
         "tokens_per_s": tokens_per_s,
         "tokens_per_s_per_device": tokens_per_s / devices,
@@ -146,8 +164,12 @@ def make_plan(cfg: ProjectConfig) -> dict:
     if pc.recompute is None:
         ac = pc.model_preset is None and getattr(cfg.train, "activation_checkpointing", False)
         pc = pc.model_copy(update={"recompute": "full" if ac else "none"})
-    memory = _memory(spec, counts, hw, pc, par, seq, micro, m, int(rows_per_step))
-    if not memory["fits"]:
+    memory = (_memory(spec, counts, hw, pc, par, seq, micro, m, int(rows_per_step)) if spec is not None
+              else _memory_by_count(counts, hw, pc, par))
+    if memory["fits"] is False and spec is None:
+        notes.append(f"does not fit: the model states alone take {memory['total_bytes'] / 1e9:.1f} GB of "
+                     f"{memory['usable_bytes'] / 1e9:.1f} GB usable; raise zero_stage or tensor/pipeline parallelism")
+    elif memory["fits"] is False:
         notes.append(
             f"does not fit: {memory['total_bytes'] / 1e9:.1f} GB needed of {memory['usable_bytes'] / 1e9:.1f} GB usable; "
             + ("raise zero_stage, tensor/pipeline parallelism or recompute" if memory["max_micro_batch"] == 0
@@ -166,7 +188,7 @@ def make_plan(cfg: ProjectConfig) -> dict:
                      "write asynchronously, checkpoint less often or get faster storage")
     io = _io(spec, pc, tokens_per_s)
     chin = _chinchilla(spec, counts, tokens)
-    if spec.is_moe:
+    if spec is not None and spec.is_moe:
         notes.append("Chinchilla fit is for dense models; for an MoE it is shown with total parameters as a loose prior")
     energy = _energy(hw, pc, devices, secs)
     if measured and measured.device == "cpu" and not hw.name.startswith("run device"):
@@ -180,8 +202,8 @@ def make_plan(cfg: ProjectConfig) -> dict:
 
     return {
         "model": {
-            "name": spec.name,
-            "architecture": spec.to_dict(),
+            "name": spec.name if spec is not None else "by parameter count",
+            "architecture": spec.to_dict() if spec is not None else None,
             "total_params": counts["total"],
             "active_params": counts["active"],
             "embedding_params": counts["embedding"],
@@ -227,13 +249,19 @@ def _host_memory_bytes() -> float:
         return 16e9
 
 
-def _parallelism(spec: ModelSpec, devices: int, t: int, p: int, e: int) -> dict:
+def _parallelism(spec: ModelSpec | None, devices: int, t: int, p: int, e: int) -> dict:
     if devices % (t * p):
         raise ConfigError(
             f"{devices} devices are not divisible by tensor x pipeline parallel ({t} x {p}); "
             "choose a device count that is a multiple of their product"
         )
     dp = devices // (t * p)
+    if spec is None:  # by parameter count: no heads, layers or experts to check against
+        if e > 1:
+            raise ConfigError(f"expert_parallel={e} needs the experts of an architecture: give -c CONFIG with "
+                              "model.vocab_size or --model-preset, or set expert_parallel=1")
+        return {"devices": devices, "tensor_parallel": t, "pipeline_parallel": p, "data_parallel": dp,
+                "expert_parallel": 1, "expert_data_parallel": dp}
     if spec.n_heads % t:
         raise ConfigError(f"tensor_parallel={t} must divide the {spec.n_heads} attention heads; pick a divisor")
     if p > spec.n_layers:
@@ -342,6 +370,40 @@ def _memory(spec: ModelSpec, counts: dict, hw: Hardware, pc, par: dict, seq: int
     }
 
 
+def _memory_by_count(counts: dict, hw: Hardware, pc, par: dict) -> dict:
+    """Model states of N parameters split evenly over tensor x pipeline ranks; activations need an architecture."""
+    t, p, dp = par["tensor_parallel"], par["pipeline_parallel"], par["data_parallel"]
+    per_device = counts["total"] / (t * p)
+    states = F.model_state_bytes(per_device, pc.optimizer_scheme, pc.zero_stage, dp)
+    autocast_copies = 2.0 * per_device if pc.optimizer_scheme == "fp32-master" and pc.zero_stage < 3 else 0.0
+    usable = hw.memory_bytes * (1 - pc.memory_reserve)
+    total = sum(states.values()) + autocast_copies  # a lower bound: no activations, no ZeRO-3 gather buffers
+    return {
+        "params_per_device": per_device,
+        "weights_bytes": states["weights"],
+        "gradients_bytes": states["gradients"],
+        "optimizer_bytes": states["optimizer"],
+        "model_states_bytes": sum(states.values()),
+        "zero3_gather_bytes": None,
+        "autocast_weight_copies_bytes": autocast_copies,
+        "activations_bytes": None,
+        "activations": None,
+        "zero_stage": pc.zero_stage,
+        "activation_formula": None,
+        "recompute": pc.recompute,
+        "total_bytes": total,
+        "total_is_lower_bound": True,
+        "device_bytes": hw.memory_bytes,
+        "usable_bytes": usable,
+        "fits": False if total > usable else None,  # unknown until activations are counted
+        "max_micro_batch": None,
+        "by_zero_stage": {str(z): sum(F.model_state_bytes(per_device, pc.optimizer_scheme, z, dp).values())
+                          for z in range(4)},
+        "optimizer_scheme": pc.optimizer_scheme,
+        "bytes_per_param": dict(zip(("weights", "gradients", "optimizer"), F.OPTIMIZER_SCHEMES[pc.optimizer_scheme])),
+    }
+
+
 def _layer_act(spec: ModelSpec, pc, s: int, b: int, t: int, sp: bool, recompute: str) -> float:
     """Average per-layer activation bytes over the model's dense and MoE layers."""
     h, a = spec.d_model, spec.n_heads
@@ -379,8 +441,9 @@ def _checkpoint(counts: dict, pc, cfg: ProjectConfig, step_s: float, steps: floa
     }
 
 
-def _io(spec: ModelSpec, pc, tokens_per_s: float) -> dict:
-    bpt = pc.bytes_per_token or (2 if spec.vocab_size <= 65536 else 4)
+def _io(spec: ModelSpec | None, pc, tokens_per_s: float) -> dict:
+    vocab = spec.vocab_size if spec is not None else None  # unknown: assume uint32 ids unless bytes_per_token says
+    bpt = pc.bytes_per_token or (2 if vocab is not None and vocab <= 65536 else 4)
     out: dict = {"bytes_per_token": bpt, "tokens_per_s": tokens_per_s, "text_bytes_per_s": tokens_per_s * bpt}
     if pc.video_cameras:
         raw = F.camera_bytes_per_second(pc.video_cameras, pc.video_width, pc.video_height, pc.video_channels,

@@ -54,6 +54,14 @@ def _range(pair, fmt: Callable[[float], str]) -> str:
     return fmt(lo) if math.isclose(lo, hi) else f"{fmt(lo)} – {fmt(hi)}"
 
 
+def _fits(m: dict) -> str:
+    if m["fits"] is None:
+        return "unknown (activations need an architecture)"
+    if m["max_micro_batch"] is None:
+        return "NO (model states alone)"
+    return f"{'yes' if m['fits'] else 'NO'}, {m['max_micro_batch']}"
+
+
 def _money(x: float) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:,.3g}"
 
@@ -95,9 +103,9 @@ ROWS: list[tuple[str, str, Callable[[dict], str]]] = [
     ("memory", "activations", lambda p: f"{_gb(p['memory']['activations_bytes'])} ({p['memory']['activation_formula']}, "
      f"recompute {p['memory']['recompute']})"),
     ("memory", "total per device / usable",
-     lambda p: f"{_gb(p['memory']['total_bytes'])} / {_gb(p['memory']['usable_bytes'])}"),
-    ("memory", "fits? largest micro-batch",
-     lambda p: f"{'yes' if p['memory']['fits'] else 'NO'}, {p['memory']['max_micro_batch']}"),
+     lambda p: f"{'>= ' if p['memory'].get('total_is_lower_bound') else ''}{_gb(p['memory']['total_bytes'])} / "
+     f"{_gb(p['memory']['usable_bytes'])}"),
+    ("memory", "fits? largest micro-batch", lambda p: _fits(p["memory"])),
     ("memory", "pipeline bubble (p-1)/m", lambda p: f"{p['parallelism']['pipeline_bubble']:.1%}"),
     ("checkpoint", "size, write time",
      lambda p: f"{_gb(p['checkpoint']['size_bytes'])}, {_dur(p['checkpoint']['write_seconds'])} at "

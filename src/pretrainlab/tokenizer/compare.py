@@ -24,6 +24,7 @@ output folder and prints the main table.
 from __future__ import annotations
 
 import html
+import json
 import re
 import time
 from collections import Counter
@@ -31,11 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from rich import box
+from rich.table import Table
 
 from pretrainlab import __version__
 from pretrainlab.config import ProjectConfig, config_to_dict
 from pretrainlab.errors import DataError
 from pretrainlab.fsio import atomic_write_json, atomic_write_text, read_json
+from pretrainlab.htmlkit import CSS
 from pretrainlab.progress import console, track
 from pretrainlab.tokenizer.train import corpus_manifest_sha256, find_corpus_sources, train_tokenizer
 from pretrainlab.tokenizer.vocab import TextTokenizer, load_tokenizer
@@ -77,8 +81,6 @@ def _record_language(rec: dict) -> str | None:
 
 def load_eval_docs(corpus_dir: Path, split: str, max_chars: int) -> list[EvalDoc]:
     """The first documents of every source's split, up to ``max_chars`` characters per source."""
-    import json
-
     docs: list[EvalDoc] = []
     for source in find_corpus_sources(corpus_dir):
         path = corpus_dir / source / f"{split}.jsonl"
@@ -263,9 +265,6 @@ MAIN_COLUMNS = [  # (HTML header, console header, cell)
 
 
 def _print_table(rows: list[dict]) -> None:
-    from rich import box
-    from rich.table import Table
-
     table = Table(title="tokenizer compare", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
     for _, head, _ in MAIN_COLUMNS:
         table.add_column(head, justify="left" if head == "tokenizer" else "right", no_wrap=True, min_width=len(head))
@@ -298,7 +297,6 @@ def _group_table(rows: list[dict], key: str, metric: str) -> str:
 
 def render_html(result: dict) -> str:
     """The comparison as one self-contained HTML page (inline CSS, no scripts)."""
-    from pretrainlab.monitor.report import CSS
 
     e = html.escape
     rows = result["tokenizers"]

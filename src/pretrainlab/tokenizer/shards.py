@@ -3,7 +3,8 @@
 Layout of ``cfg.tokens_dir`` (one folder per source, one part per split)::
 
     manifest.json               tokenizer hash (sha256 of its vocab_spec.json), dtype,
-                                per-part counts, totals
+                                per-part counts, totals, the corpus it came from
+                                (absolute and relative to this folder: ``corpus_dir_of``)
     <source>/train.bin          flat token array (uint16 if the spec's total vocabulary,
                                 modality code ranges included, is <= 65536, else
                                 uint32; native little-endian); every document's
@@ -49,7 +50,7 @@ import numpy as np
 from pretrainlab import __version__
 from pretrainlab.config import ProjectConfig, config_to_dict
 from pretrainlab.errors import DataError
-from pretrainlab.fsio import atomic_open, atomic_write_json, read_json, sha256_file
+from pretrainlab.fsio import atomic_open, atomic_write_json, read_json, remove_temporary_files, sha256_file
 from pretrainlab.progress import console, progress_bar
 from pretrainlab.tokenizer.train import corpus_manifest_sha256, find_corpus_sources
 from pretrainlab.tokenizer.vocab import load_tokenizer, open_text_model, tokenizer_file
@@ -290,6 +291,8 @@ def tokenize_corpus(cfg: ProjectConfig) -> dict:
     sources = find_corpus_sources(corpus_dir)
     tokens_dir = Path(cfg.tokens_dir)
     dtype = token_dtype(tok.vocab_size)
+    for left in remove_temporary_files(tokens_dir):  # what a killed `data tokenize` left in its output
+        console.print(f"removed {left} (left by an interrupted tokenize)")
 
     todo: list[tuple[str, str, Path]] = []
     records: dict[str, dict[str, dict]] = {s: {} for s in sources}
@@ -330,7 +333,7 @@ def tokenize_corpus(cfg: ProjectConfig) -> dict:
     content = {
         "format": FORMAT,
         "tokenizer_sha256": tok.sha256,
-        "tokenizer_dir": str(tok_path.parent),
+        "tokenizer_dir": str(tok_path.parent.resolve()),
         "tokenizer_kind": tok.kind,
         "vocab_size": tok.vocab_size,
         "text_vocab_size": tok.text_vocab_size,
@@ -341,7 +344,9 @@ def tokenize_corpus(cfg: ProjectConfig) -> dict:
         "eos_appended": True,
         "sources": {s: {split: _public(records[s][split]) for split in SPLITS} for s in sources},
         "totals": totals,
-        "corpus_dir": str(corpus_dir),
+        # Absolute, and relative to this manifest's folder: never relative to the cwd (see corpus_dir_of).
+        "corpus_dir": str(corpus_dir.resolve()),
+        "corpus_dir_relative": _relative_to(corpus_dir, tokens_dir),
         "corpus_manifest_sha256": corpus_manifest_sha256(corpus_dir),
         "config": config_to_dict(cfg.tokenize),
     }
@@ -378,6 +383,38 @@ def tokenize_corpus(cfg: ProjectConfig) -> dict:
 
 
 # --------------------------------------------------------------------------- reading
+
+
+def _relative_to(path: Path, start: Path) -> str | None:
+    try:
+        return os.path.relpath(Path(path).resolve(), Path(start).resolve())
+    except ValueError:  # another drive (Windows): no relative path exists
+        return None
+
+
+def corpus_dir_of(tokens_dir: str | Path, manifest: dict | None = None, also: tuple[Path, ...] = ()) -> Path | None:
+    """The clean corpus a shard folder was made from, whatever the current directory; None if it is gone.
+
+    Candidates, in order: ``corpus_dir_relative`` joined to the manifest's own folder
+    (survives moving tokens and corpus together), the absolute ``corpus_dir``, then
+    ``also``. When the manifest recorded the corpus manifest's hash, a candidate counts
+    only if its ``manifest.json`` has that hash, so another corpus at the same place is
+    never taken for this one; a cwd-relative ``corpus_dir`` (manifests before this
+    rule) is tried only under that check.
+    """
+    tokens_dir = Path(tokens_dir)
+    m = manifest if manifest is not None else read_tokens_manifest(tokens_dir)
+    want = m.get("corpus_manifest_sha256")
+    rel, recorded = m.get("corpus_dir_relative"), m.get("corpus_dir")
+    candidates = [tokens_dir / rel] if rel else []
+    if recorded and (Path(recorded).is_absolute() or want):
+        candidates.append(Path(recorded))
+    for cand in [*candidates, *also]:
+        if want is None and cand.is_dir():
+            return cand
+        if want is not None and corpus_manifest_sha256(cand) == want:
+            return cand
+    return None
 
 
 def read_tokens_manifest(tokens_dir: str | Path) -> dict:

@@ -1,8 +1,10 @@
 """The trainer's hook points: optional behaviour (guards, sinks, eval) plugs in here.
 
-A callback gets the live ``TrainContext`` and may read anything on it; returning
-normally lets the loop continue. Later features (NaN/spike guards, trend rules,
-in-training eval) are callbacks, so the loop itself stays small.
+A callback gets the live ``TrainContext`` (train/context.py) and may read anything
+on it; returning normally lets the loop continue. Guards, trend rules, MoE
+monitoring, in-training eval, multimodal metrics and checkpointing
+(train/checkpointer.py) are callbacks, so the loop itself stays small; the
+recipe layer (``pretrainlab.recipes``) decides which ones a run gets.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pretrainlab.train.trainer import TrainContext
+    from pretrainlab.train.context import TrainContext
 
 
 class Callback:
@@ -34,7 +36,14 @@ class Callback:
     def on_step_end(self, ctx: "TrainContext", metrics: dict) -> None:
         """After the update (or the skip). Keys added to ``metrics`` are logged."""
 
-    def on_validation(self, ctx: "TrainContext", metrics: dict) -> None: ...
+    def on_validation(self, ctx: "TrainContext", metrics: dict) -> None:
+        """Main rank only, after a validation record was logged."""
+
+    def on_step_boundary(self, ctx: "TrainContext", val: dict | None) -> None:
+        """Every rank, once per completed step, after logging, rollback and validation (``val`` when it ran).
+
+        The state matches ``ctx.step`` exactly here: the place to checkpoint or stop.
+        """
 
     def on_checkpoint(self, ctx: "TrainContext", path) -> None: ...
 
@@ -74,6 +83,12 @@ class CallbackList(Callback):
     def on_validation(self, ctx, metrics):
         for cb in self.callbacks:
             cb.on_validation(ctx, metrics)
+
+    def on_step_boundary(self, ctx, val):
+        for cb in self.callbacks:
+            fn = getattr(cb, "on_step_boundary", None)  # duck-typed callbacks written before this hook
+            if fn is not None:
+                fn(ctx, val)
 
     def on_checkpoint(self, ctx, path):
         for cb in self.callbacks:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pickle
 import re
 import shutil
 import threading
@@ -43,8 +44,7 @@ import torch
 
 from pretrainlab.errors import UserError
 from pretrainlab.fsio import atomic_write_json, replace_dir
-
-MARKER = "COMPLETE"
+from pretrainlab.train.integrity import MARKER, ChecksumWriter, file_entry, verify, write_marker  # noqa: F401 (re-exported)
 # DCP says this on every save/load without a process group, which is how one-process runs and export use it.
 warnings.filterwarnings("ignore", message=r"torch\.distributed is (disabled, )?unavailable or uninitialized, assuming")
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
@@ -80,11 +80,24 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return ckpts[-1][1] if ckpts else None
 
 
-def _torch_save(obj: Any, path: Path) -> None:
+def _torch_save(obj: Any, path: Path) -> dict:
+    """``torch.save`` to ``path``, fsynced; returns the file's manifest entry (size, CRC-32 computed while writing)."""
     with open(path, "wb") as fh:
-        torch.save(obj, fh)
+        out = ChecksumWriter(fh)
+        try:
+            torch.save(obj, out)
+        except RuntimeError:
+            if out.error is not None:  # torch's zip writer reports ENOSPC as "unexpected pos ..."
+                raise out.error from None
+            raise
         fh.flush()
         os.fsync(fh.fileno())
+    return out.entry()
+
+
+def _write_json(path: Path, obj: Any) -> dict:
+    atomic_write_json(path, obj)
+    return file_entry(path)
 
 
 def save_checkpoint(
@@ -98,50 +111,117 @@ def save_checkpoint(
 ) -> Path:
     """Write a complete checkpoint for ``step`` atomically; returns its directory.
 
-    A failed write (disk full, permission, I/O error) removes the partial
+    The completion marker lists every file's size and CRC-32 (``verify``). A
+    failed write (disk full, permission, I/O error) removes the partial
     temporary directory, leaves every earlier checkpoint untouched and raises a
-    one-line ``UserError`` naming the newest intact checkpoint.
+    one-line ``UserError`` naming the directory, the space needed and the newest
+    intact checkpoint.
     """
     root = checkpoint_root(run_dir)
     final = root / step_dir_name(step)
     tmp = root / f".{final.name}.tmp-{os.getpid()}"
     try:
         root.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        remove_temporaries(run_dir)  # a killed save's leftovers would only take the space this one needs
         tmp.mkdir()
-        _torch_save(model_state, tmp / "model.pt")
-        _torch_save(optim_state, tmp / "optim.pt")
-        _torch_save(rng_state, tmp / "rng.pt")
-        atomic_write_json(tmp / "state.json", trainer_state)
-        atomic_write_json(tmp / "meta.json", {"step": step, "saved_at": time.time(), **(meta or {})})
-        atomic_write_json(tmp / MARKER, {"step": step})
+        files = {"model.pt": _torch_save(model_state, tmp / "model.pt"),
+                 "optim.pt": _torch_save(optim_state, tmp / "optim.pt"),
+                 "rng.pt": _torch_save(rng_state, tmp / "rng.pt"),
+                 "state.json": _write_json(tmp / "state.json", trainer_state),
+                 "meta.json": _write_json(tmp / "meta.json", {"step": step, "saved_at": time.time(), **(meta or {})})}
+        write_marker(tmp, step, files)
         replace_dir(tmp, final)  # re-saving a step (e.g. after a rollback) swaps out the old one
-    except OSError as err:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise _save_failed(run_dir, step, err) from None
+        if isinstance(err, OSError) or _is_write_failure(err):
+            raise _save_failed(run_dir, step, err, _nbytes((model_state, optim_state))) from None
+        raise
     return final
 
 
-def _why(err: BaseException | None) -> str:
-    """The cause of a failed save in a few words (digs the OSError out of a DCP CheckpointException)."""
-    if err is None:
-        return "failed on another rank"
+def remove_temporaries(run_dir: Path, keep: Path | None = None) -> list[Path]:
+    """Remove what killed saves and prunes left in ``checkpoints/`` (``.step_*`` folders), except ``keep``.
+
+    Only one trainer writes a run's checkpoints, so any such folder not being
+    written right now is a leftover. Set-aside damaged checkpoints
+    (``.corrupt-step_*``, ``.incomplete-step_*``) are kept.
+    """
+    removed = []
+    root = checkpoint_root(run_dir)
+    for child in sorted(root.glob(".step_*")) if root.is_dir() else []:
+        if keep is None or child != keep:
+            shutil.rmtree(child, ignore_errors=True)
+            removed.append(child)
+    return removed
+
+
+def _nbytes(obj: Any) -> int:
+    """Bytes of the tensors in a (nested) state: what a checkpoint of it needs on disk, give or take a little."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()  # a DTensor counts its global size
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return 0
+
+
+def _is_write_failure(err: BaseException) -> bool:
+    """torch's zip writer's RuntimeError for a failed write (its OSError is gone: ENOSPC, EIO, EDQUOT)."""
+    text = str(err)
+    return isinstance(err, RuntimeError) and any(s in text for s in ("PytorchStreamWriter", "inline_container",
+                                                                    "file write failed", "unexpected pos"))
+
+
+def _root_cause(err: BaseException | None) -> BaseException | None:
+    """The OSError (else first error) inside a DCP CheckpointException; ``err`` itself otherwise."""
     failures = getattr(err, "failures", None)  # torch.distributed.checkpoint.api.CheckpointException
     if failures:
         causes = [exc for exc, _ in failures.values()]
-        err = next((e for e in causes if isinstance(e, OSError)), causes[0])
+        return next((e for e in causes if isinstance(e, OSError)), causes[0])
+    return err
+
+
+def _free_bytes(path: Path) -> int | None:
+    for p in (path, *path.parents):
+        if p.exists():
+            try:
+                return shutil.disk_usage(p).free
+            except OSError:
+                return None
+    return None
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def _why(err: BaseException | None, free: int | None, needed: int) -> str:
+    """The cause of a failed save in a few words; a full disk says how much space the checkpoint needs."""
+    if err is None:
+        return "failed on another rank"
+    err = _root_cause(err)
+    disk_full = isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+    # torch's writer hides the errno; a write failure with less room than the checkpoint needs is a full disk
+    disk_full = disk_full or (_is_write_failure(err) and free is not None and free < needed)
+    if disk_full:
+        room = f", {_size(free)} free" if free is not None else ""
+        return f"disk full: needs about {_size(needed)}{room}"
     if isinstance(err, OSError):
-        return "disk full" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+        return err.strerror or str(err)
     return (str(err).strip().splitlines() or [type(err).__name__])[-1][:200]
 
 
-def _save_failed(run_dir: Path, step: int, err: BaseException | None) -> UserError:
-    """The one line a failed save reports: what failed and which checkpoint is still intact."""
+def _save_failed(run_dir: Path, step: int, err: BaseException | None, needed: int = 0) -> UserError:
+    """The one line a failed save reports: where, why, how much room, and which checkpoint is still intact."""
+    root = checkpoint_root(run_dir)
     previous = latest_checkpoint(run_dir)
     kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
-    return UserError(f"saving checkpoint step {step} failed ({_why(err)}); {kept}; "
-                     f"free space or fix {checkpoint_root(run_dir)}, then --resume auto")
+    return UserError(f"saving checkpoint step {step} to {root} failed ({_why(err, _free_bytes(root), needed)}); "
+                     f"{kept}; free space or fix {root}, then --resume auto")
 
 
 # --------------------------------------------------------------------------- sharded (torch.distributed.checkpoint)
@@ -173,7 +253,7 @@ def _sharded_paths(run_dir: Path, step: int) -> tuple[Path, Path]:
 
 
 def _prepare_tmp(tmp: Path, rank: int, group) -> OSError | None:
-    """An empty temporary directory (rank 0 removes a killed run's leftover); returns rank 0's error, if any.
+    """An empty temporary directory (rank 0 removes killed saves' leftovers); returns rank 0's error, if any.
 
     The other ranks wait for it: DCP creates the directory on every rank while
     planning, which must not race with rank 0's clean-up.
@@ -182,7 +262,7 @@ def _prepare_tmp(tmp: Path, rank: int, group) -> OSError | None:
     if rank == 0:
         try:
             tmp.parent.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_temporaries(tmp.parent.parent)
             tmp.mkdir(exist_ok=True)
         except OSError as e:
             err = e
@@ -204,23 +284,56 @@ def _all_ok(ok: bool, group) -> bool:
     return bool(flag.item())
 
 
+def _gather(obj: Any, group) -> list:
+    """Every rank's ``obj`` on every rank (one all_gather_object on the gloo group); ``[obj]`` in one process."""
+    import torch.distributed as dist
+
+    if _single_process():
+        return [obj]
+    out: list = [None] * dist.get_world_size(group)
+    dist.all_gather_object(out, obj, group=group)
+    return out
+
+
+def _shard_entries(tmp: Path, rank: int) -> dict[str, dict]:
+    """Manifest entries of the DCP files this rank wrote (``__<rank>_*.distcp``; rank 0 adds ``.metadata``).
+
+    Each rank checksums only its own shards, so no rank reads the whole checkpoint.
+    """
+    names = [p.name for p in tmp.glob(f"__{rank}_*.distcp")] + ([DCP_METADATA] if rank == 0 else [])
+    return {name: file_entry(tmp / name) for name in names}
+
+
 def _finish_sharded(run_dir: Path, step: int, tmp: Path, final: Path, rng_state: dict, trainer_state: dict,
-                    meta: dict | None, rank: int, group, err: BaseException | None) -> Path:
-    """After every rank's shards are written: rank 0 adds the small files, marks, renames; all ranks agree."""
-    if rank == 0 and err is None:
+                    meta: dict | None, rank: int, group, err: BaseException | None, needed: int = 0) -> Path:
+    """After every rank's shards are written: rank 0 adds the small files and the manifest, marks, renames.
+
+    Every rank first checksums its own shards (the entries go to rank 0), and all
+    ranks agree at the end whether the checkpoint exists.
+    """
+    entries = None
+    if err is None:
         try:
-            _torch_save(rng_state, tmp / "rng.pt")
-            atomic_write_json(tmp / "state.json", trainer_state)
-            atomic_write_json(tmp / "meta.json", {"step": step, "saved_at": time.time(), "format": "sharded",
-                                                  **(meta or {})})
-            atomic_write_json(tmp / MARKER, {"step": step})
+            entries = _shard_entries(tmp, rank)
+        except OSError as e:
+            err = e
+    parts = _gather(entries, group)
+    if rank == 0 and err is None and all(p is not None for p in parts):
+        try:
+            files = {name: rec for part in parts for name, rec in part.items()}
+            files["rng.pt"] = _torch_save(rng_state, tmp / "rng.pt")
+            files["state.json"] = _write_json(tmp / "state.json", trainer_state)
+            files["meta.json"] = _write_json(tmp / "meta.json", {"step": step, "saved_at": time.time(),
+                                                                 "format": "sharded", **(meta or {})})
+            write_marker(tmp, step, files)
             replace_dir(tmp, final)
         except OSError as e:
             err = e
-    if rank == 0 and err is not None:
+    ok = err is None and all(p is not None for p in parts)
+    if rank == 0 and not ok:
         shutil.rmtree(tmp, ignore_errors=True)
-    if not _all_ok(err is None, group):
-        raise _save_failed(run_dir, step, err)
+    if not _all_ok(ok, group):
+        raise _save_failed(run_dir, step, err, needed)
     return final
 
 
@@ -240,7 +353,8 @@ def save_sharded_checkpoint(run_dir: Path, step: int, app_state: dict, rng_state
         dcp.save(app_state, checkpoint_id=tmp, process_group=group, no_dist=_single_process())
     except (Exception, _checkpoint_exception()) as e:  # CheckpointException is a BaseException
         err = err or e
-    return _finish_sharded(run_dir, step, tmp, final, rng_state, trainer_state, meta, rank, group, err)
+    return _finish_sharded(run_dir, step, tmp, final, rng_state, trainer_state, meta, rank, group, err,
+                           _nbytes(app_state))
 
 
 def _checkpoint_exception() -> type[BaseException]:
@@ -374,6 +488,7 @@ class ShardedAsyncCheckpointer(AsyncCheckpointer):
         self.wait()
         final, tmp = _sharded_paths(run_dir, step)
         prep_err: BaseException | None = _prepare_tmp(tmp, self.rank, self.group)
+        needed = _nbytes(app_state)
         response = dcp.async_save(app_state, checkpoint_id=tmp, process_group=self.group, async_stager=self._stager,
                                   no_dist=_single_process())
         self._staging = response.staging_completion
@@ -386,7 +501,7 @@ class ShardedAsyncCheckpointer(AsyncCheckpointer):
                 except (Exception, _checkpoint_exception()) as e:
                     err = err or e
                 self.last_path = _finish_sharded(run_dir, step, tmp, final, rng_state, trainer_state, meta,
-                                                 self.rank, self.group, err)
+                                                 self.rank, self.group, err, needed)
                 if on_done is not None:
                     on_done(self.last_path)
             except BaseException as e:  # surfaced on the training thread by wait()
@@ -401,8 +516,11 @@ class ShardedAsyncCheckpointer(AsyncCheckpointer):
             staging, self._staging = self._staging, None
             try:
                 staging.result()
-            except Exception:  # the upload fails with the same error and reports it
-                pass
+            except Exception as err:
+                # The upload fails with it too: wait for this save to end so that every rank raises the one
+                # failure the ranks agreed on (its UserError); the staging error itself only if nothing else did.
+                self.wait()
+                raise RuntimeError(f"copying checkpoint state to CPU failed: {err}") from err
         self._raise()
 
     def close(self) -> None:
@@ -449,40 +567,63 @@ def save_best(run_dir: Path, checkpoint: Path, val_loss: float) -> Path:
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int) -> list[Path]:
-    """Delete all but the newest ``keep_last`` complete checkpoints and any stale temporaries."""
-    removed = []
-    ckpts = list_checkpoints(run_dir)
-    for _, path in ckpts[: max(0, len(ckpts) - keep_last)]:
+    """Delete all but the newest ``keep_last`` intact checkpoints, and any stale temporaries.
+
+    A checkpoint whose files no longer have their recorded sizes is neither
+    counted nor deleted: it never takes the place of a good one, and is kept
+    for ``--resume auto`` to set aside and report.
+    """
+    removed, kept = [], 0
+    for _, path in reversed(list_checkpoints(run_dir)):
+        if verify(path, checksums=False) is not None:
+            continue
+        if kept < keep_last:
+            kept += 1
+            continue
         # Hide it with one rename first, so a crash mid-delete never leaves a visible partial checkpoint.
         hidden = path.parent / f".{path.name}.del-{os.getpid()}"
         os.replace(path, hidden)
         shutil.rmtree(hidden, ignore_errors=True)
         removed.append(path)
-    root = checkpoint_root(run_dir)
-    for child in root.glob(".step_*"):
-        shutil.rmtree(child, ignore_errors=True)
-    return removed
+    remove_temporaries(run_dir)
+    return removed[::-1]
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load every part of a complete checkpoint.
+    """Load every part of a complete checkpoint (``verify`` it first: this only reads).
 
     For a sharded checkpoint ``model`` and ``optim`` are None: they are loaded
     into a live (possibly sharded) model with ``parallel.load_sharded_state``.
+    A file that cannot be read raises a one-line ``UserError`` naming it.
     """
     path = Path(path)
     if not is_complete(path):
         raise UserError(f"{path} is not a complete checkpoint (no {MARKER} marker); pick another or use --resume auto")
     fmt = checkpoint_format(path)
+    full = fmt == "full"
     return {
         "format": fmt,
-        "model": torch.load(path / "model.pt", map_location=map_location, weights_only=True) if fmt == "full" else None,
-        "optim": torch.load(path / "optim.pt", map_location=map_location, weights_only=False) if fmt == "full" else None,
-        "rng": torch.load(path / "rng.pt", map_location="cpu", weights_only=False),
-        "state": json.loads((path / "state.json").read_text()),
-        "meta": json.loads((path / "meta.json").read_text()),
+        "model": _read(path / "model.pt", torch.load, map_location=map_location, weights_only=True) if full else None,
+        "optim": _read(path / "optim.pt", torch.load, map_location=map_location, weights_only=False) if full else None,
+        "rng": _read(path / "rng.pt", torch.load, map_location="cpu", weights_only=False),
+        "state": _read(path / "state.json", _load_json),
+        "meta": _read(path / "meta.json", _load_json),
         "path": path,
     }
+
+
+def _load_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _read(path: Path, reader, **kwargs) -> Any:
+    try:
+        return reader(path, **kwargs)
+    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as err:
+        why = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise UserError(f"checkpoint file {path} cannot be read ({why}): the checkpoint is damaged; move "
+                        f"{path.parent.name} aside (e.g. to .corrupt-{path.parent.name}) and resume from an earlier one"
+                        ) from None
 
 
 def load_model_state(path: Path, template: dict) -> dict:
@@ -503,17 +644,29 @@ def resolve_checkpoint(run_dir: Path, which: str | int | None = None) -> Path:
     """A run's checkpoint by step number, path, or the newest ("latest"/None)."""
     run_dir = Path(run_dir)
     if which in (None, "latest", "auto"):
-        path = latest_checkpoint(run_dir)
-        if path is None:
-            raise UserError(f"{run_dir}: no complete checkpoint found; train first with `pretrainlab train`")
-        return path
+        return newest_intact_checkpoint(run_dir)
     if isinstance(which, int) or str(which).isdigit():
         path = checkpoint_root(run_dir) / step_dir_name(int(which))
     else:
         path = Path(which)
     if not is_complete(path):
         raise UserError(f"checkpoint {path} does not exist or is incomplete; list {checkpoint_root(run_dir)}")
+    problem = verify(path)
+    if problem:
+        raise UserError(f"checkpoint {path} is damaged: {problem}; pick an earlier one from {checkpoint_root(run_dir)}")
     return path
+
+
+def newest_intact_checkpoint(run_dir: Path) -> Path:
+    """The newest complete checkpoint that verifies; one printed line per newer damaged one (left in place)."""
+    from pretrainlab.progress import console
+
+    for step, path in reversed(list_checkpoints(run_dir)):
+        problem = verify(path)
+        if problem is None:
+            return path
+        console.print(f"[yellow]skipped[/] checkpoint step {step} ({path}): {problem}")
+    raise UserError(f"{run_dir}: no intact checkpoint found; train first with `pretrainlab train`")
 
 
 def load_model(run_dir: Path, which: str | int | None = None, device: str | torch.device = "cpu"):

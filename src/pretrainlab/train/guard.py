@@ -8,12 +8,14 @@
   skipped (``ctx.skip_step``);
 * ``rollback_after`` consecutive bad steps, or ``rollback_max_in_window`` of them
   within ``rollback_window`` steps, ask the trainer to roll back to the newest
-  complete checkpoint and skip ``skip_batches`` batches of data (PaLM, §5.1);
+  complete checkpoint and skip the data past everything consumed up to the bad
+  step plus ``skip_batches`` more (PaLM, §5.1), doubling that margin on each
+  further rollback, so a rollback never replays the bad region;
   past ``max_rollbacks`` the run stops with ``TrainingStopped``;
 * trend rules over a window of steps or wall-clock hours: the loss rising
   (significant positive slope) or flat (fitted decrease below ``flat_tolerance``)
   pauses the run or alerts; tokens/s below ``throughput_fraction`` of the
-  window's median alerts.
+  median over the window (or over the history there is, while it is shorter) alerts.
 
 The guard decides; the trainer carries out rollbacks and pauses
 (``ctx.request_rollback`` / ``ctx.request_pause``). Every decision is an event in
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
 
 MIN_SPIKE_SAMPLES = 8  # losses needed in the window before a std means anything
 MIN_TREND_POINTS = 8
+MIN_THROUGHPUT_POINTS = 8  # logged tokens/s values before a median is a reference
 MAX_SAVED_POINTS = 20_000  # trend points kept in a checkpoint (thinned beyond this)
 
 
@@ -113,9 +116,12 @@ class Guard(Callback):
         self.rollbacks += 1
         self.consecutive = 0
         self.bad_steps.clear()
-        ctx.request_rollback(reason=f"{reason}: {why}", skip_batches=self.cfg.skip_batches)
+        extra = escalated_skip(self.cfg.skip_batches, self.rollbacks)
+        resume_at = ctx.data_batches + extra
+        ctx.request_rollback(reason=f"{reason}: {why}", skip_batches=extra, resume_at_batch=resume_at)
         self.alerts.send("warning", "rollback", f"{why} ({reason}): rolling back to the last checkpoint and skipping "
-                         f"{self.cfg.skip_batches} batches (rollback {self.rollbacks}/{self.cfg.max_rollbacks})", step)
+                         f"the data up to batch {resume_at}: past bad batch {ctx.data_batches} and {extra} more "
+                         f"(rollback {self.rollbacks}/{self.cfg.max_rollbacks})", step)
 
     # ----------------------------------------------------------------- trends
 
@@ -137,8 +143,9 @@ class Guard(Callback):
             self._check_loss_trends(ctx, step)
 
     @staticmethod
-    def _window(points, window: str):
-        """Points inside the window ending at the last point, or None while history is shorter than it."""
+    def _window(points, window: str, partial: bool = False):
+        """Points inside the window ending at the last point; while history is shorter than the window,
+        all of it if ``partial`` else None."""
         if not points:
             return None, None
         unit, size = parse_window(window)
@@ -146,7 +153,7 @@ class Guard(Callback):
         scale = 1.0 if unit == "steps" else 3600.0
         last = points[-1][idx] / scale
         if last - points[0][idx] / scale < size:
-            return None, unit
+            return (list(points) if partial else None), unit
         start = bisect.bisect_left(points, (last - size) * scale, key=lambda p: p[idx])  # x grows along the list
         return points[start:], unit
 
@@ -211,8 +218,9 @@ class Guard(Callback):
         cfg = self.cfg
         if cfg.throughput_action == "off":
             return
-        pts, unit = self._window(self.tput, cfg.throughput_window)
-        if not pts or len(pts) < 6:
+        # The reference is the median of the history there is, up to one window: a drop early in a run counts too.
+        pts, unit = self._window(self.tput, cfg.throughput_window, partial=True)
+        if not pts or len(pts) < MIN_THROUGHPUT_POINTS:
             return
         reference = statistics.median(p[2] for p in pts)
         current = statistics.median(p[2] for p in self.tput[-3:])
@@ -249,6 +257,15 @@ class Guard(Callback):
         self.tput = [tuple(p) for p in state.get("tput", [])]
         self.tput_low = state.get("tput_low", False)
         self.last_alert_x = dict(state.get("last_alert_x", {}))
+
+
+def escalated_skip(skip_batches: int, rollback_number: int) -> int:
+    """Batches skipped past the bad step's data on the ``rollback_number``-th rollback: doubles each time.
+
+    The first rollback skips ``skip_batches`` beyond everything consumed up to the
+    bad step; a further one means the bad region is wider than that, so the gap grows.
+    """
+    return skip_batches * 2 ** (rollback_number - 1)
 
 
 class NanInjector(Callback):

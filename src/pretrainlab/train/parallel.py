@@ -22,16 +22,24 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 from pretrainlab.config import ProjectConfig
 
 
-def init_distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank); initializes the default process group under torchrun."""
+def init_distributed(device: str = "auto") -> tuple[int, int, int]:
+    """(rank, world size, local rank); initializes the default process group under torchrun.
+
+    ``device`` is ``train.device``: nccl only when training runs on CUDA, gloo otherwise.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1, 0
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(backend=backend_for(device))
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def backend_for(device: str) -> str:
+    """The process-group backend for ``train.device`` (auto | cpu | cuda): nccl moves CUDA tensors only."""
+    return "nccl" if device != "cpu" and torch.cuda.is_available() else "gloo"
 
 
 def _checkpoint_blocks(model: nn.Module) -> None:
