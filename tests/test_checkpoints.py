@@ -4,6 +4,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import subprocess
 
 import pytest
@@ -241,7 +242,7 @@ def test_disk_full_while_writing_the_trainer_state_is_one_line_too(tmp_path, mon
 def test_leftovers_of_a_killed_save_are_removed_by_the_next_one(tmp_path):
     _save(tmp_path, 1)
     root = ckpt.checkpoint_root(tmp_path)
-    for name in (".step_00000002.tmp-4242", ".step_00000002.tmp-sharded", ".step_00000001.old-17"):
+    for name in (".step_00000002.tmp-4242", ".step_00000002.tmp-sharded", ".step_00000001.old-17", ".best.tmp-99"):
         (root / name).mkdir()
         (root / name / "model.pt").write_bytes(b"x" * 100)
     (root / ".corrupt-step_00000003").mkdir()

@@ -107,7 +107,7 @@ def test_skip_mode_never_opens_a_file_a_refused_source_matches_whoever_else_matc
     if form == "same_file":  # the approved entry is left with no file: refused as well, and said why
         assert m["refused_sources"]["web"]["reason"].startswith("every file it matches is refused")
     else:
-        assert "also matched by web" in err and "not opened" in err
+        assert "also matched by web" in err and "never opened as data" in err
 
 
 @pytest.mark.parametrize("form", FORMS)

@@ -185,7 +185,7 @@ def test_kill_9_at_a_random_moment_then_resume_auto_is_exact(two_process, tiny_d
 def stop_with(proc: subprocess.Popen, run: Path, sig: signal.Signals, after_steps: int, whole_group: bool) -> str:
     """Deliver ``sig`` once ``after_steps`` steps are logged: to every process (a terminal's Ctrl-C) or to the launcher."""
     deadline = time.time() + 240
-    while not (ckpt.latest_checkpoint(run) and len(losses(run)) >= after_steps):
+    while not (ckpt.latest_checkpoint(run) and (run / "metrics.jsonl").exists() and len(losses(run)) >= after_steps):
         assert proc.poll() is None, proc.communicate()[0][-4000:]
         assert time.time() < deadline, "the run made no progress"
         time.sleep(0.005)

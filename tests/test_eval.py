@@ -280,7 +280,7 @@ def test_evaluate_run_user_errors(tmp_path):
     with pytest.raises(UserError, match="not a run directory"):
         evaluate_run(tmp_path / "empty")
     run = make_run(tmp_path, with_checkpoint=False)
-    with pytest.raises(UserError, match="no complete checkpoint"):
+    with pytest.raises(UserError, match="no (complete|intact) checkpoint"):
         evaluate_run(run)
 
 

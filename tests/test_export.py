@@ -176,7 +176,7 @@ def test_export_command_errors_are_one_line(trained_run, tmp_path, capsys):
     assert main(["export", str(tmp_path / "nope"), "--to", "hf", str(tmp_path / "o")]) == 2
     assert "run directory not found" in capsys.readouterr().err
     assert main(["export", str(trained_run), "--to", "onnx", str(tmp_path / "o")]) == 2
-    assert "only 'hf'" in capsys.readouterr().err
+    assert "the one format is hf" in capsys.readouterr().err
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x").write_text("x")
     assert main(["export", str(trained_run), "--to", "hf", str(tmp_path / "busy")]) == 2
@@ -226,7 +226,7 @@ def test_card_data_section_is_the_same_from_any_working_directory(tmp_path, monk
     train(cfg)
     monkeypatch.chdir(other)
     out = tmp_path / "delivery"
-    assert main(["export", str(proj / "work" / "runs" / "quickstart"), "--to", "hf", str(out)]) == 0
+    assert main(["export", str(proj / "work" / "runs" / "quickstart"), "--out", str(out)]) == 0
     card = (out / "README.md").read_text()
     assert "| prose | CC-BY-4.0 | approved legal 2026-11-01 |" in card and "| code | PSF-2.0 |" in card
     assert "DECOY" not in card and "manifest `real`" in card

@@ -182,3 +182,17 @@ def test_a_real_full_disk_fails_a_sharded_save_in_one_line(small_disk, left_kb):
         _save(run, 2, n=256)
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000001"]
     assert ckpt.verify(run / "checkpoints" / "step_00000001") is None
+
+
+@pytest.mark.slow
+def test_under_torchrun_the_ranks_agree_to_skip_a_shard_only_one_of_them_checked(tiny_data, tmp_path):
+    from test_distributed import keep_up_to, losses, run_two
+
+    whole = run_two(tiny_data, tmp_path / "whole", "train.parallel=fsdp2")  # 10 steps, a checkpoint every 2
+    run = keep_up_to(tmp_path / "whole", tmp_path / "run", 6)
+    hit = integrity.corrupt(run / "checkpoints" / "step_00000006", "flip-byte")
+    assert hit.suffix == ".distcp"  # same size: only the checksum, read by one of the two ranks, sees it
+    assert run_two(tiny_data, run, "train.parallel=fsdp2") == whole
+    (event,) = [e for e in iter_jsonl(run / "events.jsonl") if e["event"] == "checkpoint_skipped"]
+    assert event["skipped_step"] == 6 and "does not match the checksum" in event["reason"]
+    assert [e["checkpoint"] for e in iter_jsonl(run / "events.jsonl") if e["event"] == "resume"][-1].endswith("step_00000004")

@@ -249,3 +249,12 @@ def test_tokenizer_without_spec_is_a_data_error(corpus_root, tmp_path):
     (out / SPEC_FILE).unlink()
     with pytest.raises(DataError, match="vocab_spec.json is missing"):
         load_tokenizer(out)
+
+
+def test_manifest_names_the_corpus_by_absolute_path_whatever_the_cwd(corpus_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(corpus_root.parent)
+    relative_root = Path(corpus_root.name)
+    cfg = make_cfg(relative_root, "bpe", f"tokenizer.out={tmp_path / 'tok'}")
+    train_tokenizer(cfg)
+    recorded = Path(read_json(tmp_path / "tok" / "manifest.json")["corpus_dir"])
+    assert recorded.is_absolute() and recorded == (corpus_root / "clean").resolve()

@@ -29,7 +29,7 @@ from pretrainlab.cliargs import (
     run_from_args,
     run_overrides,
 )
-from pretrainlab.errors import TrainingPaused, UserError
+from pretrainlab.errors import TrainingInterrupted, TrainingPaused, UserError
 from pretrainlab.experiments.config import ACCIDENTS_FIELDS, LR_RANGE_FIELDS, SWEEP_FIELDS
 
 EXIT_USER_ERROR = 2
@@ -514,6 +514,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_PAUSED
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except TrainingInterrupted as err:  # a stop signal: every rank saved the same step (train/interrupts.py)
+        _close_process_groups()
+        print(f"interrupted: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -32,10 +32,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import yaml
+from rich.markup import escape
+from rich.table import Table
 
 from pretrainlab.errors import ConfigError, UserError
 from pretrainlab.fsio import atomic_write_json, iter_jsonl, read_json
 from pretrainlab.monitor.trend import linear_trend
+from pretrainlab.progress import console
 
 
 @dataclass
@@ -379,11 +382,6 @@ def check_gates(run_dir: str | Path, gates_file: str | Path, out: str | Path | N
 
 
 def print_verdict(verdict: dict) -> None:
-    from rich.markup import escape
-    from rich.table import Table
-
-    from pretrainlab.progress import console
-
     table = Table(title=f"{verdict['gate']} — {Path(verdict['run']).name}")
     for col in ("criterion", "threshold", "measured", "evidence", "result"):
         table.add_column(col, overflow="fold")

@@ -8,6 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import torch
+
 import pretrainlab
 
 
@@ -31,8 +33,6 @@ def code_version() -> dict:
 
 
 def host_info() -> dict:
-    import torch
-
     return {
         "host": socket.gethostname(),
         "platform": platform.platform(),

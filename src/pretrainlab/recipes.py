@@ -21,6 +21,7 @@ from pretrainlab.eval.perplexity import perplexity_per_source
 from pretrainlab.model.transformer import Transformer
 from pretrainlab.monitor.flops import resolve_peak_flops
 from pretrainlab.monitor.sinks import JsonlSink, MultiSink, TensorBoardSink
+from pretrainlab.multimodal.model import build_multimodal_model, wants_multimodal_heads
 from pretrainlab.multimodal.train_callback import build_multimodal_callbacks
 from pretrainlab.train import trainer
 from pretrainlab.train.callbacks import Callback
@@ -31,6 +32,8 @@ from pretrainlab.train.moe_monitor import build_moe_callbacks
 
 def build_model(cfg: ProjectConfig) -> nn.Module:
     """The Transformer, or the Transformer with the multimodal heads its loss terms train."""
+    if wants_multimodal_heads(cfg):
+        return build_multimodal_model(cfg)
     return Transformer(cfg.model)
 
 

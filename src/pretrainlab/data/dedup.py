@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 from pretrainlab.config import DataConfig
+from pretrainlab.data.minhash import LSHIndex, MinHasher
 from pretrainlab.data.stages import Document, Reject, Stage, register_stage
 
 
@@ -56,8 +57,6 @@ class NearDedup(Stage):
 
     def __init__(self, cfg: DataConfig) -> None:
         super().__init__(cfg)
-        from pretrainlab.data.minhash import LSHIndex, MinHasher
-
         nd = cfg.near_dedup
         self.hasher = MinHasher(nd.bands * nd.rows, nd.seed, nd.ngram, nd.cjk_ngram, cfg.quality.cjk_ratio)
         self.index = LSHIndex(nd.bands, nd.rows, exact=nd.verify == "exact")

@@ -285,7 +285,7 @@ def run_tasks(plan: Plan, ex: DataExecutorConfig, root: Path, manifest_id: str) 
     if done:
         console.print(f"data tasks: {len(done)} of {tasks} already finished in {work_dir}; running the rest")
 
-    from pretrainlab.data import dtsteps
+    from pretrainlab.data import dtsteps  # imports this module (a circle) and datatrove's executors
 
     executor = dtsteps.make_executor(ex, str(work_dir), tasks)
     failure: BaseException | None = None
@@ -362,7 +362,7 @@ def _run_slurm(executor, ex: DataExecutorConfig, work_dir: Path, plan: Plan) -> 
             console.print(f"slurm job {job_id} of this build is still queued or running; waiting for it")
     tasks = len(plan.ranges)
     if job_id is None and len(_completed(work_dir)) < tasks:
-        from pretrainlab.data import dtsteps
+        from pretrainlab.data import dtsteps  # imports this module (a circle)
 
         dtsteps.run_quietly(executor, ex)  # writes the sbatch script into the work folder and calls sbatch
         job_id = str(executor.job_id)

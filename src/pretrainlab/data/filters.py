@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
+import ftfy
+
 from pretrainlab.config import DataConfig
 from pretrainlab.data.stages import Document, Reject, Stage, register_stage
 
@@ -18,8 +20,6 @@ _MANY_BLANK_LINES = re.compile(r"\n{4,}")  # 3+ blank lines
 def fix_mojibake(text: str) -> str:
     """Repair text that was UTF-8 decoded as Latin-1/cp1252 ("cafÃ©" -> "café") with ftfy,
     touching nothing else (no quote/ligature/width changes)."""
-    import ftfy
-
     return ftfy.fix_text(
         text, unescape_html=False, remove_terminal_escapes=False, fix_latin_ligatures=False,
         fix_character_width=False, uncurl_quotes=False, fix_line_breaks=False, remove_control_chars=False,

@@ -91,14 +91,40 @@ def _no_files(spec: SourceSpec, matched: list[MatchedFile], registry: Path) -> D
 def check_sources(specs: list[SourceSpec], registry: Path, mode: str = "error",
                   never_data: dict[Path, str] | None = None) -> Admission:
     """Decide which files may be read (see the module docstring); ``never_data`` maps folders
-    (this build's outputs) to why nothing under them is data. Sets ``files`` of the approved specs."""
+    (this build's outputs) to why nothing under them is data. Sets ``files`` of the admitted specs."""
     refused = {s.name: f"approval.status is {s.approval_status!r}" for s in specs if s.approval_status != "approved"}
     if refused and mode == "error":
         _refuse_unapproved(refused, registry)  # before any path is even listed
     approved = [s for s in specs if s.name not in refused]
     if not approved:
         raise DataError(f"{registry}: no source is approved ({', '.join(refused)} refused); nothing to build")
+    files, matched = _match_files(specs)
+    _mark_never_data(files, registry, never_data or {})
+    for s in specs:
+        for _, f in matched[s.name] if s.name in refused else ():
+            f.reasons.append(f"matched by refused source '{s.name}' ({refused[s.name]})")
+    escapes = _check_roots(approved, matched)
+    if escapes and mode == "error":
+        name, path, _ = escapes[0]
+        target = path.resolve()
+        raise DataError(f"source '{name}': {path} is a link to {target}, outside the folder the source names; nothing of "
+                        f"it was read; point a source at {target} itself, remove the link, or set data.unapproved=skip")
+    for s in approved:
+        s.files = [p for p, f in matched[s.name] if not f.reasons]
+        if not s.files:
+            found = [f for _, f in matched[s.name]]
+            if not (found and mode == "skip"):
+                raise _no_files(s, found, registry)
+            refused[s.name] = f"every file it matches is refused (first: {found[0].path}: {found[0].reasons[0]})"
+    admitted = [s for s in approved if s.name not in refused]
+    if not admitted:
+        why = "; ".join(f"{n}: {w}" for n, w in refused.items())
+        raise DataError(f"{registry}: no source has a file that may be read ({why}); nothing to build")
+    return Admission(admitted, refused, sorted((f for f in files.values() if f.reasons), key=lambda f: f.path))
 
+
+def _match_files(specs: list[SourceSpec]) -> tuple[dict[tuple, MatchedFile], dict[str, list[tuple[Path, MatchedFile]]]]:
+    """Every file any entry names, by identity, and per entry its (path, file) pairs."""
     files: dict[tuple, MatchedFile] = {}
     matched: dict[str, list[tuple[Path, MatchedFile]]] = {}
     for s in specs:
@@ -111,35 +137,17 @@ def check_sources(specs: list[SourceSpec], registry: Path, mode: str = "error",
             if s.name not in f.matched_by:  # (a second path to the same file in one entry is read once)
                 f.matched_by.append(s.name)
                 matched[s.name].append((p, f))
-    for s in specs:
-        if s.name in refused:
-            for _, f in matched[s.name]:
-                f.reasons.append(f"matched by refused source '{s.name}' ({refused[s.name]})")
+    return files, matched
+
+
+def _mark_never_data(files: dict[tuple, MatchedFile], registry: Path, never_data: dict[Path, str]) -> None:
     if registry.is_file() and (f := files.get(identity(registry))):
         f.reasons.append("the source registry (sources.yaml) is never data")
-    for folder, why in (never_data or {}).items():
+    for folder, why in never_data.items():
         real = folder.resolve()
         for f in files.values():
             if any(_inside(Path(p), real) for p in f.paths):
                 f.reasons.append(why)
-    escapes = _check_roots(approved, matched)
-    if escapes and mode == "error":
-        name, path, f = escapes[0]
-        raise DataError(f"source '{name}': {path} is a link to {f.path}, outside the folder the source names; nothing of "
-                        f"it was read; point a source at {f.path} itself, remove the link, or set data.unapproved=skip")
-    for s in approved:
-        s.files = [p for p, f in matched[s.name] if not f.reasons]
-        if not s.files:
-            found = [f for _, f in matched[s.name]]
-            if not (found and mode == "skip"):
-                raise _no_files(s, found, registry)
-            refused[s.name] = f"every file it matches is refused (first: {found[0].path}: {found[0].reasons[0]})"
-    admitted = [s for s in approved if s.name not in refused]
-    if not admitted:
-        raise DataError(f"{registry}: no source has a file that may be read ({'; '.join(f'{n}: {w}' for n, w in refused.items())}); "
-                        "nothing to build")
-    refused_files = sorted((f for f in files.values() if f.reasons), key=lambda f: f.path)
-    return Admission(admitted, refused, refused_files)
 
 
 def _check_roots(approved: list[SourceSpec], matched: dict) -> list[tuple[str, Path, MatchedFile]]:
@@ -151,7 +159,7 @@ def _check_roots(approved: list[SourceSpec], matched: dict) -> list[tuple[str, P
             continue
         real_root = root.resolve()
         for p, f in matched[s.name]:
-            if not _inside(Path(f.path), real_root):
+            if not _inside(p.resolve(), real_root):  # (this entry's path: a hard link inside the root is inside)
                 f.reasons.append(f"a link out of {root}, the folder of source '{s.name}'")
                 escapes.append((s.name, p, f))
     return escapes

@@ -20,6 +20,9 @@ Jaccard of the two shingle sets read back from a spill file (precision 1 up to
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import numpy as np
 
 from pretrainlab.data.textstats import token_arrays
@@ -73,8 +76,6 @@ class ShingleStore:
     sets in memory (8 bytes of offset per document stay in RAM)."""
 
     def __init__(self) -> None:
-        import tempfile
-
         self.file = tempfile.TemporaryFile(prefix="pretrainlab-shingles-")
         self.offsets: list[int] = [0]
 
@@ -85,8 +86,6 @@ class ShingleStore:
         self.offsets.append(self.offsets[-1] + len(data))
 
     def get(self, idx: int) -> np.ndarray:
-        import os
-
         self.file.flush()
         start, end = self.offsets[idx], self.offsets[idx + 1]
         return np.frombuffer(os.pread(self.file.fileno(), end - start, start), dtype=np.uint32)

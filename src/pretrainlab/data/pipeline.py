@@ -354,12 +354,13 @@ def _print_refusals(gate: Admission) -> None:
     """One line per refused source and per refused file an approved source matched too."""
     for name, why in gate.refused_sources.items():
         n = sum(name in f.matched_by for f in gate.refused_files)
-        console.print(f"[yellow]refused:[/] source {name} ({why}); none of its {n} file(s) was opened")
+        what = f"none of its {n} file(s) was opened" if n else "it names no existing file"
+        console.print(f"[yellow]refused:[/] source {name} ({why}); {what}")
     for f in gate.refused_files:
         approved = [n for n in f.matched_by if n not in gate.refused_sources]
         if approved:
             console.print(f"[yellow]refused:[/] file {f.path} ({'; '.join(f.reasons)}), also matched by "
-                          f"{', '.join(approved)}: not opened")
+                          f"{', '.join(approved)}: left out, never opened as data")
 
 
 def _check_skip_stages(specs: list[SourceSpec], registry: Path) -> None:

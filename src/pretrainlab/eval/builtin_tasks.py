@@ -23,6 +23,7 @@ import re
 from pathlib import Path
 
 from pretrainlab.eval.tasks import Example, write_task
+from pretrainlab.tokenizer.shards import ShardReader, list_sources
 
 BUILTIN_TASKS = ("cloze", "continuation")
 CONTEXT_CHARS = 240
@@ -33,8 +34,6 @@ _WORD = re.compile(r"(?<=\s)([A-Za-z_][A-Za-z_0-9]{2,})(?=\W)")
 
 def heldout_documents(tokens_dir: str | Path, tokenizer, max_docs_per_source: int = 400) -> dict[str, list[str]]:
     """Decoded held-out documents per source (sources without a readable held-out split are left out)."""
-    from pretrainlab.tokenizer.shards import ShardReader, list_sources
-
     docs: dict[str, list[str]] = {}
     for source in list_sources(tokens_dir):
         try:

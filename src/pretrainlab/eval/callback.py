@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import time
 
+from pretrainlab.eval.suite import resolve_tasks, run_tasks
+from pretrainlab.fsio import append_jsonl
+from pretrainlab.tokenizer.vocab import load_tokenizer
 from pretrainlab.train.callbacks import Callback
 
 
@@ -25,9 +28,6 @@ class TaskEvalCallback(Callback):
     def on_train_start(self, ctx) -> None:
         if not ctx.is_main:
             return
-        from pretrainlab.eval.suite import resolve_tasks
-        from pretrainlab.tokenizer.vocab import load_tokenizer
-
         ev = ctx.cfg.eval
         self.tokenizer = load_tokenizer(ctx.cfg.tokenizer_dir)
         tasks = resolve_tasks(ev.tasks, ctx.run_dir, ctx.cfg.train_tokens_dir, self.tokenizer, ev.task_examples, ev.task_seed)
@@ -40,9 +40,6 @@ class TaskEvalCallback(Callback):
             return
         if ctx.step % self.every and ctx.step != ctx.cfg.train.steps:
             return
-        from pretrainlab.eval.suite import run_tasks
-        from pretrainlab.fsio import append_jsonl
-
         t0 = time.perf_counter()
         res = run_tasks(ctx.raw_model, self.tokenizer, self.tasks, ctx.cfg.eval.task_batch_size, ctx.device,
                         show_progress=False)

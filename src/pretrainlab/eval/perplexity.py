@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pretrainlab.tokenizer.shards import ShardReader, list_sources
+
 OVERALL = "overall"
 
 
@@ -102,8 +104,6 @@ def perplexity_per_source(
     A source whose split is missing, unreadable or too short is reported with
     ``tokens=0`` and a ``"skipped"`` reason; this function does not raise for it.
     """
-    from pretrainlab.tokenizer.shards import ShardReader, list_sources
-
     if sources is None:
         sources = list(list_sources(tokens_dir))
     results: dict[str, dict[str, Any]] = {}

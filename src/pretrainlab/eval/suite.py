@@ -16,6 +16,7 @@ from pretrainlab.errors import UserError
 from pretrainlab.eval.builtin_tasks import BUILTIN_TASKS, write_builtin_tasks
 from pretrainlab.eval.tasks import Task, evaluate_task, load_task
 from pretrainlab.fsio import atomic_write_json, read_json
+from pretrainlab.tokenizer.shards import read_tokens_manifest
 
 BUILTIN = "builtin"
 
@@ -26,8 +27,6 @@ def builtin_dir(run_dir: str | Path) -> Path:
 
 def ensure_builtin_tasks(run_dir: str | Path, tokens_dir: str | Path, tokenizer, n: int, seed: int) -> dict[str, Path]:
     """Built-in task files of a run, (re)made when their inputs changed; {task: path}."""
-    from pretrainlab.tokenizer.shards import read_tokens_manifest
-
     out = builtin_dir(run_dir)
     manifest = read_tokens_manifest(tokens_dir)
     basis = {

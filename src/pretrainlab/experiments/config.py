@@ -25,7 +25,7 @@ LR_RANGE_FIELDS = ("out", "lr_min", "lr_max", "lr_steps", "lr_stop_factor")
 
 
 class ExperimentsConfig(BaseModel):
-    """`experiments accidents`, `experiments lr-range`, `sweep`: what to run and how results are judged."""
+    """`experiments accidents`, `experiments sweep`, `experiments lr-range`: what to run and how results are judged."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 

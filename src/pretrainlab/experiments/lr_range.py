@@ -1,4 +1,4 @@
-"""`pretrainlab experiments lr-range CONFIG`: the learning-rate range test (Smith 2017; fastai's lr_find).
+"""`pretrainlab experiments lr-range -c CONFIG`: the learning-rate range test (Smith 2017; fastai's lr_find).
 
 One run of the base config whose LR grows exponentially from
 ``experiments.lr_min`` to ``experiments.lr_max`` over ``experiments.lr_steps``
@@ -128,7 +128,7 @@ def run_lr_range(base: ProjectConfig) -> dict:
         f"smoothed loss minimum {fmt(sug['min_loss'])} at LR {sug['lr_at_min_loss']:.3g}; "
         f"the 'minimum / 10' rule gives {sug['min_over_10']:.3g}",
         "use it as the peak of a warmup + decay schedule; confirm with "
-        f"`pretrainlab sweep ... --grid optim.lr={sug['suggested_lr'] / 3:.2g},{sug['suggested_lr']:.2g},"
+        f"`pretrainlab experiments sweep ... --grid optim.lr={sug['suggested_lr'] / 3:.2g},{sug['suggested_lr']:.2g},"
         f"{min(sug['suggested_lr'] * 3, sug['lr_at_min_loss']):.2g}`",
     ])
     html_path, md_path = rec.write(out)

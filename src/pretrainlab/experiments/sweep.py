@@ -1,4 +1,4 @@
-"""`pretrainlab sweep BASE --grid key=v1,v2 ...`: train every combination, compare, conclude.
+"""`pretrainlab experiments sweep -c BASE --grid key=v1,v2 ...`: train every combination, compare, conclude.
 
 Every combination of the grid values is a variant of the base config (run
 sequentially or ``experiments.parallel`` at a time). The record follows the

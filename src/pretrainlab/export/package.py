@@ -1,4 +1,4 @@
-"""`pretrainlab export RUN --to hf DIR`: the delivery package of a run.
+"""`pretrainlab export RUN --out DIR`: the delivery package of a run.
 
 Into ``DIR`` (default ``<run>/export/hf``): the Hugging Face folder
 (``export.hf``), the model card as ``README.md`` (the Hub's card file) and
@@ -64,7 +64,7 @@ def loglikelihood(context: str, continuation: str) -> float:
 tasks = sorted((here / "examples" / "tasks").glob("*.jsonl"))
 if tasks:
     ex = json.loads(tasks[0].read_text().splitlines()[0])
-    scores = [loglikelihood(ex["context"], c) for c in ex["choices"]]
+    scores = [loglikelihood(ex["context"], ex.get("target_delimiter", "") + c) for c in ex["choices"]]
     print(f"{tasks[0].stem}: picked {scores.index(max(scores))}, gold {ex['gold']}")
 '''
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from pathlib import Path
 
 from pretrainlab.fsio import append_jsonl
+from pretrainlab.progress import console
 
 _NOT_SCALARS = {"kind", "step", "time"}
 
@@ -71,10 +73,8 @@ class TensorBoardSink(MetricsSink):
         self.logdir = Path(logdir)
         self._writer = None
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # optional (pretrainlab[tensorboard])
         except Exception as exc:  # ImportError, or a broken tensorboard install
-            from pretrainlab.progress import console
-
             console.print(f"[yellow]warning:[/] TensorBoard logging disabled ({exc}); `pip install tensorboard` to enable it")
             return
         self.logdir.mkdir(parents=True, exist_ok=True)
@@ -140,8 +140,6 @@ class _TrackerSink(MetricsSink):
         self.enabled = False
 
     def _disable(self, exc: BaseException) -> None:
-        from pretrainlab.progress import console
-
         if self.enabled or not getattr(self, "_warned", False):
             console.print(f"[yellow]warning:[/] {self.name} logging disabled ({type(exc).__name__}: {exc})")
         self._warned = True
@@ -177,7 +175,7 @@ class WandbSink(_TrackerSink):
     def __init__(self, run_dir: str | Path, project: str, run_name: str, config: dict | None = None):
         super().__init__()
         try:
-            import wandb
+            import wandb  # optional (pretrainlab[trackers])
 
             self._run = wandb.init(mode="offline", dir=str(run_dir), project=project, name=run_name,
                                    config=config or {}, reinit="finish_previous")
@@ -201,13 +199,11 @@ class MlflowSink(_TrackerSink):
                  params: dict | None = None):
         super().__init__()
         try:
-            import mlflow
+            import mlflow  # optional (pretrainlab[trackers])
 
             self._mlflow = mlflow
             if tracking_uri is None:
                 # A file store needs no database packages (mlflow-skinny); MLflow 3 asks for an explicit opt-in.
-                import os
-
                 os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
                 tracking_uri = Path(run_dir, "mlruns").resolve().as_uri()
             mlflow.set_tracking_uri(tracking_uri)

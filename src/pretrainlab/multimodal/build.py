@@ -352,11 +352,11 @@ def build_shards(cfg) -> dict:
     totals["all"] = {k: sum(totals[sp][k] for sp in SPLITS) for k in ("docs", "tokens", "chars")}
     seconds = time.perf_counter() - t0
     manifest = {
-        "format": SHARD_FORMAT, "tokenizer_sha256": tok.sha256, "tokenizer_dir": str(tok.dir), "tokenizer_kind": tok.kind,
+        "format": SHARD_FORMAT, "tokenizer_sha256": tok.sha256, "tokenizer_dir": str(Path(tok.dir).resolve()), "tokenizer_kind": tok.kind,
         "vocab_size": tok.vocab_size, "text_vocab_size": tok.text_vocab_size, "eos_id": tok.eos_id, "bos_id": tok.bos_id,
         "pad_id": tok.pad_id, "dtype": dtype.name, "eos_appended": True,
         "sources": {m.source: {split: {k: records[split][k] for k in keys} for split in SPLITS}},
-        "totals": totals, "corpus_dir": str(p["data"]), "corpus_manifest_sha256": input_sha,
+        "totals": totals, "corpus_dir": str(Path(p["data"]).resolve()), "corpus_manifest_sha256": input_sha,
         "multimodal": {
             "discretizers_dir": str(p["discretizers"]), "discretizers_sha256": disc.sha256,
             "sync_tolerance_ns": _tolerance_ns(m), "samples": counts["samples"], "groups": counts["groups"],

@@ -271,8 +271,6 @@ def eval_run(run_dir: str | Path, which: str | None = None, device: str = "cpu")
     """`mm eval RUN`: rebuild the model and the action head from a checkpoint, evaluate, write mm_eval.json."""
     import json
 
-    from pretrainlab.multimodal.losses import ActionHead
-    from pretrainlab.multimodal.train_callback import _from_json
     from pretrainlab.train.checkpoint import load_model
 
     run_dir = Path(run_dir)
@@ -281,10 +279,28 @@ def eval_run(run_dir: str | Path, which: str | None = None, device: str = "cpu")
         state = json.loads((path / "state.json").read_text())
     except (OSError, ValueError):
         raise UserError(f"{path}/state.json unreadable; pick another checkpoint with --checkpoint STEP") from None
-    head = None
-    saved = state.get("callbacks", {}).get("MultimodalLosses", {})
-    if cfg.multimodal.lambda_action and "head" in saved:
-        head = ActionHead(cfg.model.d_model).to(device)
-        head.load_state_dict(_from_json(saved["head"]))
-        head.eval()
+    head = saved_action_head(path, state, cfg.model.d_model) if cfg.multimodal.lambda_action else None
+    if head is not None:
+        head = head.to(device).eval()
     return run_eval(model, cfg, head, out_dir=run_dir, device=device, step=state.get("step"))
+
+
+def saved_action_head(path: Path, state: dict, d_model: int):
+    """The action head of a checkpoint (model parameters ``mm.action.*``; older runs kept it in callback state)."""
+    from pretrainlab.multimodal.losses import ActionHead
+    from pretrainlab.multimodal.train_callback import from_json
+    from pretrainlab.train.checkpoint import load_model_state
+
+    head = ActionHead(d_model)
+    old = state.get("callbacks", {}).get("MultimodalLosses", {}).get("head")
+    if old is not None:
+        head.load_state_dict(from_json(old))
+        return head
+    prefix = "mm.action."
+    template = {prefix + k: v for k, v in head.state_dict().items()}
+    try:
+        saved = load_model_state(path, dict(template))
+        head.load_state_dict({k.removeprefix(prefix): saved[k] for k in template})
+    except (KeyError, RuntimeError):
+        return None  # saved without an action head
+    return head

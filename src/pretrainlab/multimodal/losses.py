@@ -5,8 +5,8 @@ model-agnostic: they take final hidden states (``capture_hidden`` hooks a module
 e.g. the decoder's final norm, to get them without changing the model) and the
 token ids of the batch, and use the vocabulary spec to find modality spans.
 
-Trained through the trainer's ``extra_losses`` hook by ``multimodal/train_callback.py``
-(``multimodal.lambda_infonce`` / ``lambda_action``).
+Trained inside the model's forward by ``multimodal/model.py`` (``multimodal.lambda_infonce`` /
+``lambda_action``), so the action head and the learned temperature are parameters of the trained model.
 """
 
 from __future__ import annotations
@@ -66,15 +66,18 @@ def modality_masks(ids: torch.Tensor, spec) -> dict[str, torch.Tensor]:
 
 
 def paired_infonce(hidden: torch.Tensor, ids: torch.Tensor, spec, first: str = "image", second: str = "text",
-                   temperature: float | torch.Tensor = 0.07) -> torch.Tensor | None:
-    """InfoNCE between the pooled ``first`` and ``second`` tokens of each row (rows with both only); None if < 2 rows."""
+                   temperature: float | torch.Tensor = 0.07, gather: bool = True) -> torch.Tensor | None:
+    """InfoNCE between the pooled ``first`` and ``second`` tokens of each row (rows with both only); None if < 2 rows.
+
+    ``gather``: see ``info_nce`` (every rank must then have >= 2 pairs); the training model passes False.
+    """
     masks = modality_masks(ids, spec)
     pa, ha = masked_mean(hidden, masks[first])
     pb, hb = masked_mean(hidden, masks[second])
     keep = ha & hb
     if int(keep.sum()) < 2:
         return None
-    return info_nce(pa[keep], pb[keep], temperature)
+    return info_nce(pa[keep], pb[keep], temperature, gather=gather)
 
 
 class ActionHead(nn.Module):
@@ -95,7 +98,7 @@ def action_loss(head: ActionHead, hidden: torch.Tensor, target_mask: torch.Tenso
     hidden state predicts token t+1, as for the language-model loss.
     """
     if not bool(target_mask.any()):
-        return hidden.sum() * 0.0
+        return head(hidden).sum() * 0.0  # a zero that still gives every head parameter a gradient
     pred = head(hidden)[target_mask]
     return F.mse_loss(pred.float(), values[target_mask].float())
 

@@ -13,10 +13,12 @@ from pathlib import Path
 
 from pretrainlab.config import ProjectConfig, load_config
 from pretrainlab.errors import ConfigError
+from pretrainlab.fsio import atomic_write_text
 from pretrainlab.plan import formulas as F
 from pretrainlab.plan.calibrate import RunMeasurement, measure_run
 from pretrainlab.plan.hardware import Hardware, resolve_hardware
 from pretrainlab.plan.model_spec import ModelSpec, given_counts, spec_from_model_config, spec_from_preset
+from pretrainlab.plan.render import print_table, to_json, write_html
 
 PRESET_SEQ_LEN = 4096
 PRESET_GLOBAL_BATCH = 4 * 1024 * 1024  # 4M tokens (1024 rows of 4096)
@@ -511,8 +513,6 @@ def compare_items(base_path: str | Path | None, overrides: list[str], items: lis
 def run_plan(config_path: str | Path | None, overrides: list[str], compare: list[str] | None = None,
              json_out: str | None = None, html_out: str | None = None) -> list[tuple[str, dict]]:
     """The `pretrainlab plan` command: build one plan (or several with --compare) and write the outputs."""
-    from pretrainlab.plan.render import print_table, to_json, write_html
-
     if compare:
         cfgs = compare_items(config_path, overrides, compare)
     else:
@@ -524,8 +524,6 @@ def run_plan(config_path: str | Path | None, overrides: list[str], compare: list
     else:
         print_table(plans)
         if json_out:
-            from pretrainlab.fsio import atomic_write_text
-
             atomic_write_text(json_out, to_json(plans) + "\n")
             print(f"wrote {json_out}")
     if html_out:

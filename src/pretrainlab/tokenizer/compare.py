@@ -223,7 +223,7 @@ def compare_tokenizers(cfg: ProjectConfig, tokenizers: list[str | Path] | None =
     out.mkdir(parents=True, exist_ok=True)
     result = {
         "kind": "pretrainlab.tokenizer_compare",
-        "corpus_dir": str(corpus_dir),
+        "corpus_dir": str(Path(corpus_dir).resolve()),
         "corpus_manifest_sha256": corpus_manifest_sha256(corpus_dir),
         "split": tcfg.compare_split,
         "max_chars_per_source": tcfg.compare_max_chars,

@@ -30,11 +30,17 @@ A corpus too small for the requested vocabulary is a DataError (nothing is writt
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+import sentencepiece as spm
+import tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from pretrainlab import __version__
 from pretrainlab.config import ProjectConfig, config_to_dict
@@ -142,8 +148,6 @@ def _too_small(corpus_dir: Path, want: int, got: int, why: str) -> DataError:
 
 def _train_bpe(texts: Iterator[str], tcfg, corpus_dir: Path, named_after_text: list[str], stats_chars) -> tuple[str, int]:
     """Byte-level BPE; returns (tokenizer.json text, text vocabulary size)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
@@ -184,11 +188,6 @@ def _sp_sentences(texts: Iterator[str]) -> Iterator[str]:
 
 def _train_sentencepiece(texts: Iterator[str], tcfg, corpus_dir: Path, stats_chars) -> tuple[bytes, int]:
     """SentencePiece BPE/unigram with byte fallback; returns (model bytes, text vocabulary size)."""
-    import io
-    import re
-
-    import sentencepiece as spm
-
     spm.set_random_generator_seed(tcfg.seed)
     buf = io.BytesIO()
     try:
@@ -291,8 +290,6 @@ def train_tokenizer(cfg: ProjectConfig) -> dict:
             if tok.backend.token_to_id(name) != spec.tokens[name]:
                 raise RuntimeError(f"{name} has id {tok.backend.token_to_id(name)} in tokenizer.json, {spec.tokens[name]} in the spec")
 
-    import tokenizers
-
     manifest = {
         "kind": "pretrainlab.tokenizer",
         "tokenizer_kind": tcfg.kind,
@@ -310,7 +307,7 @@ def train_tokenizer(cfg: ProjectConfig) -> dict:
         "bos_id": tok.bos_id,
         "eos_id": tok.eos_id,
         "unk_id": tok.unk_id,
-        "corpus_dir": str(corpus_dir),
+        "corpus_dir": str(corpus_dir.resolve()),  # absolute: the manifest is read from anywhere
         "corpus_manifest_sha256": corpus_manifest_sha256(corpus_dir),
         "sources": stats,
         "chars_trained": chars(),
@@ -328,6 +325,4 @@ def train_tokenizer(cfg: ProjectConfig) -> dict:
 
 
 def _sp_version() -> str:
-    import sentencepiece
-
-    return sentencepiece.__version__
+    return spm.__version__

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import sentencepiece as spm
+from tokenizers import Tokenizer, pre_tokenizers
 
 from pretrainlab.errors import DataError
 from pretrainlab.fsio import read_json, sha256_file
@@ -38,8 +40,6 @@ class HFTextModel:
     """A `tokenizers.Tokenizer` (tokenizer.json) that treats special-token text as plain text."""
 
     def __init__(self, path: str | Path):
-        from tokenizers import Tokenizer
-
         self.tok = Tokenizer.from_file(str(path))
         self.tok.encode_special_tokens = True
 
@@ -63,8 +63,6 @@ class HFTextModel:
 
     def byte_fallback_mask(self, size: int) -> np.ndarray:
         """Tokens that are not whole characters: byte sequences that are not valid UTF-8 on their own."""
-        from tokenizers import pre_tokenizers
-
         alphabet = pre_tokenizers.ByteLevel.alphabet()
         to_byte = _bytelevel_inverse()
         mask = np.zeros(size, dtype=bool)
@@ -83,8 +81,6 @@ class SPTextModel:
     """A SentencePiece model (tokenizer.model); ``threads`` caps batch encoding (None: all cores)."""
 
     def __init__(self, path: str | Path, threads: int | None = None):
-        import sentencepiece as spm
-
         self.sp = spm.SentencePieceProcessor(model_file=str(path))
         self.threads = threads or os.cpu_count() or 1
 

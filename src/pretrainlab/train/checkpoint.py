@@ -17,13 +17,16 @@ and in both::
     rng.pt        torch / numpy / python RNG states
     state.json    trainer state: step, tokens seen, data-loader state, ...
     meta.json     step, tokens, format, world size, wall time (for humans and tools)
-    COMPLETE      marker, written last
+    COMPLETE      marker, written last: every file's size and CRC-32 (``integrity``)
 
 Everything is written into a hidden temporary directory, fsynced, marked
 complete, then renamed into place, so a kill -9 at any instant leaves either no
 new checkpoint or a whole one; ``latest_checkpoint`` ignores anything unmarked.
 A sharded save is collective: all ranks write into the same temporary directory,
-rank 0 adds the rest and renames, and every rank learns whether it succeeded.
+each checksums its own shards, rank 0 adds the rest and renames, and every rank
+learns whether it succeeded. A failed save removes its temporary directory and
+says in one line where, why and how much space it needed. Bytes damaged after
+the save are caught by ``verify`` before use (``recovery.find_resumable``).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from typing import Any
 import torch
 
 from pretrainlab.errors import UserError
-from pretrainlab.fsio import atomic_write_json, replace_dir
+from pretrainlab.fsio import atomic_write_json, remove_stale_temporaries, replace_dir
 from pretrainlab.train.integrity import MARKER, ChecksumWriter, file_entry, verify, write_marker  # noqa: F401 (re-exported)
 # DCP says this on every save/load without a process group, which is how one-process runs and export use it.
 warnings.filterwarnings("ignore", message=r"torch\.distributed is (disabled, )?unavailable or uninitialized, assuming")
@@ -152,7 +155,7 @@ def remove_temporaries(run_dir: Path, keep: Path | None = None) -> list[Path]:
         if keep is None or child != keep:
             shutil.rmtree(child, ignore_errors=True)
             removed.append(child)
-    return removed
+    return removed + remove_stale_temporaries(root / "best")  # save_best's copy, killed mid-way
 
 
 def _nbytes(obj: Any) -> int:
@@ -684,5 +687,7 @@ def load_model(run_dir: Path, which: str | int | None = None, device: str | torc
     cfg = load_run_config(run_dir)
     path = resolve_checkpoint(run_dir, which)
     model = Transformer(cfg.model)
-    model.load_state_dict(load_model_state(path, model.state_dict()))
+    template = model.state_dict()
+    state = load_model_state(path, template)  # heads trained beside the model (multimodal: mm.*) are left out
+    model.load_state_dict({k: v for k, v in state.items() if k in template})
     return model.to(device).eval(), cfg, path

@@ -196,13 +196,15 @@ class Checkpointer(Callback):
         ctx.data_batches = loaded["state"].get("data_batches", ctx.step)
         return loaded
 
-    def rollback(self, ctx: TrainContext, reason: str, skip_batches: int) -> dict:
+    def rollback(self, ctx: TrainContext, reason: str, skip_batches: int, resume_at_batch: int | None = None) -> dict:
         """Reload the newest complete checkpoint (model, optimizer, data position, RNG), then skip data.
 
         The guard asks for this after repeated bad steps (PaLM's remedy): the run goes
-        back to the checkpoint's step and the next ``skip_batches`` global batches of
-        data are drawn and discarded. Metrics logged past the checkpoint move to
-        metrics.orphaned.jsonl. Callback state is not reloaded (the guard counts rollbacks).
+        back to the checkpoint's step and global batches of data are drawn and
+        discarded until ``resume_at_batch`` have been consumed (the guard puts it past
+        the bad step's data), or ``skip_batches`` of them when it is not given.
+        Metrics logged past the checkpoint move to metrics.orphaned.jsonl. Callback
+        state is not reloaded (the guard counts rollbacks).
         """
         self.wait()
         path = ckpt.latest_checkpoint(ctx.run_dir)
@@ -211,6 +213,8 @@ class Checkpointer(Callback):
                                   "lower optim.lr or checkpoint.every and start again")
         from_step = ctx.step
         loaded = self.restore(ctx, path)
+        first = ctx.data_batches + 1  # global batches are numbered from 1 in the order drawn
+        skip_batches = skip_batches if resume_at_batch is None else max(0, resume_at_batch - ctx.data_batches)
         for _ in range(skip_batches * ctx.accum):
             ctx.loader.next_batch()
         ctx.data_batches += skip_batches
@@ -218,7 +222,9 @@ class Checkpointer(Callback):
         orphaned = quarantine_future_metrics(ctx.run_dir, ctx.step) if ctx.is_main else 0
         lost_s = max(0.0, time.time() - loaded["meta"].get("saved_at", time.time()))
         info = {"checkpoint": str(path), "from_step": from_step, "to_step": ctx.step, "skipped_batches": skip_batches,
+                "skipped_data_batches": [first, ctx.data_batches] if skip_batches else [],
                 "data_batches": ctx.data_batches, "reason": reason, "lost_s": lost_s, "orphaned_metric_records": orphaned}
         ctx.event("rollback", **info)
-        console.print(f"[yellow]rollback[/]: {reason}; back to {path.name}, skipped {skip_batches} batches of data")
+        skipped = f"skipped data batches {first}-{ctx.data_batches}" if skip_batches else "no data skipped"
+        console.print(f"[yellow]rollback[/]: {reason}; back to {path.name}, {skipped}")
         return info

@@ -13,10 +13,19 @@ from pretrainlab.config import OptimConfig
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Split parameters: decay 2-D matmul weights; never norms, biases or embeddings.
 
-    A tied output projection is the embedding tensor, so it goes undecayed too.
+    A tied output projection is the embedding tensor, so it goes undecayed too. A submodule
+    with an ``optim_group`` dict (e.g. the multimodal heads: ``{"lr_scale": ..., "weight_decay": 0.0}``)
+    gets a group of its own with those settings; ``lr_scale`` multiplies the scheduled LR.
     """
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    decay, no_decay, seen = [], [], set()
+    decay, no_decay, seen, own = [], [], set(), []
+    for m in model.modules():
+        settings = getattr(m, "optim_group", None)
+        if isinstance(settings, dict):
+            params = [p for p in m.parameters() if p.requires_grad and id(p) not in seen]
+            seen.update(id(p) for p in params)
+            if params:
+                own.append({"params": params, "weight_decay": weight_decay, **settings})
     for p in model.parameters():
         if not p.requires_grad or id(p) in seen:
             continue
@@ -25,6 +34,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
+        *own,
     ]
 
 
@@ -81,4 +91,4 @@ def lr_at(step: int, total_steps: int, cfg: OptimConfig) -> float:
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group["lr_scale"] if "lr_scale" in group else lr

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from pretrainlab.config import ProjectConfig, dump_yaml, load_run_config
-from pretrainlab.errors import TrainingPaused, UserError
+from pretrainlab.errors import TrainingInterrupted, TrainingPaused, UserError
 from pretrainlab.fsio import atomic_write_json, atomic_write_text, read_json
 from pretrainlab.model.transformer import count_params, flops_per_token
 from pretrainlab.progress import console
@@ -36,6 +36,7 @@ from pretrainlab.train import recovery
 from pretrainlab.train.callbacks import Callback, CallbackList
 from pretrainlab.train.checkpointer import Checkpointer, quarantine_future_metrics, rng_state
 from pretrainlab.train.context import Recipe, TrainContext
+from pretrainlab.train.interrupts import EXIT_PREEMPTED, StopSignals
 from pretrainlab.train.loader import MixtureLoader
 from pretrainlab.train.optim import build_optimizer, lr_at, set_lr
 from pretrainlab.train.parallel import autocast_context, grad_sync_context, init_distributed, wrap_model
@@ -353,6 +354,7 @@ def train_step(ctx: TrainContext, run: StepRunner) -> dict:
     else:
         ctx.checkpointer.before_update()
         run.scaler.step(ctx.optimizer)  # a plain optimizer.step() unless loss scaling (then skipped on overflow)
+        run.step_start["updated"] = True  # the weights are past step_start: it can no longer be saved
     run.scaler.update()
     ctx.optimizer.zero_grad(set_to_none=True)
     ctx.step += 1
@@ -443,16 +445,33 @@ def pause(ctx: TrainContext, request: dict | None, already_saved: bool = False) 
                          "inspect the run, then continue with `pretrainlab train ... --resume auto`", checkpoint=str(path))
 
 
-def step_boundary(ctx: TrainContext, run: StepRunner) -> None:
-    """After a step: a guard's rollback, else validation when due, ``on_step_boundary`` (checkpoint), a guard's pause."""
+def interrupt(ctx: TrainContext, stop: StopSignals, already_saved: bool = False) -> None:
+    """Checkpoint this step (unless just done), record it, and stop with ``TrainingInterrupted`` (train/interrupts.py)."""
+    if not already_saved:
+        ctx.checkpointer.save(ctx)
+    ctx.checkpointer.wait()  # complete before the process exits
+    path = ckpt.checkpoint_root(ctx.run_dir) / ckpt.step_dir_name(ctx.step)
+    name = stop.name if stop.requested else "a stop signal on another rank"
+    ctx.event("interrupted", signal=name, checkpoint=str(path))
+    raise TrainingInterrupted(f"{name}: stopped at step {ctx.step} with checkpoint {path}; "
+                              "continue with `pretrainlab train ... --resume auto`",
+                              exit_code=stop.exit_code if stop.requested else EXIT_PREEMPTED, checkpoint=str(path))
+
+
+def step_boundary(ctx: TrainContext, run: StepRunner, stop: StopSignals | None = None) -> None:
+    """After a step: a guard's rollback, else validation when due, ``on_step_boundary`` (checkpoint), a guard's
+    pause, a stop signal. The requests are OR-ed over the ranks in one collective, so every rank acts alike."""
     tc = ctx.cfg.train
-    roll_back, pause_now = _any_rank(ctx, ctx.rollback_request is not None, ctx.pause_request is not None)
+    roll_back, pause_now, stop_now = _any_rank(ctx, ctx.rollback_request is not None, ctx.pause_request is not None,
+                                               stop is not None and stop.requested)
     if roll_back:
         request = ctx.rollback_request or {"reason": "requested on another rank",
                                            "skip_batches": ctx.cfg.guard.skip_batches}
         ctx.rollback_request = None
-        ctx.checkpointer.rollback(ctx, request["reason"], request["skip_batches"])
+        ctx.checkpointer.rollback(ctx, request["reason"], request["skip_batches"], request.get("resume_at_batch"))
         run.t_last, run.tokens_last = time.perf_counter(), ctx.tokens_seen
+        if stop_now:  # keep the rollback (data skipped, counters) in a checkpoint of its own step
+            interrupt(ctx, stop)
         return
     t_pause = time.perf_counter()
     last = ctx.step == tc.steps
@@ -460,6 +479,8 @@ def step_boundary(ctx: TrainContext, run: StepRunner) -> None:
     ctx.callbacks.on_step_boundary(ctx, val)
     if pause_now and not last:
         pause(ctx, ctx.pause_request, already_saved=ctx.checkpointer.due(ctx))
+    if stop_now and not last:
+        interrupt(ctx, stop, already_saved=ctx.checkpointer.due(ctx))
     run.t_last += time.perf_counter() - t_pause  # validation and saving don't count against throughput
 
 
@@ -467,6 +488,11 @@ def step_boundary(ctx: TrainContext, run: StepRunner) -> None:
 
 
 def _save_interrupted(ctx: TrainContext, run: StepRunner) -> None:
+    """A KeyboardInterrupt raised mid-step (not by a stop signal, which waits for the step boundary)."""
+    if run.step_start and run.step_start.get("updated"):  # between the update and the step counter
+        console.print(f"interrupted during the update of step {ctx.step + 1}: not saved (its state is neither "
+                      f"step {ctx.step} nor {ctx.step + 1}); --resume auto continues from the newest checkpoint")
+        return
     if ctx.step > run.start_step:
         path = ctx.checkpointer.save(ctx, run.step_start)
         ctx.checkpointer.wait()
@@ -509,10 +535,11 @@ def train(cfg: ProjectConfig, recipe: Recipe, resume: str = "auto", callbacks: l
         if ctx.step == 0:
             validate(ctx, run)  # the starting point every later validation is compared with
         ctx.model.train()
-        while ctx.step < ctx.cfg.train.steps:
-            metrics = train_step(ctx, run)
-            log_step(ctx, run, metrics)
-            step_boundary(ctx, run)
+        with StopSignals(ctx.cfg.train.stop_signals) as stop:  # handlers only record; the boundary acts
+            while ctx.step < ctx.cfg.train.steps:
+                metrics = train_step(ctx, run)
+                log_step(ctx, run, metrics)
+                step_boundary(ctx, run, stop)
     except KeyboardInterrupt:
         _save_interrupted(ctx, run)
         raise
