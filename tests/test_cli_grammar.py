@@ -171,3 +171,12 @@ def test_a_built_wheel_ships_the_quickstart_recipe(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("pretrainlab-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         assert zf.read("pretrainlab/configs/quickstart.yaml") == QUICKSTART.read_bytes()
+        zf.extractall(tmp_path / "site")
+    # installed (unpacked) where no configs/ is near: the bare quickstart's recipe resolves inside the package
+    code = ("import pretrainlab, pretrainlab.cliargs as a; from pretrainlab.config import load_config; "
+            "p = a.packaged_recipe(a.PACKAGED_QUICKSTART); print(pretrainlab.__file__); print(p); "
+            "print(load_config(str(p), []).train.steps)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                         env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"})
+    package, recipe, steps = out.stdout.split()
+    assert package.startswith(str(tmp_path / "site")) and recipe.startswith(str(tmp_path / "site")) and steps == "200"

@@ -16,6 +16,7 @@ import yaml
 
 from pretrainlab.config import load_config
 from pretrainlab.data.pipeline import build_clean_corpus
+from pretrainlab.data.report import write_data_report
 from pretrainlab.data.sources import latest_date_anywhere, load_registry
 from pretrainlab.errors import DataError
 
@@ -237,3 +238,29 @@ def test_an_existing_empty_folder_says_it_has_no_data_files_not_that_it_is_missi
     with pytest.raises(DataError, match="folder .*docs contains no data files") as exc:
         build_clean_corpus(_cfg(tmp_path))
     assert "not found" not in str(exc.value)
+
+
+def test_an_admitted_file_that_cannot_be_read_is_one_line_naming_it(tmp_path, monkeypatch):
+    raw, secret = _raw(tmp_path, "glob")
+    unreadable = raw / "web" / "a.jsonl"
+    real_open = builtins.open
+
+    def deny(file, *args, **kwargs):  # tests run as root, where chmod 000 does not deny a read
+        if isinstance(file, (str, os.PathLike)) and Path(file).resolve() == unreadable.resolve():
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+    monkeypatch.setattr(builtins, "open", deny)
+    monkeypatch.setattr(io, "open", deny)
+    with pytest.raises(DataError, match=r"cannot read .*a\.jsonl \(Permission denied\); fix its permissions"):
+        build_clean_corpus(_cfg(tmp_path, "data.unapproved=skip"))
+    assert not (tmp_path / "clean").exists()
+
+
+def test_the_governance_report_lists_every_refused_file_and_why(tmp_path):
+    raw, secret = _raw(tmp_path, "symlink")
+    build_clean_corpus(_cfg(tmp_path, "data.unapproved=skip"))
+    json_path, html_path = write_data_report(tmp_path / "clean")
+    listed = {f["path"]: f for f in json.loads(json_path.read_text())["refused_files"]}
+    assert "refused source 'scraped'" in listed[str(secret.resolve())]["reason"]
+    page = html_path.read_text()
+    assert "Refused files (never opened)" in page and secret.name in page and MARKER not in page

@@ -133,7 +133,6 @@ def cmd_eval(args):
     run, overrides = run_from_args(args.run, args), run_overrides(args)
     if args.harness:
         from pretrainlab.eval.harness import run_harness
-
         from pretrainlab.export.package import ensure_hf_export
 
         run_harness(run, [t.strip() for t in args.harness.split(",") if t.strip()], overrides, args.checkpoint,

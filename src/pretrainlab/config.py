@@ -397,6 +397,18 @@ class TrainConfig(Section):
     )
     activation_checkpointing: bool = Field(False, description="Recompute each block's activations in backward.")
     compile: bool = Field(False, description="torch.compile each decoder block.")
+    fp8: bool = Field(
+        False, description="FP8 matmuls in the linear layers through torchao's float8 training (pip install "
+        "'pretrainlab[fp8]'); needs a CUDA GPU of compute capability >= 8.9 (Ada, Hopper or newer).",
+    )
+    fp8_scaling: Literal["rowwise", "tensorwise"] = Field(
+        "rowwise", description="fp8 only: torchao's scaling recipe (rowwise: a scale per row, more accurate; "
+        "tensorwise: one scale per tensor, faster).",
+    )
+    fp8_skip: list[str] = Field(
+        ["lm_head", "router"], description="fp8 only: linear layers kept in high precision, by name component "
+        "(e.g. lm_head = the output projection, router = MoE routers, wo = attention output projections).",
+    )
     log_every: int = Field(10, ge=1, description="Steps between metrics lines.")
     val_every: int = Field(100, ge=1, description="Steps between validation-loss evaluations.")
     val_batches: int = Field(8, ge=1, description="Micro-batches of held-out data per validation.")

@@ -187,7 +187,7 @@ def _parse_line(raw: bytes) -> tuple[dict | None, str | None]:
     except UnicodeDecodeError:
         return None, "not UTF-8"
     except json.JSONDecodeError as err:
-        return None, f"not valid JSON: {err.msg} at character {err.pos + 1}"
+        return None, f"not valid JSON: {err.msg}, character {err.pos + 1}"
     if not isinstance(rec, dict):
         return None, f"a JSON {type(rec).__name__}, not an object"
     return rec, None

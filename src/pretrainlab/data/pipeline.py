@@ -381,9 +381,13 @@ def _scan_inputs(specs: list[SourceSpec], cut_bytes: int | None = None,
         files, h, total_bytes, lines, all_plain = [], hashlib.sha256(), 0, 0, spec.format.startswith("jsonl")
         for i, path in enumerate(spec.files):
             file_cuts: list = []
-            plain = spec.format.startswith("jsonl") and compression(path) is None  # by content, not by name
+            try:
+                plain = spec.format.startswith("jsonl") and compression(path) is None  # by content, not by name
+                sha, n_lines, size = scan_file(path, cut_bytes if plain else None, file_cuts)
+            except OSError as exc:
+                raise DataError(f"source '{spec.name}': cannot read {path} ({exc.strerror or exc}); "
+                                "fix its permissions or remove it from sources.yaml") from None
             all_plain = all_plain and plain
-            sha, n_lines, size = scan_file(path, cut_bytes if plain else None, file_cuts)
             if file_cuts and cuts is not None:
                 cuts[(spec.name, i)] = file_cuts
             files.append({"path": str(path), "sha256": sha, "bytes": size})

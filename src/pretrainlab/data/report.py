@@ -101,6 +101,7 @@ def collect(clean: Path, samples_per_reason: int = SAMPLES_PER_REASON) -> dict:
         "stages": manifest.get("stages", []),
         "totals": stats.get("totals", {}),
         "refused_sources": manifest.get("refused_sources", {}),
+        "refused_files": manifest.get("refused_files", []),
         "sources": sources,
         "languages": dict(languages.most_common()),
         "removals_by_stage": removals,
@@ -187,6 +188,10 @@ def render_html(data: dict) -> str:
     if data["refused_sources"]:
         parts += ["<h3>Refused sources (not read)</h3>",
                   _table(["source", "reason"], [[n, r.get("reason")] for n, r in data["refused_sources"].items()])]
+    if data["refused_files"]:
+        parts += ["<h3>Refused files (never opened)</h3>",
+                  _table(["file", "reason", "matched by"],
+                         [[f.get("path"), f.get("reason"), ", ".join(f.get("matched_by", []))] for f in data["refused_files"]])]
     parts += ["<h2>Languages</h2>", _pie(data["languages"]),
               "<h2>Document length (characters)</h2>"]
     for name, s in src.items():

@@ -50,8 +50,12 @@ def _checkpoint_blocks(model: nn.Module) -> None:
 
 
 def wrap_model(model: nn.Module, cfg: ProjectConfig, device: torch.device, world: int, local_rank: int) -> nn.Module:
-    """Apply activation checkpointing, compile and data parallelism (DDP or FSDP2) per config."""
+    """Apply FP8, activation checkpointing, compile and data parallelism (DDP or FSDP2) per config."""
     tc = cfg.train
+    if tc.fp8:  # first, as torchtitan does: the swapped linears are what checkpointing/compile/FSDP2 see
+        from pretrainlab.train.fp8 import apply_fp8
+
+        apply_fp8(model, tc, device)
     if tc.activation_checkpointing:
         _checkpoint_blocks(model)
     if tc.compile:
