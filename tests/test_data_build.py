@@ -63,7 +63,7 @@ def _read(path: Path) -> list[dict]:
 def _all_docs(clean: Path, source: str) -> dict[str, dict]:
     docs = {}
     for split in ("train", "heldout"):
-        for r in _read(clean / source / f"{split}.jsonl"):
+        for r in _read(clean / source / f"{split}-00000.jsonl"):
             docs[r["id"]] = {**r, "split": split}
     return docs
 
@@ -140,7 +140,7 @@ def test_split_is_by_text_hash_and_identical_across_builds(tmp_path):
     m1 = json.loads((tmp_path / "one" / "manifest.json").read_text())
     m2 = json.loads((tmp_path / "two" / "manifest.json").read_text())
     assert m1["manifest_id"] == m2["manifest_id"]
-    assert m1["outputs"]["s/train.jsonl"]["sha256"] == m2["outputs"]["s/train.jsonl"]["sha256"]
+    assert m1["outputs"]["s/train-00000.jsonl"]["sha256"] == m2["outputs"]["s/train-00000.jsonl"]["sha256"]
 
 
 def test_a_tiny_source_still_gets_one_heldout_document(tmp_path):
@@ -244,7 +244,7 @@ def test_manifest_records_input_hashes_licenses_config_and_outputs(tmp_path):
     assert m["config"]["min_chars"] == 20 and m["stages"] == ["normalize", "length_filter", "exact_dedup"]
     for rel, out in m["outputs"].items():
         assert out["sha256"] == sha(clean / rel)
-    assert m["outputs"]["a/train.jsonl"]["docs"] + m["outputs"]["a/heldout.jsonl"]["docs"] == 4
+    assert m["outputs"]["a/train-00000.jsonl"]["docs"] + m["outputs"]["a/heldout-00000.jsonl"]["docs"] == 4
     # changing the input changes the id
     with open(raw / "a.jsonl", "a") as fh:
         fh.write(json.dumps({"id": "a:new", "text": "new " + LONG}) + "\n")

@@ -127,7 +127,7 @@ def test_a_folder_entry_never_reads_the_registry_as_data(tmp_path, opened):
     (raw / "sources.yaml").write_text(yaml.safe_dump({"sources": {"all": {"path": ".", "license": "CC0-1.0", "approval": APPROVAL}}}))
     build_clean_corpus(_cfg(tmp_path))
     clean = tmp_path / "clean"
-    ids = [json.loads(line)["id"] for line in (clean / "all" / "train.jsonl").read_text().splitlines()]
+    ids = [json.loads(line)["id"] for line in (clean / "all" / "train-00000.jsonl").read_text().splitlines()]
     assert ids == ["all:notes.txt"] and b"CC0-1.0" not in (clean / "quarantine.jsonl").read_bytes()
     refused = json.loads((clean / "manifest.json").read_text())["refused_files"]
     assert refused == [{"path": str((raw / "sources.yaml").resolve()), "reason": "the source registry (sources.yaml) is never data",
@@ -169,7 +169,7 @@ def test_a_data_out_inside_the_input_is_never_read_back(tmp_path):
     build_clean_corpus(cfg)
     (raw / "a.jsonl").write_bytes(_jsonl([_prose(1), _prose(2), _prose(3)]))  # a change: a real rebuild
     summary = build_clean_corpus(cfg)
-    assert summary["totals"]["docs_in"] == 3  # not the previous corpus' train.jsonl as well
+    assert summary["totals"]["docs_in"] == 3  # not the previous corpus' train-00000.jsonl as well
 
 
 # --------------------------------------------------------------------------- approval fields, duplicate keys

@@ -44,7 +44,7 @@ def _cfg(root: Path, *overrides: str):
 
 
 def _out_ids(clean: Path, source: str) -> set[str]:
-    return {json.loads(line)["id"] for line in (clean / source / "train.jsonl").read_text().splitlines()}
+    return {json.loads(line)["id"] for line in (clean / source / "train-00000.jsonl").read_text().splitlines()}
 
 
 def test_every_format_is_read(tmp_path):
@@ -164,7 +164,7 @@ def test_full_pipeline_conserves_counts_removes_near_duplicates_across_sources_a
     assert by_id["b0"]["code"] == "near_duplicate" and "cluster a0" in by_id["b0"]["reason"]
     assert by_id["b1"]["code"] == "duplicate" and by_id["a2"]["code"] == "too_short"
     assert stats["stages"]["c4_lines"]["docs_skipped"] == 3  # b's documents bypass it (skip_stages)
-    docs = {json.loads(x)["id"]: json.loads(x) for x in (clean / "a" / "train.jsonl").read_text().splitlines()}
+    docs = {json.loads(x)["id"]: json.loads(x) for x in (clean / "a" / "train-00000.jsonl").read_text().splitlines()}
     assert "<EMAIL>" in docs["a1"]["text"] and docs["a1"]["meta"]["pii"] == {"email": 1}
     assert docs["a3"]["meta"]["lang"] == "zh" and summary["totals"]["docs_out"] == stats["totals"]["docs_out"]
 
@@ -241,7 +241,7 @@ def test_compression_is_detected_by_content_and_a_byte_order_mark_costs_no_recor
     clean = tmp_path / "clean"
     assert [_out_ids(clean, s) for s in ("plain", "gz", "zst")] == [{"p1", "p2"}, {"g1"}, {"z1"}]
     assert summary["totals"]["bad_records"] == 0
-    (doc,) = [json.loads(line) for line in (clean / "txt" / "train.jsonl").read_text().splitlines()]
+    (doc,) = [json.loads(line) for line in (clean / "txt" / "train-00000.jsonl").read_text().splitlines()]
     assert doc["text"] == _prose(5)  # no U+FEFF left at the start
     assert json.loads((clean / "manifest.json").read_text())["inputs"]["files"]["plain"]["lines"] == 2
 
@@ -280,7 +280,7 @@ def test_executor_worker_processes_give_the_same_corpus_quarantine_and_stats(tmp
     build_clean_corpus(_cfg(tmp_path, *common, f"data.out={tmp_path / 'one'}"))
     build_clean_corpus(_cfg(tmp_path, *common, f"data.out={tmp_path / 'two'}", "data.executor.min_input_mb=0", "data.executor.workers=2"))
     one, two = tmp_path / "one", tmp_path / "two"
-    for rel in ("a/train.jsonl", "b/train.jsonl", "quarantine.jsonl"):
+    for rel in ("a/train-00000.jsonl", "b/train-00000.jsonl", "quarantine.jsonl"):
         assert (one / rel).read_bytes() == (two / rel).read_bytes(), rel
     s1, s2 = (json.loads((d / "stats.json").read_text()) for d in (one, two))
     assert _without_seconds(s1["stages"]) == _without_seconds(s2["stages"])

@@ -94,7 +94,7 @@ def test_export_command_writes_card_examples_and_reproduction_bundle(trained_run
 
     evaluate_run(trained_run, print_results=False)
     out = tmp_path / "delivery"
-    assert main(["export", str(trained_run), "--to", "hf", str(out)]) == 0
+    assert main(["export", str(trained_run), "--out", str(out)]) == 0
     for name in ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
                  "special_tokens_map.json", "README.md", "MODEL_CARD.md", "examples/inference.py",
                  "examples/heldout_sample.jsonl", "examples/tasks/cloze.jsonl", "repro/config.yaml", "repro/commands.sh",
@@ -173,13 +173,13 @@ def test_verification_of_a_capacity_limited_moe_export_compares_dropless_routing
 
 
 def test_export_command_errors_are_one_line(trained_run, tmp_path, capsys):
-    assert main(["export", str(tmp_path / "nope"), "--to", "hf", str(tmp_path / "o")]) == 2
+    assert main(["export", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "run directory not found" in capsys.readouterr().err
     assert main(["export", str(trained_run), "--to", "onnx", str(tmp_path / "o")]) == 2
     assert "the one format is hf" in capsys.readouterr().err
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x").write_text("x")
-    assert main(["export", str(trained_run), "--to", "hf", str(tmp_path / "busy")]) == 2
+    assert main(["export", str(trained_run), "--out", str(tmp_path / "busy")]) == 2
     assert "not a pretrainlab export" in capsys.readouterr().err
 
 

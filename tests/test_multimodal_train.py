@@ -78,3 +78,88 @@ def test_resume_restores_the_action_head_and_reproduces_the_losses_exactly(mm_wo
     assert resumed["losses"] == full["losses"][4:]
     assert [r["loss/action"] for r in _train_records(split_cfg.run_dir)] == \
         [r["loss/action"] for r in _train_records(tmp_path / "full")]
+
+
+def test_the_multimodal_heads_are_model_parameters_in_the_one_optimizer():
+    from pretrainlab.config import load_config
+    from pretrainlab.multimodal.model import MultimodalTransformer
+    from pretrainlab.train.optim import build_optimizer, lr_at, set_lr
+
+    cfg = load_config(None, ["model.vocab_size=64", "model.d_model=32", "model.n_layers=1", "model.n_heads=4",
+                             "model.n_kv_heads=2", "optim.lr=0.002", "optim.warmup_steps=0", *LOSSES,
+                             "multimodal.learn_temperature=true"])
+    model = MultimodalTransformer(cfg, spec=None, eos_id=2)
+    heads = {"mm.action.proj.weight", "mm.action.proj.bias", "mm.tau.log_tau"}
+    assert heads <= {n for n, _ in model.named_parameters()}
+    opt = build_optimizer(model, cfg.optim, "cpu")
+    set_lr(opt, lr_at(0, 10, cfg.optim))
+    (group,) = [g for g in opt.param_groups if g.get("lr_scale")]
+    assert {id(p) for p in group["params"]} == {id(p) for p in model.mm.parameters()}
+    assert group["lr"] == pytest.approx(0.01) and group["weight_decay"] == 0.0  # multimodal.action_head_lr at peak
+    assert all(g["lr"] == 0.002 for g in opt.param_groups if g is not group)
+
+
+class _RollBackOnceAt:
+    """Asks for a rollback that skips no data after step ``step``; records every step it sees."""
+
+    def __init__(self, step: int):
+        self.step, self.done, self.seen = step, False, []
+
+    def on_step_end(self, ctx, metrics):
+        heads = ctx.raw_model.mm
+        self.seen.append((ctx.step, metrics["loss"], heads.action.proj.weight.detach().clone(),
+                          float(heads.tau().detach())))
+        if ctx.step == self.step and not self.done:
+            self.done = True
+            ctx.request_rollback("test", skip_batches=0)
+
+    def __getattr__(self, name):  # every other hook: nothing to do
+        if name.startswith("on_"):
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def test_a_rollback_restores_the_heads_with_the_model_and_replays_the_same_steps_exactly(mm_work, tmp_path):
+    cfg = _cfg(mm_work, tmp_path / "run", "train.steps=6", "train.val_every=100", "checkpoint.every=4", *LOSSES,
+               "multimodal.learn_temperature=true", "multimodal.eval_at_end=false")
+    probe = _RollBackOnceAt(6)
+    summary = train(cfg, callbacks=[probe])
+    assert [s for s, *_ in probe.seen] == [1, 2, 3, 4, 5, 6, 5, 6]  # back to the step-4 checkpoint once
+    first, replay = probe.seen[4:6], probe.seen[6:]
+    assert not torch.equal(probe.seen[3][2], first[1][2]) and probe.seen[3][3] != first[1][3]  # the heads trained
+    for (s, loss, w, tau), (s2, loss2, w2, tau2) in zip(first, replay):
+        assert (s, loss, tau) == (s2, loss2, tau2) and torch.equal(w, w2)  # head, τ and their Adam state came back
+    assert summary["losses"] == [loss for _, loss, *_ in probe.seen[:4] + replay]
+
+
+@pytest.mark.slow
+def test_fsdp2_trains_the_heads_inside_the_sharded_model_and_resumes_exactly(mm_work, tmp_path):
+    """2 processes (gloo): the heads are sharded, reduced and checkpointed with the model; a resume repeats the losses."""
+    from test_distributed import keep_up_to, launch
+    from test_multimodal import CODES, N_GROUPS, N_SAMPLES
+
+    mm = [*CODES, f"multimodal.data={mm_work / 'mm_data'}", f"multimodal.demo_samples={N_SAMPLES}",
+          f"multimodal.demo_groups={N_GROUPS}", "multimodal.heldout_fraction=0.25",
+          f"train.tokens={mm_work / 'mm_tokens'}", "train.log_every=1", *ROWS, "train.micro_batch=4", *LOSSES,
+          "multimodal.learn_temperature=true", "train.parallel=fsdp2", "train.steps=4", "checkpoint.every=2"]
+
+    def run(run_dir):
+        proc = launch(mm_work, run_dir, *mm)
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out[-4000:]
+        return _train_records(run_dir)
+
+    full = run(tmp_path / "full")
+    assert len(full) == 4 and all(np.isfinite([r["loss/infonce"], r["loss/action"]]).all() for r in full)
+    assert len({r["infonce/temperature"] for r in full}) == 4  # τ is stepped by the one optimizer
+    state = ckpt.load_model_state(ckpt.latest_checkpoint(tmp_path / "full"),
+                                  {"mm.action.proj.weight": torch.zeros(1, 32), "mm.tau.log_tau": torch.zeros(1)})
+    assert float(state["mm.tau.log_tau"].exp()[0]) == pytest.approx(full[-1]["infonce/temperature"], rel=1e-6)
+    resumed = run(keep_up_to(tmp_path / "full", tmp_path / "split", 2))
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in full]

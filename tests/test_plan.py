@@ -155,13 +155,13 @@ def test_cli_unknown_hardware_is_rejected_by_the_parser(capsys):
 
 def test_cli_json_html_and_compare(tmp_path, capsys):
     out, page = tmp_path / "plan.json", tmp_path / "plan.html"
-    assert main(["plan", str(DOC003), "--json", str(out), "--html", str(page)]) == 0
+    assert main(["plan", "-c", str(DOC003), "--json", str(out), "--html", str(page)]) == 0
     data = json.loads(out.read_text())
     assert data["compute"]["total_flops"] == pytest.approx(1.5e23)
     html = page.read_text()
     assert "6.78" in html and "<script" not in html and "http" not in html.split("<h2>Full plan")[0]
     assert "6.78 days" in capsys.readouterr().out
-    assert main(["plan", str(DOC003), "--compare", "devices=128", "devices=256", "--json", "-"]) == 0
+    assert main(["plan", "-c", str(DOC003), "--compare", "devices=128", "devices=256", "--json", "-"]) == 0
     both = json.loads(capsys.readouterr().out)
     assert [x["label"] for x in both] == ["devices=128", "devices=256"]
     assert both[0]["time"]["pure_compute_days"] == pytest.approx(2 * both[1]["time"]["pure_compute_days"])

@@ -151,7 +151,7 @@ def test_rerun_with_unchanged_inputs_is_a_noop(cfg):
 def test_changed_source_retokenizes_only_that_part(cfg):
     tokenize_corpus(cfg)
     before = mtimes(cfg.tokens_dir)
-    with open(cfg.clean_dir / "code" / "train.jsonl", "w") as fh:
+    with open(cfg.clean_dir / "code" / "train-00000.jsonl", "w") as fh:
         for i in range(10):
             fh.write(json.dumps({"id": str(i), "text": f"y = {i}\n", "source": "code", "meta": {}}) + "\n")
     m = tokenize_corpus(cfg)
@@ -182,7 +182,7 @@ def test_worker_processes_and_threads_write_identical_shards(cfg, tmp_path):
 
 
 def test_empty_split_gives_an_empty_readable_part(cfg):
-    (cfg.clean_dir / "code" / "heldout.jsonl").write_text("")
+    (cfg.clean_dir / "code" / "heldout-00000.jsonl").write_text("")
     tokenize_corpus(cfg)
     reader = ShardReader(cfg.tokens_dir, "code", "heldout")
     assert reader.num_docs == 0 and reader.num_tokens == 0 and reader.tokens(0, 0).size == 0
@@ -201,9 +201,9 @@ def test_missing_corpus_is_a_data_error(cfg):
 
 
 def test_malformed_record_is_a_data_error(cfg):
-    with open(cfg.clean_dir / "prose" / "train.jsonl", "a") as fh:
+    with open(cfg.clean_dir / "prose" / "train-00000.jsonl", "a") as fh:
         fh.write("{not json\n")
-    with pytest.raises(DataError, match="prose/train.jsonl"):
+    with pytest.raises(DataError, match="prose/train-00000.jsonl"):
         tokenize_corpus(cfg)
 
 

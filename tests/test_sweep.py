@@ -55,7 +55,7 @@ def test_two_by_one_sweep_ranks_runs_and_measures_seed_noise(tiny_cfg, tmp_path,
     out = tmp_path / "sweep"
     cfg = tiny_cfg()
     overrides = [o for o in tiny_overrides_of(cfg)] + [f"experiments.out={out}", "train.steps=16", "train.val_every=8"]
-    rc = main(["sweep", *sum((["--set", o] for o in overrides), []),
+    rc = main(["experiments", "sweep", *sum((["--set", o] for o in overrides), []),
                "--grid", "optim.lr=1e-2,1e-4", "--grid", "optim.warmup_steps=2", "--metric", "final_val_ppl"])
     assert rc == 0, capsys.readouterr().err
     res = json.loads((out / "sweep.json").read_text())
@@ -82,13 +82,13 @@ def tiny_overrides_of(cfg):
 
 
 def test_sweep_without_grid_is_one_line_error(capsys):
-    rc = main(["sweep"])
+    rc = main(["experiments", "sweep"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.count("\n") == 0 and "--grid" in err
 
 
 def test_sweep_rejects_an_invalid_combination_before_training(tmp_path, capsys):
-    rc = main(["sweep", "--workdir", str(tmp_path), "--grid", "optim.lrr=1e-3,1e-4"])
+    rc = main(["experiments", "sweep", "--workdir", str(tmp_path), "--grid", "optim.lrr=1e-3,1e-4"])
     err = capsys.readouterr().err
     assert rc == 2 and "optim.lrr" in err and "did you mean" in err
 
@@ -97,7 +97,7 @@ def test_sweep_rejects_an_invalid_combination_before_training(tmp_path, capsys):
 def test_mixture_sweep_compares_weights_per_source(tiny_cfg, tmp_path, capsys):
     out = tmp_path / "mix"
     overrides = tiny_overrides_of(tiny_cfg()) + [f"experiments.out={out}", "train.steps=8", "train.val_every=8"]
-    rc = main(["sweep", *sum((["--set", o] for o in overrides), []), "--metric", "final_val_loss",
+    rc = main(["experiments", "sweep", *sum((["--set", o] for o in overrides), []), "--metric", "final_val_loss",
                "--seed-repeats", "0", "--grid", "mix.weights={code: 9, prose: 1},{code: 1, prose: 9}"])
     assert rc == 0, capsys.readouterr().err
     res = json.loads((out / "sweep.json").read_text())

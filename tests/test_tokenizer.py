@@ -206,7 +206,7 @@ def test_sample_chars_caps_training_text_proportionally(tmp_path):
     write_corpus(tmp_path, n_docs=80)
     m = train_tokenizer(make_cfg(tmp_path, "bpe", "tokenizer.sample_chars=30000", "tokenizer.vocab_size=400"))
     assert m["chars_trained"] <= 30000
-    sizes = {s: sum(len(json.loads(l)["text"]) for l in open(tmp_path / "clean" / s / "train.jsonl")) for s in ("prose", "zh", "code")}
+    sizes = {s: sum(len(json.loads(l)["text"]) for l in open(tmp_path / "clean" / s / "train-00000.jsonl")) for s in ("prose", "zh", "code")}
     share = m["sources"]["prose"]["chars"] / m["chars_trained"]
     assert share == pytest.approx(sizes["prose"] / sum(sizes.values()), abs=0.1)
 
@@ -226,14 +226,14 @@ def test_missing_corpus_is_a_data_error(tmp_path):
 
 def test_corpus_without_train_files_is_a_data_error(tmp_path):
     (tmp_path / "clean" / "prose").mkdir(parents=True)
-    with pytest.raises(DataError, match="train.jsonl"):
+    with pytest.raises(DataError, match="train-00000.jsonl"):
         train_tokenizer(make_cfg(tmp_path))
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_empty_corpus_is_a_data_error(tmp_path, kind):
     (tmp_path / "clean" / "prose").mkdir(parents=True)
-    (tmp_path / "clean" / "prose" / "train.jsonl").write_text(json.dumps({"id": "1", "text": "", "source": "prose"}) + "\n")
+    (tmp_path / "clean" / "prose" / "train-00000.jsonl").write_text(json.dumps({"id": "1", "text": "", "source": "prose"}) + "\n")
     with pytest.raises(DataError, match="no training text"):
         train_tokenizer(make_cfg(tmp_path, kind))
 

@@ -260,6 +260,12 @@ class TokenizeConfig(Section):
         "caps it); processes: `workers` forked encoder processes, each single-threaded; auto: processes for "
         "byte-level BPE, threads for SentencePiece (faster on 2 cores, see docs/BENCHMARKS.md).",
     )
+    tasks: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="Tokenize each clean part as one datatrove task on data.executor (local/slurm/ray; finished parts "
+        "are skipped on a re-run). auto: when data.executor.kind is slurm or ray, or the corpus holds at least "
+        "data.executor.min_input_mb; never: in this process with `backend`.",
+    )
 
 
 class MoEConfig(Section):
@@ -443,6 +449,36 @@ class TrainConfig(Section):
         return self
 
 
+class ParallelConfig(Section):
+    """The device mesh under torchrun (as torchtitan's): data (HSDP), tensor, pipeline, context and expert parallel.
+
+    dp_replicate x dp_shard x cp x tp x pp must equal the number of processes; ep splits the data-parallel
+    ranks (dp_replicate x dp_shard) into expert groups. Left at the defaults, train.parallel (ddp | fsdp2)
+    and train.expert_parallel decide as before.
+    """
+
+    dp_replicate: int = Field(1, ge=1, description="Data-parallel replicas (DDP, or HSDP's replicate dimension).")
+    dp_shard: int = Field(-1, ge=-1, description="FSDP2 shards per replica; -1 = the processes left over by the "
+                          "other dimensions (all of them go to DDP replicas under train.parallel=ddp).")
+    tp: int = Field(1, ge=1, description="Tensor parallel (torch.distributed.tensor.parallel): attention heads, the "
+                    "MLP hidden and the vocabulary are split over this many consecutive ranks.")
+    pp: int = Field(1, ge=1, description="Pipeline stages (torch.distributed.pipelining); must divide model.n_layers "
+                    "x pipeline_stages_per_rank.")
+    cp: int = Field(1, ge=1, description="Context parallel (sequence split over ranks); CUDA only.")
+    ep: int = Field(1, ge=1, description="Expert parallel: each MoE layer's experts split over this many "
+                    "data-parallel ranks (tokens move by all-to-all); 1 = train.expert_parallel decides.")
+    pipeline_schedule: Literal["1F1B", "Interleaved1F1B", "GPipe", "InterleavedZeroBubble"] = Field(
+        "1F1B", description="pp > 1: torch's pipeline schedule; the interleaved ones run "
+        "pipeline_stages_per_rank stages on each rank.")
+    pipeline_stages_per_rank: int = Field(1, ge=1, description="Virtual stages per rank (2+ for the interleaved "
+                                          "schedules).")
+    pipeline_microbatches: int | None = Field(None, ge=1, description="Micro-batches per pipeline step; default: "
+                                              "the gradient-accumulation count (rows per data-parallel rank / "
+                                              "train.micro_batch).")
+    loss_parallel: bool = Field(True, description="tp > 1: keep the output projection's logits split over the "
+                                "vocabulary and compute the cross-entropy there (no all-gather of the logits).")
+
+
 class MixStageConfig(Section):
     """One stage of a staged mixture (e.g. Cold start, Mid, Hot finish)."""
 
@@ -621,6 +657,12 @@ class GuardConfig(Section):
     throughput_window: str = Field("1h", description="Window whose median tokens/s is the throughput reference.")
     throughput_fraction: float = Field(0.5, gt=0, lt=1, description="tokens/s below this fraction of the window median is a drop.")
     throughput_action: GuardAction = Field("alert", description="What a throughput drop does: alert, pause, off.")
+    straggler_factor: float = Field(
+        1.5, gt=1, description="Straggler: a rank whose step time before synchronising exceeds the median over ranks "
+        "by this factor (needs hardware.enabled; under torchrun)."
+    )
+    straggler_steps: int = Field(3, ge=1, description="Consecutive log steps a rank must be slow before the straggler alert.")
+    straggler_action: Literal["alert", "off"] = Field("alert", description="What a straggler does: alert (naming rank and host), off.")
     inject_nan_at_steps: list[int] = Field(
         [], description="Accident experiments: poison the data batches the run would train on at these steps (loss NaN)."
     )
@@ -677,6 +719,29 @@ class MoEMonitorConfig(Section):
     histograms: bool = Field(True, description="Write per-layer expert-load histograms to TensorBoard (when log.tensorboard).")
 
 
+class HardwareConfig(Section):
+    """Hardware metrics per rank (monitor/hardware.py), sampled on a background thread.
+
+    Every rank samples psutil (CPU utilisation, RSS, host memory, disk and network
+    I/O) and, on CUDA, NVML (GPU utilisation, memory, temperature, power, SM clock,
+    throttle reasons, ECC errors), and times its steps (step time, time before the
+    first synchronisation with other ranks, data wait). At log steps the ranks'
+    values are gathered to rank 0 and logged as ``hw/rank{r}/...`` keys.
+    """
+
+    enabled: bool = Field(True, description="Sample hardware metrics and per-rank step times (logged at log steps).")
+    interval_s: float = Field(1.0, gt=0, le=3600, description="Seconds between two samples of the background sampler.")
+    gpu: bool = Field(True, description="Read GPU metrics through NVML (nvidia-ml-py) when training on CUDA.")
+
+
+class PrometheusConfig(Section):
+    """A Prometheus `/metrics` endpoint for the run (monitor/prometheus.py); rank 0 serves every rank's metrics."""
+
+    enabled: bool = Field(False, description="Serve /metrics with prometheus_client from rank 0 while training.")
+    host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 lets a cluster's Prometheus scrape it).")
+    port: int = Field(9464, ge=0, le=65535, description="Port of /metrics (0: any free port, written to events.jsonl).")
+
+
 class RunConfig(Section):
     name: str = Field("quickstart", pattern=r"^[A-Za-z0-9_.-]+$", description="Run directory name.")
     dir: Path | None = Field(None, description="Run directory (default: <workdir>/runs/<name>).")
@@ -693,6 +758,7 @@ class ProjectConfig(Section):
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
+    parallel: ParallelConfig = ParallelConfig()
     mix: MixConfig = MixConfig()
     packing: PackingConfig = PackingConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
@@ -702,6 +768,8 @@ class ProjectConfig(Section):
     guard: GuardConfig = GuardConfig()
     alerts: AlertsConfig = AlertsConfig()
     moe_monitor: MoEMonitorConfig = MoEMonitorConfig()
+    hardware: HardwareConfig = HardwareConfig()
+    prometheus: PrometheusConfig = PrometheusConfig()
     run: RunConfig = RunConfig()
     plan: PlanConfig = PlanConfig()
     experiments: ExperimentsConfig = ExperimentsConfig()

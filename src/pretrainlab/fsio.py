@@ -111,8 +111,9 @@ def append_jsonl(path: str | Path, record: dict) -> None:
     try:
         with open(path, "a+b", buffering=0) as fh:  # one write() per record: no half record from a full buffer
             _cut_torn_tail(fh)
-            fh.write((json.dumps(record, ensure_ascii=False, default=float) + "\n").encode("utf-8"))
-            fh.flush()
+            data = memoryview((json.dumps(record, ensure_ascii=False, default=float) + "\n").encode("utf-8"))
+            while data:  # a raw write may be short (a filling disk): the rest, or the error, comes next
+                data = data[fh.write(data):]
     except OSError as err:
         raise _with_path(err, path) from None
 

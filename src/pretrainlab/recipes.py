@@ -4,7 +4,8 @@ The trainer (train/trainer.py) takes a ``Recipe`` and imports none of the
 packages that fill it; this module picks them: the module to train (the
 Transformer, with multimodal heads when the multimodal loss terms are on), the
 callbacks (MoE routing monitor, guards, in-training task eval, multimodal
-metrics), the metrics sinks (JSONL, TensorBoard, W&B, MLflow), validation
+metrics, the per-rank hardware/straggler monitor), the metrics sinks (JSONL,
+TensorBoard, W&B, MLflow, the Prometheus endpoint), validation
 (held-out loss per source) and the hardware peak for MFU. It sits above
 train, eval, monitor and multimodal, and below experiments and cli: every caller
 of training (CLI, quickstart, experiments, sweeps, tests) goes through ``train``
@@ -19,6 +20,7 @@ from pretrainlab.config import ProjectConfig
 from pretrainlab.eval.callback import eval_callbacks
 from pretrainlab.eval.perplexity import perplexity_per_source
 from pretrainlab.model.transformer import Transformer
+from pretrainlab.monitor.cluster import build_cluster_callbacks
 from pretrainlab.monitor.flops import resolve_peak_flops
 from pretrainlab.monitor.sinks import JsonlSink, MultiSink, TensorBoardSink
 from pretrainlab.multimodal.model import build_multimodal_model, wants_multimodal_heads
@@ -40,7 +42,7 @@ def build_model(cfg: ProjectConfig) -> nn.Module:
 def build_callbacks(ctx: TrainContext, given: list[Callback]) -> list[Callback]:
     """The caller's callbacks first, then what the config asks for."""
     return [*given, *build_moe_callbacks(ctx, given), *build_guard_callbacks(ctx), *eval_callbacks(ctx.cfg),
-            *build_multimodal_callbacks(ctx)]
+            *build_multimodal_callbacks(ctx), *build_cluster_callbacks(ctx)]  # cluster monitor last: it times steps
 
 
 def build_sinks(ctx: TrainContext) -> MultiSink:
@@ -58,7 +60,22 @@ def build_sinks(ctx: TrainContext) -> MultiSink:
         flat = {f"{sec}.{k}": v for sec, d in ctx.cfg.model_dump(mode="json").items() if isinstance(d, dict)
                 for k, v in d.items() if not isinstance(v, (dict, list))}
         sinks.append(MlflowSink(ctx.run_dir, ctx.cfg.run.name, log.mlflow_tracking_uri, flat))
+    if ctx.cfg.prometheus.enabled:
+        sinks.append(prometheus_exporter(ctx))
     return MultiSink(sinks)
+
+
+def prometheus_exporter(ctx: TrainContext):
+    """Rank 0's /metrics endpoint (monitor/prometheus.py), with the governance facts of the run's dataset."""
+    from pretrainlab.monitor import governance
+    from pretrainlab.monitor.prometheus import PrometheusExporter  # imports prometheus_client
+
+    def facts() -> dict | None:
+        clean = governance.corpus_of_tokens(ctx.cfg.train_tokens_dir)
+        report = governance.governance_report(clean) if clean is not None else None
+        return governance.summary(report) if report else None
+
+    return PrometheusExporter(ctx.cfg.prometheus, ctx.run_dir.name, ctx.run_dir, governance=facts)
 
 
 def validate(ctx: TrainContext) -> dict:

@@ -1,8 +1,8 @@
 """datatrove glue for `data build`: our pipeline step and the executors that run it.
 
-:class:`PrefixStep` is a datatrove ``PipelineStep`` that runs one task of a
-:class:`~pretrainlab.data.executor.Plan` (read units, run the stage prefix, write the
-part). The executor subclasses only change logging: datatrove logs every task to
+:class:`TaskStep` is a datatrove ``PipelineStep`` that runs one task of a phase
+(for instance :func:`~pretrainlab.data.executor.run_task`: read units, run the stage
+prefix, write the part; or the tokenization of one clean part). The executor subclasses only change logging: datatrove logs every task to
 the console at INFO level (and a failing task's traceback); ours write each task's
 log to ``<work>/logs/task_NNNNN.log`` only and keep the console for progress bars
 and one-line errors. Everything else -- task scheduling, completion markers,
@@ -11,6 +11,7 @@ skipping finished tasks, sbatch scripts, Ray placement -- is datatrove's.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from contextlib import contextmanager
@@ -23,22 +24,28 @@ from datatrove.pipeline.base import PipelineStep
 from loguru import logger
 
 from pretrainlab.config import DataExecutorConfig
-from pretrainlab.data.executor import local_workers, python_env_command, run_task
+from pretrainlab.data.executor import local_workers, python_env_command
 
 
-class PrefixStep(PipelineStep):
-    """Runs the stages before the first stateful one on the task's work units (see :mod:`.executor`)."""
+class TaskStep(PipelineStep):
+    """Runs ``func(work_dir, rank)`` for the task's rank: one task of a data build phase or of
+    ``data tokenize`` (see :func:`.executor.execute`). The function is named ``"module:attribute"``
+    and looked up when the task runs, so the step pickles small and a fresh process (Slurm, Ray)
+    imports what it needs."""
 
-    name = "pretrainlab data prefix"
+    name = "pretrainlab task"
     type = "pretrainlab"
 
-    def __init__(self, work_dir: str) -> None:
+    def __init__(self, func: str, work_dir: str, label: str = "task") -> None:
         super().__init__()
-        self.work_dir = work_dir
+        self.func = func
+        self.work_dir, self.label = work_dir, label
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
+        module, name = self.func.split(":")
+        func = getattr(importlib.import_module(module), name)
         with self.track_time("task"):
-            counts = run_task(Path(self.work_dir), rank)
+            counts = func(Path(self.work_dir), rank) or {}
         for key, value in counts.items():
             self.stat_update(key, value=value, unit="task")
         return None
@@ -99,9 +106,9 @@ def _ray_executor_class():
     return RayExecutor
 
 
-def make_executor(ex: DataExecutorConfig, work_dir: str, tasks: int):
+def make_executor(ex: DataExecutorConfig, work_dir: str, tasks: int, step: TaskStep):
     quiet_console()  # (the Ray executor warns that a local work folder must be shared: docs/CONFIG.md says so)
-    pipeline = [PrefixStep(work_dir)]
+    pipeline = [step]
     if ex.kind == "local":
         return LocalExecutor(pipeline, tasks=tasks, workers=min(tasks, local_workers(ex)), logging_dir=work_dir,
                              start_method="fork" if sys.platform.startswith("linux") else "spawn")

@@ -93,12 +93,10 @@ def check_executor(ex: DataExecutorConfig) -> None:
         raise ConfigError("data.executor.kind=ray needs the ray package: pip install 'pretrainlab[ray]' (or pip install ray)")
 
 
-def unit_target_bytes(ex: DataExecutorConfig, total_bytes: int) -> int:
-    """Work-unit size: data.executor.unit_mb, smaller when more tasks than that many units are asked for."""
-    target = int(ex.unit_mb * 1e6)
-    if ex.tasks > 0:
-        target = min(target, max(1 << 20, -(-total_bytes // ex.tasks)))
-    return max(1, target)
+def unit_target_bytes(ex: DataExecutorConfig) -> int:
+    """Work-unit size: data.executor.unit_mb. A unit is also one output part of the clean corpus,
+    so it must not depend on the number of tasks or workers (outputs identical for any of them)."""
+    return max(1, int(ex.unit_mb * 1e6))
 
 
 def plan_units(specs: list[SourceSpec], sizes: dict[str, list[int]], cuts: dict[tuple[str, int], list],
@@ -137,9 +135,7 @@ def assign_tasks(units: list[Unit], tasks: int) -> list[tuple[int, int]]:
     return [(bisect.bisect_left(owner, t), bisect.bisect_right(owner, t)) for t in range(tasks)]
 
 
-def make_plan(cfg: DataConfig, prefix: list[str], specs: list[SourceSpec], sizes: dict[str, list[int]],
-              cuts: dict[tuple[str, int], list], unit_bytes: int) -> Plan:
-    units = plan_units(specs, sizes, cuts, unit_bytes)
+def make_plan(cfg: DataConfig, prefix: list[str], specs: list[SourceSpec], units: list[Unit]) -> Plan:
     tasks = cfg.executor.tasks or len(units)
     sources = {s.name: dataclasses.replace(s, path=s.path.absolute(), files=[f.absolute() for f in s.files]) for s in specs}
     return Plan(cfg, prefix, sources, units, assign_tasks(units, tasks))
@@ -204,8 +200,8 @@ def run_task(work_dir: Path, rank: int) -> dict:
 
 
 class Parts:
-    """The task parts, read back in task order (= read order): ``records()`` yields
-    ``(source, document or bad record, trace or None)``; ``extras`` collects the stages' statistics."""
+    """The task parts, read back in task order (= read order): ``of_unit()`` yields a unit's
+    ``(document or bad record, trace or None)``; ``extras`` collects the stages' statistics."""
 
     def __init__(self, work_dir: Path, plan: Plan) -> None:
         self.work_dir, self.plan = work_dir, plan
@@ -213,8 +209,7 @@ class Parts:
         self._it = self._records()
         self._head = None
 
-    def _records(self) -> Iterator[tuple[str, Document | BadRecord, Trace | None]]:
-        units = self.plan.units
+    def _records(self) -> Iterator[tuple[int, Document | BadRecord, Trace | None]]:
         for rank in range(len(self.plan.ranges)):
             with open(part_path(self.work_dir, rank), "rb") as fh:
                 while True:
@@ -225,18 +220,17 @@ class Parts:
                     if isinstance(obj, dict):
                         self.extras.append(obj["extras"])
                         continue
-                    for ui, item, trace in obj:
-                        yield units[ui].source, item, trace
+                    yield from obj
 
-    def of_source(self, name: str) -> Iterator[tuple[Document | BadRecord, Trace | None]]:
-        """The records of source ``name`` (sources come in plan order, each contiguous)."""
+    def of_unit(self, index: int) -> Iterator[tuple[Document | BadRecord, Trace | None]]:
+        """The records of work unit ``index`` (units come in plan order, each contiguous)."""
         while True:
             if self._head is None:
                 self._head = next(self._it, None)
                 if self._head is None:
                     return
-            source, item, trace = self._head
-            if source != name:
+            ui, item, trace = self._head
+            if ui != index:
                 return
             self._head = None
             yield item, trace
@@ -285,17 +279,27 @@ def run_tasks(plan: Plan, ex: DataExecutorConfig, root: Path, manifest_id: str) 
     if done:
         console.print(f"data tasks: {len(done)} of {tasks} already finished in {work_dir}; running the rest")
 
+    if not execute(f"{__name__}:run_task", ex, work_dir, [plan.task_bytes(r) / 1e6 for r in range(tasks)], "data tasks"):
+        return None
+    return work_dir, Parts(work_dir, plan)
+
+
+def execute(func: str, ex: DataExecutorConfig, work_dir: Path, task_mb: list[float], label: str) -> bool:
+    """Run ``func(work_dir, rank)`` (``func`` = ``"module:function"``) for every rank without a completion marker in ``work_dir``, as
+    datatrove tasks on the configured executor; ``task_mb`` (input MB per task) feeds the progress
+    bar. Returns False when a Slurm job was submitted without waiting; raises a DataError naming
+    the log of the first task that did not finish (a re-run runs only the unfinished ones)."""
     from pretrainlab.data import dtsteps  # imports this module (a circle) and datatrove's executors
 
-    executor = dtsteps.make_executor(ex, str(work_dir), tasks)
+    tasks = len(task_mb)
+    executor = dtsteps.make_executor(ex, str(work_dir), tasks, dtsteps.TaskStep(func, str(work_dir), label))
     failure: BaseException | None = None
     if ex.kind == "slurm":
-        submitted = _run_slurm(executor, ex, work_dir, plan)
-        if submitted is not None:
-            return None
+        if _run_slurm(executor, ex, work_dir, task_mb, label) is not None:
+            return False
     else:
         try:
-            with _TaskProgress(plan, work_dir, ex.kind):
+            with _TaskProgress(task_mb, work_dir, f"{label} ({ex.kind})"):
                 dtsteps.run_quietly(executor, ex)
         except (KeyboardInterrupt, SystemExit):
             raise
@@ -305,21 +309,21 @@ def run_tasks(plan: Plan, ex: DataExecutorConfig, root: Path, manifest_id: str) 
     if missing:
         first = f" (first error: {type(failure).__name__}: {str(failure).splitlines()[0] if str(failure) else ''})" if failure else ""
         raise DataError(
-            f"{len(missing)} of {tasks} data tasks did not finish{first}; logs: {work_dir}/logs/task_{missing[0]:05d}.log; "
-            "re-run `pretrainlab data build` to run only those tasks"
+            f"{len(missing)} of {tasks} {label} did not finish{first}; logs: {work_dir}/logs/task_{missing[0]:05d}.log; "
+            "re-run the command to run only those tasks"
         )
-    return work_dir, Parts(work_dir, plan)
+    return True
 
 
 class _TaskProgress:
     """A progress bar (MB of input, throughput, ETA) fed by polling datatrove's completion markers."""
 
-    def __init__(self, plan: Plan, work_dir: Path, kind: str) -> None:
-        self.plan, self.work_dir, self.kind = plan, work_dir, kind
+    def __init__(self, task_mb: list[float], work_dir: Path, label: str) -> None:
+        self.task_mb, self.work_dir, self.label = task_mb, work_dir, label
         self.stop = threading.Event()
 
     def __enter__(self):
-        self._cm = progress_bar(f"data tasks ({self.kind})", sum(u.bytes for u in self.plan.units) / 1e6, unit="MB")
+        self._cm = progress_bar(self.label, sum(self.task_mb), unit="MB")
         bar = self._cm.__enter__()
         seen: set[int] = set()
 
@@ -327,7 +331,7 @@ class _TaskProgress:
             while True:
                 new = _completed(self.work_dir) - seen
                 for rank in new:
-                    bar.advance(self.plan.task_bytes(rank) / 1e6)
+                    bar.advance(self.task_mb[rank])
                 seen.update(new)
                 if self.stop.wait(0.25):
                     return
@@ -350,7 +354,7 @@ def _slurm_job_alive(job_id: str) -> bool:
     return out.returncode == 0 and bool(out.stdout.strip())
 
 
-def _run_slurm(executor, ex: DataExecutorConfig, work_dir: Path, plan: Plan) -> str | None:
+def _run_slurm(executor, ex: DataExecutorConfig, work_dir: Path, task_mb: list[float], label: str) -> str | None:
     """Submit the job array (unless one of this plan is still queued or running), then wait for
     it; returns the job id when not waiting (data.executor.slurm.wait=false)."""
     job_file = work_dir / "slurm_job.json"
@@ -360,7 +364,7 @@ def _run_slurm(executor, ex: DataExecutorConfig, work_dir: Path, plan: Plan) -> 
         if previous and _slurm_job_alive(previous):
             job_id = previous
             console.print(f"slurm job {job_id} of this build is still queued or running; waiting for it")
-    tasks = len(plan.ranges)
+    tasks = len(task_mb)
     if job_id is None and len(_completed(work_dir)) < tasks:
         from pretrainlab.data import dtsteps  # imports this module (a circle)
 
@@ -373,9 +377,9 @@ def _run_slurm(executor, ex: DataExecutorConfig, work_dir: Path, plan: Plan) -> 
         return None
     if not ex.slurm.wait:
         console.print(f"not waiting (data.executor.slurm.wait=false); when job {job_id} is done, re-run "
-                      "`pretrainlab data build` to merge")
+                      "the command to collect its results")
         return job_id
-    with _TaskProgress(plan, work_dir, "slurm"):
+    with _TaskProgress(task_mb, work_dir, f"{label} (slurm)"):
         while len(_completed(work_dir)) < tasks and _slurm_job_alive(job_id):
             time.sleep(ex.slurm.poll_seconds)
     return None

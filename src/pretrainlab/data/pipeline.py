@@ -12,8 +12,11 @@ read order instead of reading the sources, and the rest is the same.
 
 Outputs in ``cfg.clean_dir``:
 
-- ``<source>/train.jsonl`` and ``<source>/heldout.jsonl``: ``{"id", "text",
-  "source", "meta"}`` per line. A document is held out iff
+- ``<source>/train-NNNNN.jsonl`` and ``<source>/heldout-NNNNN.jsonl``: ``{"id", "text",
+  "source", "meta"}`` per line; one pair of parts per work unit of the source (a file, a
+  run of small files, or a ``data.executor.unit_mb`` byte range of a large JSONL file), so
+  the parts are the same whatever the executor, task or worker count
+  (:mod:`.corpusfiles` lists them; the manifest's ``parts`` too). A document is held out iff
   ``int(sha256(text)[:8], 16) / 16**8 < data.heldout_fraction`` -- the same text
   lands in the same split in every build. If that holds out nothing in a source
   with at least 2 output documents (tiny sources) and the fraction is > 0, the
@@ -55,8 +58,9 @@ from rich.table import Table
 import pretrainlab
 from pretrainlab.config import ProjectConfig, config_to_dict
 from pretrainlab.data.gate import Admission, check_sources
-from pretrainlab.data.readers import compression
-from pretrainlab.data.sources import PREVIEW_CHARS, BadRecord, SourceSpec, load_registry, read_documents, scan_file
+from pretrainlab.data.corpusfiles import SPLITS, part_name
+from pretrainlab.data.readers import compression, read_source
+from pretrainlab.data.sources import PREVIEW_CHARS, BadRecord, SourceSpec, load_registry, scan_file
 from pretrainlab.data import executor as dexec
 from pretrainlab.data.parallel import Trace, prefix_length
 from pretrainlab.data.stages import STAGES, Document, Reject, Stage, build_stages
@@ -166,8 +170,9 @@ def _check_output_dir(out_dir: Path, in_dir: Path) -> None:
 class _Run:
     """State of one build: stages, counters, the quarantine writer."""
 
-    def __init__(self, stages: list[Stage], quarantine, parts: dexec.Parts | None = None) -> None:
+    def __init__(self, stages: list[Stage], quarantine, units: list[dexec.Unit], parts: dexec.Parts | None = None) -> None:
         self.stages = stages
+        self.units = units  # work units in read order; one output part each
         self.by_name = {s.name: s for s in stages}
         self.quarantine = quarantine
         self.stage_counts: dict[str, Counts] = {"read": Counts(), **{s.name: Counts() for s in stages}}
@@ -265,46 +270,78 @@ class _Run:
         return doc
 
 
-def _process_source(spec: SourceSpec, run: _Run, out: Path, fraction: float, lines: int | None = None,
-                    max_doc_bytes: int = 10_000_000) -> SourceCounts:
+@dataclass
+class _PartWriter:
+    """The open train/heldout part files of one work unit, with their document counts."""
+
+    index: int
+    train: object
+    held: object
+    train_docs: int = 0
+    heldout_docs: int = 0
+
+
+def _process_source(spec: SourceSpec, run: _Run, out: Path, fraction: float, units: list[int],
+                    lines: int | None = None, max_doc_bytes: int = 10_000_000) -> tuple[SourceCounts, list[dict]]:
+    """Run the source's units (indices into ``run.units``, in read order) and write one
+    train/heldout part pair per unit; returns the counts and each part's document counts."""
     src = SourceCounts()
     out.mkdir(parents=True, exist_ok=True)
-    train_path, held_path = out / "train.jsonl", out / "heldout.jsonl"
-    best: tuple[float, int] | None = None  # (heldout value, train line index) closest to being held out
-    with ExitStack() as stack:
-        train = stack.enter_context(atomic_open(train_path, "w"))
-        held = stack.enter_context(atomic_open(held_path, "w"))
-        bar = stack.enter_context(progress_bar(f"data {spec.name}", lines, unit="docs"))
-        for item, trace in _items(spec, run, max_doc_bytes):
-            bar.advance(1)
-            if isinstance(item, BadRecord):
-                run.read_bad(item, spec, src)
-                continue
-            doc = run.run(item, src, frozenset(spec.skip_stages), trace)
-            if doc is None:
-                continue
-            line = json.dumps(doc.to_record(), ensure_ascii=False) + "\n"
-            value = heldout_value(doc.text)
-            if value < fraction:
-                held.write(line)
-                src.heldout_docs += 1
-            else:
-                if best is None or value < best[0]:
-                    best = (value, src.train_docs)
-                train.write(line)
-                src.train_docs += 1
+    best: tuple[float, int, int] | None = None  # (heldout value, part, train line) closest to being held out
+    parts: list[dict] = []
+    with progress_bar(f"data {spec.name}", lines, unit="docs") as bar:
+        for k, ui in enumerate(units or [None]):  # a source without input still gets (empty) part 0
+            with ExitStack() as stack:
+                w = _PartWriter(k, stack.enter_context(atomic_open(out / part_name("train", k), "w")),
+                                stack.enter_context(atomic_open(out / part_name("heldout", k), "w")))
+                for item, trace in _items(spec, run, ui, max_doc_bytes):
+                    bar.advance(1)
+                    if isinstance(item, BadRecord):
+                        run.read_bad(item, spec, src)
+                        continue
+                    doc = run.run(item, src, frozenset(spec.skip_stages), trace)
+                    if doc is None:
+                        continue
+                    value = _write_doc(doc, w, fraction)
+                    if value is not None and (best is None or value < best[0]):
+                        best = (value, k, w.train_docs - 1)
+            parts.append({"train": w.train_docs, "heldout": w.heldout_docs})
+    src.train_docs = sum(p["train"] for p in parts)
+    src.heldout_docs = sum(p["heldout"] for p in parts)
     if fraction > 0 and src.heldout_docs == 0 and src.train_docs >= 2 and best is not None:
-        _move_line(train_path, held_path, best[1])
+        _, k, line = best
+        _move_line(out / part_name("train", k), out / part_name("heldout", k), line)
+        parts[k]["train"] -= 1
+        parts[k]["heldout"] += 1
         src.train_docs -= 1
         src.heldout_docs += 1
         src.heldout_fallback = True
-    return src
+    return src, parts
 
 
-def _items(spec: SourceSpec, run: _Run, max_doc_bytes: int) -> Iterator[tuple[Document | BadRecord, Trace | None]]:
-    """The source's records in read order, each Document numbered (``seq``) and, after executor
-    tasks, paired with the trace of the stages the tasks ran."""
-    records = ((item, None) for item in read_documents(spec, max_doc_bytes)) if run.parts is None else run.parts.of_source(spec.name)
+def _write_doc(doc: Document, w: _PartWriter, fraction: float) -> float | None:
+    """Write ``doc`` to its split; returns its held-out value when it went to train."""
+    line = json.dumps(doc.to_record(), ensure_ascii=False) + "\n"
+    value = heldout_value(doc.text)
+    if value < fraction:
+        w.held.write(line)
+        w.heldout_docs += 1
+        return None
+    w.train.write(line)
+    w.train_docs += 1
+    return value
+
+
+def _items(spec: SourceSpec, run: _Run, ui: int | None, max_doc_bytes: int) -> Iterator[tuple[Document | BadRecord, Trace | None]]:
+    """The records of work unit ``ui`` in read order, each Document numbered (``seq``) and, after
+    executor tasks, paired with the trace of the stages the tasks ran."""
+    if ui is None:
+        return
+    if run.parts is None:
+        unit = run.units[ui]
+        records = ((item, None) for item in read_source(spec, max_doc_bytes, list(unit.files), unit.byte_range))
+    else:
+        records = run.parts.of_unit(ui)
     for item, trace in records:
         if isinstance(item, Document):
             item.seq = run.seq
@@ -313,7 +350,7 @@ def _items(spec: SourceSpec, run: _Run, max_doc_bytes: int) -> Iterator[tuple[Do
 
 
 def _move_line(train_path: Path, held_path: Path, index: int) -> None:
-    """Move line ``index`` of train.jsonl to the (empty) heldout.jsonl, streaming."""
+    """Move line ``index`` of a train part to its (empty) heldout part, streaming."""
     moved = None
     with open(train_path, "rb") as src, atomic_open(train_path, "wb") as dst:
         for i, line in enumerate(src):
@@ -459,9 +496,10 @@ def build_clean_corpus(cfg: ProjectConfig) -> dict:
     total_bytes = sum(map(sum, sizes.values()))
     # Executor tasks pay off when there is enough input (local) or were asked for (slurm/ray).
     use_executor = n_prefix > 0 and (ex.kind != "local" or total_bytes >= ex.min_input_mb * 1e6)
-    unit_bytes = dexec.unit_target_bytes(ex, total_bytes) if use_executor else None
+    unit_bytes = dexec.unit_target_bytes(ex)  # work units = output parts, in-process or not
     cuts: dict[tuple[str, int], list] = {}
     inputs = _scan_inputs(specs, unit_bytes, cuts)
+    units = dexec.plan_units(specs, sizes, cuts, unit_bytes)
     code = code_fingerprint()
     id_basis = {
         "sources_yaml": registry_sha,
@@ -482,7 +520,7 @@ def build_clean_corpus(cfg: ProjectConfig) -> dict:
 
     parts = work = None
     if use_executor:
-        plan = dexec.make_plan(cfg.data, [s.name for s in stages[:n_prefix]], specs, sizes, cuts, unit_bytes)
+        plan = dexec.make_plan(cfg.data, [s.name for s in stages[:n_prefix]], specs, units)
         root = dexec.work_root(ex, out_dir)
         done = dexec.run_tasks(plan, ex, root, manifest_id)
         if done is None:  # a Slurm job was submitted; the merge happens on the next `data build`
@@ -496,11 +534,13 @@ def build_clean_corpus(cfg: ProjectConfig) -> dict:
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the corpus dir should get normal permissions
     try:
         per_source: dict[str, SourceCounts] = {}
+        part_counts: dict[str, list[dict]] = {}
         with atomic_open(tmp / "quarantine.jsonl", "w") as quarantine:
-            run = _Run(stages, quarantine, parts)
+            run = _Run(stages, quarantine, units, parts)
             for spec in specs:
-                per_source[spec.name] = _process_source(
-                    spec, run, tmp / spec.name, cfg.data.heldout_fraction, inputs[spec.name]["progress_total"],
+                mine = [i for i, u in enumerate(units) if u.source == spec.name]
+                per_source[spec.name], part_counts[spec.name] = _process_source(
+                    spec, run, tmp / spec.name, cfg.data.heldout_fraction, mine, inputs[spec.name]["progress_total"],
                     cfg.data.max_doc_bytes,
                 )
         stage_extra = {s.name: s.finish() for s in stages}
@@ -551,11 +591,15 @@ def build_clean_corpus(cfg: ProjectConfig) -> dict:
         atomic_write_json(tmp / "stats.json", stats)
 
         outputs: dict[str, dict] = {}
+        parts_listing: dict[str, dict[str, list[str]]] = {}
         for spec in specs:
-            s = per_source[spec.name]
-            for split, n in (("train", s.train_docs), ("heldout", s.heldout_docs)):
-                p = tmp / spec.name / f"{split}.jsonl"
-                outputs[f"{spec.name}/{split}.jsonl"] = {"sha256": sha256_file(p), "bytes": p.stat().st_size, "docs": n}
+            parts_listing[spec.name] = {split: [] for split in SPLITS}
+            for k, counts in enumerate(part_counts[spec.name]):
+                for split in SPLITS:
+                    rel = f"{spec.name}/{part_name(split, k)}"
+                    p = tmp / rel
+                    outputs[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size, "docs": counts[split]}
+                    parts_listing[spec.name][split].append(rel)
         for extra in ("quarantine.jsonl", "stats.json"):
             p = tmp / extra
             outputs[extra] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
@@ -579,6 +623,7 @@ def build_clean_corpus(cfg: ProjectConfig) -> dict:
             "refused_files": [f.as_dict() for f in gate.refused_files],  # listed and stat-ed, never opened
             "stages": [s.name for s in stages],
             "outputs": outputs,
+            "parts": parts_listing,  # per source and split, the part files in order (see data.corpusfiles)
             "counts": stats["totals"],
         }
         atomic_write_json(tmp / "manifest.json", manifest)  # last: its presence marks a complete corpus

@@ -15,12 +15,19 @@ import math
 from collections import Counter
 from pathlib import Path
 
+from pretrainlab.data.corpusfiles import SPLITS, split_parts
 from pretrainlab.data.textstats import estimate_tokens
 from pretrainlab.errors import DataError
 from pretrainlab.fsio import atomic_write_json, atomic_write_text
 
 SAMPLES_PER_REASON = 3
 _COLORS = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"]
+
+
+def _records(path: Path):
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            yield json.loads(line)
 
 
 def _read_json(path: Path) -> dict:
@@ -48,13 +55,9 @@ def collect(clean: Path, samples_per_reason: int = SAMPLES_PER_REASON) -> dict:
         tokens = docs = chars = 0
         lang_by_source[name] = Counter()
         hist[name] = Counter()
-        for split in ("train", "heldout"):
-            path = clean / name / f"{split}.jsonl"
-            if not path.is_file():
-                continue
-            with open(path, encoding="utf-8") as fh:
-                for line in fh:
-                    rec = json.loads(line)
+        for split in SPLITS:
+            for path in split_parts(clean, name, split):
+                for rec in _records(path):
                     text = rec["text"]
                     docs += 1
                     chars += len(text)

@@ -320,6 +320,6 @@ def scan_file(path: Path, cut_bytes: int | None = None, cuts: list | None = None
 def read_documents(spec: SourceSpec, max_doc_bytes: int = 10_000_000) -> Iterator:
     """Stream the Documents and BadRecords of a source's admitted files (``files``, set by the
     gate in :mod:`.gate`; nothing else is ever read). See :mod:`.readers`."""
-    from pretrainlab.data.readers import read_source
+    from pretrainlab.data.readers import read_source  # readers imports this module (a circle)
 
     return read_source(spec, max_doc_bytes)

@@ -46,6 +46,8 @@ import torch
 import torch.nn.functional as F
 
 from pretrainlab.errors import DataError
+from pretrainlab.fsio import atomic_write_jsonl
+from pretrainlab.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -135,8 +137,6 @@ def load_task(path: str | Path, name: str | None = None, limit: int | None = Non
 
 def write_task(path: str | Path, examples: list[Example]) -> None:
     """Write examples in the canonical JSONL form (atomically)."""
-    from pretrainlab.fsio import atomic_write_jsonl
-
     atomic_write_jsonl(path, ({"context": e.context, "choices": list(e.choices), "gold": e.gold,
                                **({"target_delimiter": e.target_delimiter} if e.target_delimiter else {})}
                               for e in examples))
@@ -238,8 +238,6 @@ def evaluate_task(model, tokenizer, task: Task, batch_size: int = 16, device=Non
     """Score every choice of every example; returns ``task_metrics`` plus the task's name and path."""
     pairs = [(ex.context, cont) for ex in task.examples for cont in ex.continuations]
     if show_progress:
-        from pretrainlab.progress import progress_bar
-
         with progress_bar(f"task {task.name}", len(pairs), unit="choices") as bar:
             flat = loglikelihoods(model, tokenizer, pairs, batch_size, device, progress=bar.advance)
     else:

@@ -17,6 +17,8 @@ from typing import Any
 import yaml
 
 from pretrainlab.fsio import iter_jsonl, read_json
+from pretrainlab.model.transformer import count_params
+from pretrainlab.tokenizer.shards import corpus_dir_of
 
 GPU_WATTS = 700.0  # H100 SXM board power; an assumption stated in the card
 CPU_WATTS_PER_THREAD = 15.0
@@ -65,16 +67,12 @@ def compute_estimate(cfg, meta: dict, metrics: list[dict], events: list[dict]) -
 
 def training_corpus_dir(cfg, tokens_manifest: dict) -> Path | None:
     """The clean corpus behind the run's token shards, independent of the cwd (None when it cannot be found)."""
-    from pretrainlab.tokenizer.shards import corpus_dir_of
-
     clean = Path(cfg.clean_dir)  # absolute in a run's config; a relative one would depend on the cwd
     return corpus_dir_of(cfg.train_tokens_dir, tokens_manifest, also=(clean,) if clean.is_absolute() else ())
 
 
 def gather_card_facts(run_dir: Path, cfg, checkpoint: Path, step: int | None, tokens: int | None,
                       export_record: dict) -> dict[str, Any]:
-    from pretrainlab.model.transformer import count_params
-
     meta = _json(run_dir / "meta.json")
     metrics = _jsonl(run_dir / "metrics.jsonl")
     events = _jsonl(run_dir / "events.jsonl")

@@ -62,7 +62,7 @@ class _RMSNorm(torch.autograd.Function):
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """x * rsqrt(mean(x^2) + eps) * weight over the last dimension, for fp32 x and weight."""
-    if is_compiling():
+    if is_compiling() or type(x) is not torch.Tensor:  # subclasses (DTensor) know how to run the composite
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
     return _RMSNorm.apply(x, weight, eps)
 
@@ -155,7 +155,7 @@ class _CrossEntropy(torch.autograd.Function):
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
     """Mean cross-entropy of (tokens, vocab) fp32 logits over targets that are not ignore_index."""
-    if is_compiling():
+    if is_compiling() or type(logits) is not torch.Tensor:  # e.g. DTensor logits split over the vocabulary
         return F.cross_entropy(logits, targets, ignore_index=ignore_index)
     return _CrossEntropy.apply(logits, targets, ignore_index)
 

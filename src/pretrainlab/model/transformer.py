@@ -91,9 +91,10 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, attn_mask=None, cache: KVCache | None = None):
         b, t, _ = x.shape
-        q = self.wq(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.wk(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        v = self.wv(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        # Head counts from the projections' widths: a layer holding a slice of the heads runs that slice.
+        q = self.wq(x).view(b, t, -1, self.head_dim).transpose(1, 2)
+        k = self.wk(x).view(b, t, -1, self.head_dim).transpose(1, 2)
+        v = self.wv(x).view(b, t, -1, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
@@ -138,9 +139,10 @@ def _residual(x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
 
     A linear layer does not keep its output for backward, so the sum can go into that output's buffer:
     one fewer (batch, seq, d_model) allocation per add, which is measurable on the CPU. Under autocast
-    the branch is low precision; then the sum stays a new tensor in the residual stream's dtype.
+    the branch is low precision; then the sum stays a new tensor in the residual stream's dtype. A branch
+    that is a view (a wrapper unpacked the layer's output) is not ours to write either.
     """
-    if branch.dtype == x.dtype and branch.shape == x.shape:
+    if branch.dtype == x.dtype and branch.shape == x.shape and not branch._is_view():
         return branch.add_(x)
     return x + branch
 
@@ -237,11 +239,15 @@ class Transformer(nn.Module):
         return logits, loss
 
     def _fused_head(self, h: torch.Tensor) -> bool:
-        """Whether the fused head + loss applies: a backward will follow and everything is plain fp32."""
+        """Whether the fused head + loss applies: a backward will follow and everything is plain fp32.
+
+        Tensor subclasses (e.g. DTensor slices of the head) go through the module and the plain loss.
+        """
         w = self.lm_head.weight
         return (torch.is_grad_enabled() and (h.requires_grad or w.requires_grad)
                 and h.dtype == w.dtype == torch.float32 and not torch.is_autocast_enabled(h.device.type)
-                and type(self.lm_head) is nn.Linear)
+                and type(self.lm_head) is nn.Linear and type(h) is torch.Tensor
+                and type(w) in (torch.Tensor, nn.Parameter))
 
     def moe_aux_losses(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(load-balance loss, z-loss) of the last forward, each the mean over MoE layers.

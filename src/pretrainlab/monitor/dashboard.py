@@ -5,7 +5,9 @@ with no external resources (works offline): a status table of the runs, the
 global view (loss, validation loss, LR, grad norm, tokens, tokens/s, MFU, ETA),
 the events timeline (skips, rollbacks, pauses, checkpoints, evals), the MoE view
 (expert-load heat map, CV, drop rate, router losses; from monitor/moe_report.py)
-for runs with MoE layers, and overlays of the selected runs on the same axes.
+for runs with MoE layers, the hardware view (rank x time heat maps, stragglers;
+monitor/hardware_report.py), the data-governance view of each run's dataset
+version (monitor/governance_report.py; linked from the status table), and overlays of the selected runs on the same axes.
 
 The server renders the views to HTML fragments with the SVG charts of
 ``pretrainlab.htmlkit``; the page's small script fetches ``/api/view`` every few
@@ -25,13 +27,15 @@ from urllib.parse import parse_qs, urlparse
 
 from pretrainlab.errors import UserError
 from pretrainlab.htmlkit import CSS, esc, fmt_num, svg_line_chart
+from pretrainlab.monitor.governance_report import anchor, governance_section
+from pretrainlab.monitor.hardware_report import hardware_section
 from pretrainlab.monitor.moe_report import moe_section
 from pretrainlab.monitor.rundata import RunData, discover_runs
 from pretrainlab.progress import console
 
 EVENT_COLORS = {"skip_step": "#ff7f0e", "rollback": "#d62728", "pause": "#9467bd", "stopped": "#000000",
                 "trend": "#e377c2", "checkpoint": "#2ca02c", "eval": "#1f77b4", "resume": "#17becf",
-                "interrupted": "#8c564b", "start": "#7f7f7f", "end": "#7f7f7f"}
+                "interrupted": "#8c564b", "straggler": "#bcbd22", "start": "#7f7f7f", "end": "#7f7f7f"}
 
 
 # --------------------------------------------------------------------------- views
@@ -61,7 +65,7 @@ def _duration(seconds) -> str:
 
 def status_table(runs: list[RunData]) -> str:
     head = ("run", "status", "step", "loss", "val loss", "lr", "tokens", "tokens/s", "MFU", "ETA", "skips",
-            "rollbacks", "pauses")
+            "rollbacks", "pauses", "stragglers", "data")
     rows = ["<table id=\"runs-table\"><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
     for r in runs:
         last = r.train[-1] if r.train else {}
@@ -72,8 +76,9 @@ def status_table(runs: list[RunData]) -> str:
         cells = [r.name, r.status(), f"{last.get('step', '-')} / {r.planned_steps or '-'}", fmt_num(last.get("loss")),
                  fmt_num(lastv.get("val_loss")), fmt_num(last.get("lr")), fmt_num(last.get("tokens")), fmt_num(tps),
                  f"{100 * mfu:.1f}%" if mfu is not None else "-", _duration(r.eta_s()), count("skip_step"),
-                 count("rollback"), count("pause")]
-        rows.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
+                 count("rollback"), count("pause"), count("straggler")]
+        link = f'<td><a href="#{esc(anchor(r.name))}">governance</a></td>'  # the run's dataset version, below
+        rows.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + link + "</tr>")
     rows.append("</table>")
     return "".join(rows)
 
@@ -138,6 +143,15 @@ def moe_view(runs: list[RunData]) -> str:
     return "".join(out) or '<div class="muted">No MoE metrics in the selected runs.</div>'
 
 
+def hardware_view(runs: list[RunData]) -> str:
+    out = [f"<h3>{esc(r.name)}</h3>" + body for r in runs if (body := hardware_section(r))]
+    return "".join(out) or '<div class="muted">No hardware metrics in the selected runs (hardware.enabled).</div>'
+
+
+def governance_view(runs: list[RunData]) -> str:
+    return "".join(f"<h3>{esc(r.name)}</h3>" + governance_section(r) for r in runs)
+
+
 def render_views(root: Path, selected: list[str] | None = None) -> dict:
     """The page's fragments for the selected runs (default: all), as JSON-ready strings."""
     found = discover_runs(root)
@@ -151,6 +165,8 @@ def render_views(root: Path, selected: list[str] | None = None) -> dict:
         "global": global_view(runs) if runs else "",
         "events": events_timeline(runs) if runs else "",
         "moe": moe_view(runs) if runs else "",
+        "hardware": hardware_view(runs) if runs else "",
+        "governance": governance_view(runs) if runs else "",
         "updated": time.strftime("%H:%M:%S"),
     }
 
@@ -182,7 +198,7 @@ async function refresh() {
     const resp = await fetch('/api/view?' + q, {cache: 'no-store'});
     const v = await resp.json();
     renderRunList(v.runs, v.selected);
-    for (const id of ['status', 'global', 'events', 'moe']) document.getElementById(id).innerHTML = v[id];
+    for (const id of ['status', 'global', 'events', 'moe', 'hardware', 'governance']) document.getElementById(id).innerHTML = v[id];
     const body = document.body;
     body.dataset.updates = String(Number(body.dataset.updates || 0) + 1);
     body.dataset.steps = JSON.stringify(v.steps);
@@ -207,6 +223,8 @@ def page_html(title: str, refresh_s: float) -> str:
         "<h2>Global view</h2><div id=\"global\"></div>"
         "<h2>Events</h2><div id=\"events\"></div>"
         "<h2>MoE routing</h2><div id=\"moe\"></div>"
+        "<h2>Hardware</h2><div id=\"hardware\"></div>"
+        "<h2>Data governance</h2><div id=\"governance\"></div>"
         f"<script>{PAGE_JS % {'refresh_ms': int(refresh_s * 1000)}}</script></body></html>\n"
     )
 

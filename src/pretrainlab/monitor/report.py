@@ -7,7 +7,8 @@ eval.json, no meta.json).
 
 The page is a list of sections (``monitor/rundata.py``): this module's own
 (summary and curves 10, mixture 50, evaluation 60, metadata 80, events 90),
-MoE 30 (``monitor/moe_report.py``) and whatever other packages registered
+MoE 30 (``monitor/moe_report.py``), hardware 35 (``monitor/hardware_report.py``), data governance 55
+(``monitor/governance_report.py``) and whatever other packages registered
 (multimodal 40, evaluation across training 70; ``pretrainlab.reporting`` loads them).
 """
 
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pretrainlab.monitor.moe_report  # noqa: F401  registers the MoE section
+import pretrainlab.monitor.governance_report  # noqa: F401  registers the data-governance section
+import pretrainlab.monitor.hardware_report  # noqa: F401  registers the hardware section
 from pretrainlab.errors import UserError
 from pretrainlab.fsio import atomic_write_text, read_json
 from pretrainlab.htmlkit import Raw, esc, fmt_num, page, points, svg_line_chart, table

@@ -43,6 +43,8 @@ class RunData:
         self.val = [r for r in metrics if r.get("kind") == "val"]
         self.events = list(iter_jsonl(path / "events.jsonl")) if (path / "events.jsonl").is_file() else []
         self.evals = [r for r in metrics if r.get("kind") == "eval"]
+        # each rank's host, from the newest "ranks" record (monitor/cluster.py)
+        self.hosts = next(([str(h) for h in r.get("hosts") or []] for r in reversed(metrics) if r.get("kind") == "ranks"), [])
         try:
             config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
         except (OSError, ValueError, yaml.YAMLError):

@@ -45,11 +45,11 @@ class LearnedTemperature(nn.Module):
 
     def __init__(self, init: float = 0.07, min_tau: float = 0.01):
         super().__init__()
-        self.log_tau = nn.Parameter(torch.tensor(float(init)).log())
+        self.log_tau = nn.Parameter(torch.tensor([float(init)]).log())  # 1-D: FSDP2 shards no 0-dim parameter
         self.min_tau = min_tau
 
     def forward(self) -> torch.Tensor:
-        return self.log_tau.exp().clamp(self.min_tau, 1.0)
+        return self.log_tau.exp().clamp(self.min_tau, 1.0).squeeze(0)
 
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -48,6 +48,14 @@ def from_json(obj):
     return obj
 
 
+def _temperature(tau) -> float:
+    """τ after this step's update; outside a forward FSDP2 holds each rank's shard, so gather it (collective)."""
+    log_tau = tau.log_tau.detach()
+    if hasattr(log_tau, "full_tensor"):  # a DTensor
+        log_tau = log_tau.full_tensor()
+    return float(log_tau.exp().clamp(tau.min_tau, 1.0)[0])
+
+
 class MultimodalLosses(Callback):
     """Per-modality CE weighting (added to every micro-batch's loss) and the multimodal metrics.
 
@@ -104,7 +112,8 @@ class MultimodalLosses(Callback):
             self.ce_sums = self.ce_counts = None
         heads = getattr(ctx.raw_model, "mm", None)
         if heads is not None and heads.tau is not None:
-            metrics["infonce/temperature"] = float(heads.tau().detach())
+            metrics["infonce/temperature"] = _temperature(heads.tau)
+
 
     def on_train_end(self, ctx):
         if not self.cfg.multimodal.eval_at_end or not ctx.is_main:

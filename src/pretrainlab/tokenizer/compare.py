@@ -37,6 +37,7 @@ from rich.table import Table
 
 from pretrainlab import __version__
 from pretrainlab.config import ProjectConfig, config_to_dict
+from pretrainlab.data.corpusfiles import split_parts
 from pretrainlab.errors import DataError
 from pretrainlab.fsio import atomic_write_json, atomic_write_text, read_json
 from pretrainlab.htmlkit import CSS
@@ -79,16 +80,20 @@ def _record_language(rec: dict) -> str | None:
     return None
 
 
+def _numbered_lines(path: Path):
+    with open(path, encoding="utf-8") as fh:
+        yield from enumerate(fh, 1)
+
+
 def load_eval_docs(corpus_dir: Path, split: str, max_chars: int) -> list[EvalDoc]:
     """The first documents of every source's split, up to ``max_chars`` characters per source."""
     docs: list[EvalDoc] = []
     for source in find_corpus_sources(corpus_dir):
-        path = corpus_dir / source / f"{split}.jsonl"
-        if not path.is_file():
-            continue
         used = 0
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
+        for path in split_parts(corpus_dir, source, split):
+            if used >= max_chars:
+                break
+            for lineno, line in _numbered_lines(path):
                 if used >= max_chars:
                     break
                 if not line.strip():

@@ -44,6 +44,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from pretrainlab import __version__
 from pretrainlab.config import ProjectConfig, config_to_dict
+from pretrainlab.data.corpusfiles import has_split, split_parts
 from pretrainlab.errors import DataError
 from pretrainlab.fsio import atomic_write_bytes, atomic_write_json, sha256_file
 from pretrainlab.progress import console, progress_bar
@@ -58,14 +59,14 @@ MANIFEST_FILE = "manifest.json"
 
 
 def find_corpus_sources(corpus_dir: Path, *, stage_hint: str = "pretrainlab data build") -> list[str]:
-    """Sorted names of the source folders in a clean corpus that hold a ``train.jsonl``."""
+    """Sorted names of the source folders in a clean corpus that hold train parts (``train-NNNNN.jsonl``)."""
     corpus_dir = Path(corpus_dir)
     if not corpus_dir.is_dir():
         raise DataError(f"clean corpus not found: {corpus_dir}; run `{stage_hint}` first (or point the config at it)")
-    sources = sorted(p.name for p in corpus_dir.iterdir() if p.is_dir() and (p / "train.jsonl").is_file())
+    sources = sorted(p.name for p in corpus_dir.iterdir() if p.is_dir() and has_split(corpus_dir, p.name, "train"))
     if not sources:
         raise DataError(
-            f"no <source>/train.jsonl found in {corpus_dir}; it is not a clean corpus, run `{stage_hint}`"
+            f"no <source>/train-00000.jsonl found in {corpus_dir}; it is not a clean corpus, run `{stage_hint}`"
         )
     return sources
 
@@ -75,8 +76,13 @@ def corpus_manifest_sha256(corpus_dir: Path) -> str | None:
     return sha256_file(path) if path.is_file() else None
 
 
-def iter_texts(path: Path) -> Iterator[str]:
-    """Texts of a clean-corpus JSONL file, in file order."""
+def iter_texts(paths: Path | list[Path]) -> Iterator[str]:
+    """Texts of clean-corpus JSONL files (one, or a split's parts), in order."""
+    for path in [paths] if isinstance(paths, Path) else paths:
+        yield from _texts_of(path)
+
+
+def _texts_of(path: Path) -> Iterator[str]:
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
@@ -93,11 +99,11 @@ def iter_texts(path: Path) -> Iterator[str]:
             yield text
 
 
-def _count_chars(path: Path) -> int:
-    return sum(len(t) for t in iter_texts(path))
+def _count_chars(paths: list[Path]) -> int:
+    return sum(len(t) for t in iter_texts(paths))
 
 
-def _sample_source(path: Path, budget: int, total: int) -> Iterator[str]:
+def _sample_source(paths: list[Path], budget: int, total: int) -> Iterator[str]:
     """Up to ``budget`` characters of a source, spread evenly over its documents.
 
     A running credit grows by ``budget/total`` of each document's length; a
@@ -105,11 +111,11 @@ def _sample_source(path: Path, budget: int, total: int) -> Iterator[str]:
     the last one is cut so the total never exceeds the budget.
     """
     if budget >= total:
-        yield from iter_texts(path)
+        yield from iter_texts(paths)
         return
     frac = budget / total
     credit, used = 0.0, 0
-    for text in iter_texts(path):
+    for text in iter_texts(paths):
         if used >= budget:
             return
         credit += frac * len(text)
@@ -122,9 +128,9 @@ def _sample_source(path: Path, budget: int, total: int) -> Iterator[str]:
 
 def _plan_sample(corpus_dir: Path, sources: list[str], sample_chars: int) -> dict[str, tuple[int, int]]:
     """Per source: (budget, total chars or an upper bound) with budgets proportional, summing to <= sample_chars."""
-    paths = {s: corpus_dir / s / "train.jsonl" for s in sources}
+    paths = {s: split_parts(corpus_dir, s, "train") for s in sources}
     # Bytes bound characters from above: when the files are small enough, no counting pass.
-    sizes = {s: p.stat().st_size for s, p in paths.items()}
+    sizes = {s: sum(p.stat().st_size for p in ps) for s, ps in paths.items()}
     if sum(sizes.values()) <= sample_chars:
         return {s: (sample_chars, sizes[s]) for s in sources}  # budget >= size: take everything
     totals = {s: _count_chars(p) for s, p in paths.items()}
@@ -249,7 +255,7 @@ def train_tokenizer(cfg: ProjectConfig) -> dict:
     def texts(bar) -> Iterator[str]:
         for s in sources:
             budget, total = plan[s]
-            for text in _sample_source(corpus_dir / s / "train.jsonl", budget, total):
+            for text in _sample_source(split_parts(corpus_dir, s, "train"), budget, total):
                 stats[s]["docs"] += 1
                 stats[s]["chars"] += len(text)
                 bar.advance(len(text))

@@ -10,7 +10,7 @@ stay in high precision (the FP8 matmul needs them). MoE experts are stacked
 tensors, not linears, and keep their grouped bf16 GEMMs.
 
 As in torchtitan, the conversion happens before activation checkpointing,
-compile and FSDP2 (``parallel.wrap_model``). FP8 matmuls need a CUDA GPU of
+compile and FSDP2 (``parallel.apply_block_wrappers``). FP8 matmuls need a CUDA GPU of
 compute capability 8.9 or newer (Ada, Hopper, Blackwell); elsewhere the run is
 refused with one line before anything is built.
 """

@@ -12,6 +12,7 @@ processes with the same global batch.
 from __future__ import annotations
 
 import copy
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Callable
@@ -74,6 +75,7 @@ class MixtureLoader:
         self.eos_id, self.pad_id = eos_id, pad_id
         self.rank, self.world = rank, world
         self.on_event = on_event or (lambda name, **kw: None)
+        self.wait_s = 0.0  # seconds spent in next_batch (the data wait a rank's step sees)
         self.best_fit = BestFitPacker(seq_len + 1, self.packing.best_fit_buffer, eos_id, pad_id)
         self.rng = np.random.default_rng(seed)
         self.state = {
@@ -169,6 +171,7 @@ class MixtureLoader:
         return source, x, y, doc
 
     def next_batch(self) -> Batch:
+        t0 = time.perf_counter()
         xs, ys, docs = [], [], []
         # Every rank draws the same micro_batch*world global rows (keeping state identical) and keeps its share.
         for _ in range(self.micro_batch * self.world):
@@ -181,6 +184,7 @@ class MixtureLoader:
         inputs = torch.from_numpy(np.stack(xs).astype(np.int64))
         targets = torch.from_numpy(np.stack(ys).astype(np.int64))
         doc_ids = torch.from_numpy(np.stack(docs)) if self.packing.doc_mask else None
+        self.wait_s += time.perf_counter() - t0
         return Batch(inputs, targets, doc_ids)
 
     # ---- state and reporting

@@ -1,7 +1,8 @@
 """Parallelism applied from outside the model: process groups, DDP or FSDP2, activation checkpointing, compile.
 
-The model code knows nothing of this module. ``wrap_model`` takes a plain
-Transformer and returns what the loop calls. Checkpoint state comes from
+The model code knows nothing of this module. ``apply_block_wrappers`` and
+``apply_data_parallel`` are the last steps of ``parallelize.parallelize``, which
+turns a plain Transformer into what the loop calls. Checkpoint state comes from
 ``torch.distributed.checkpoint.state_dict`` in one of two forms: full (unsharded)
 state dicts gathered to rank 0 (``full_state`` / ``load_full_state``) or each
 rank's own shard, written and resharded by DCP (``sharded_state`` /
@@ -49,9 +50,8 @@ def _checkpoint_blocks(model: nn.Module) -> None:
         model.layers[i] = checkpoint_wrapper(block)
 
 
-def wrap_model(model: nn.Module, cfg: ProjectConfig, device: torch.device, world: int, local_rank: int) -> nn.Module:
-    """Apply FP8, activation checkpointing, compile and data parallelism (DDP or FSDP2) per config."""
-    tc = cfg.train
+def apply_block_wrappers(model: nn.Module, tc, device: torch.device) -> None:
+    """FP8 linears, activation checkpointing and compile, per decoder block (after tensor parallelism)."""
     if tc.fp8:  # first, as torchtitan does: the swapped linears are what checkpointing/compile/FSDP2 see
         from pretrainlab.train.fp8 import apply_fp8
 
@@ -61,19 +61,25 @@ def wrap_model(model: nn.Module, cfg: ProjectConfig, device: torch.device, world
     if tc.compile:
         for i, block in enumerate(model.layers):
             model.layers[i] = torch.compile(block)
-    if world <= 1:
-        return model
+
+
+def apply_data_parallel(model: nn.Module, tc, dims, mesh, device: torch.device, local_rank: int) -> nn.Module:
+    """DDP for plain replication, else FSDP2 on the mesh's data dimensions (HSDP when both are > 1)."""
     from pretrainlab.train.parallel_ep import sharded_expert_params
 
+    if dims.world <= 1 or (dims.dp <= 1 and dims.cp <= 1):
+        return model
     experts = sharded_expert_params(model)  # expert-parallel slices: reduced by ExpertParallelRun, not here
-    if tc.parallel == "fsdp2":
+    if dims.fsdp:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if tc.precision == "bf16" else MixedPrecisionPolicy()
+        dp_mesh = mesh["dp_shard"] if dims.dp_replicate == 1 else mesh["dp_replicate", "dp_shard"]
         ids = {id(p) for _, p in experts}
         for block in model.layers:
-            fully_shard(block, mp_policy=mp, ignored_params={p for p in block.parameters() if id(p) in ids} or None)
-        fully_shard(model, mp_policy=mp, ignored_params={p for _, p in experts} or None)
+            fully_shard(block, mesh=dp_mesh, mp_policy=mp,
+                        ignored_params={p for p in block.parameters() if id(p) in ids} or None)
+        fully_shard(model, mesh=dp_mesh, mp_policy=mp, ignored_params={p for _, p in experts} or None)
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
 

@@ -39,8 +39,9 @@ from pretrainlab.train.context import Recipe, TrainContext
 from pretrainlab.train.interrupts import EXIT_PREEMPTED, StopSignals
 from pretrainlab.train.loader import MixtureLoader
 from pretrainlab.train.optim import build_optimizer, lr_at, set_lr
-from pretrainlab.train.parallel import autocast_context, grad_sync_context, init_distributed, wrap_model
-from pretrainlab.train.parallel_ep import check_expert_parallel, setup_expert_parallel
+from pretrainlab.train.mesh import ParallelDims, resolve_dims
+from pretrainlab.train.parallel import autocast_context, grad_sync_context, init_distributed
+from pretrainlab.train.parallelize import Parallelism, parallelize
 
 __all__ = ["Recipe", "TrainContext", "train"]
 
@@ -54,7 +55,7 @@ class StepRunner:
     scaler: torch.amp.GradScaler
     params: list
     clip: float
-    ep: object | None  # expert-parallel helper (train.expert_parallel > 1)
+    par: Parallelism  # the layout's loss context, gradient finishing and global clip (train/parallelize.py)
     flops_per_token: float
     peak: float  # FLOP/s of all ranks together
     t_start: float = 0.0
@@ -118,8 +119,8 @@ def _grad_accum(cfg: ProjectConfig, world: int) -> int:
     rows_per_step = tc.global_batch_tokens // tc.seq_len
     if rows_per_step % (tc.micro_batch * world):
         raise UserError(
-            f"train.global_batch_tokens={tc.global_batch_tokens} is not divisible by micro_batch*seq_len*world "
-            f"({tc.micro_batch}*{tc.seq_len}*{world}); adjust train.global_batch_tokens or train.micro_batch"
+            f"train.global_batch_tokens={tc.global_batch_tokens} is not divisible by micro_batch*seq_len*data-parallel "
+            f"ranks ({tc.micro_batch}*{tc.seq_len}*{world}); adjust train.global_batch_tokens or train.micro_batch"
         )
     return rows_per_step // (tc.micro_batch * world)
 
@@ -164,28 +165,27 @@ def _resume_target(cfg: ProjectConfig, resume: str, rank: int, world: int) -> tu
 
 
 def _build_context(cfg: ProjectConfig, recipe: Recipe, tok_info: dict, device: torch.device,
-                   dist_info: tuple[int, int, int], accum: int) -> tuple[TrainContext, object, list]:
-    """Seeded model (wrapped per config), optimizer and loader; returns (ctx, expert-parallel helper, loader events)."""
+                   dist_info: tuple[int, int, int], accum: int, dims: ParallelDims) -> tuple[TrainContext, Parallelism, list]:
+    """Seeded model (parallelized per ``dims``), optimizer and loader; returns (ctx, the layout, loader events)."""
     rank, world, local_rank = dist_info
     tc = cfg.train
     torch.manual_seed(tc.seed)
     random.seed(tc.seed)
     np.random.seed(tc.seed)
     model = recipe.build_model(cfg).to(device)
-    ep = setup_expert_parallel(model, cfg, world, device)  # None unless train.expert_parallel > 1
-    wrapped = wrap_model(model, cfg, device, world, local_rank)
+    wrapped, par = parallelize(model, cfg, dims, device, local_rank)
     optimizer = build_optimizer(model, cfg.optim, device.type)
     events: list[tuple[str, dict]] = []  # loader events before the context exists
     loader = MixtureLoader(
         cfg.train_tokens_dir, tc.seq_len, tc.micro_batch, tc.seed,
         mix=cfg.mix, packing=cfg.packing, eos_id=tok_info["eos_id"], pad_id=tok_info["pad_id"],
-        total_tokens=tc.steps * tc.global_batch_tokens, rank=rank, world=world,
+        total_tokens=tc.steps * tc.global_batch_tokens, rank=dims.dp_rank(rank), world=dims.dp,
         on_event=lambda name, **kw: events.append((name, kw)),
     )
     ctx = TrainContext(cfg, cfg.run_dir, wrapped, model, optimizer, loader, device, rank, world, accum=accum)
     loader.on_event = ctx.event
     ctx.checkpointer = Checkpointer(ctx)
-    return ctx, ep, events
+    return ctx, par, events
 
 
 def _write_run_files(ctx: TrainContext, tok_info: dict, tokens_manifest: dict, run: StepRunner,
@@ -209,6 +209,7 @@ def _write_run_files(ctx: TrainContext, tok_info: dict, tokens_manifest: dict, r
         "device": str(ctx.device),
         "world_size": ctx.world,
         "expert_parallel": cfg.train.expert_parallel,
+        "layout": run.par.dims.sizes() | {"ep": run.par.dims.ep},
         "grad_accum": ctx.accum,
         "mix_stages": [{"name": st.name, "until_tokens": st.until_tokens, "weights": st.weights}
                        for st in ctx.loader.stages],
@@ -219,7 +220,7 @@ def _write_run_files(ctx: TrainContext, tok_info: dict, tokens_manifest: dict, r
     atomic_write_json(meta_path, meta)
 
 
-def _make_runner(ctx: TrainContext, recipe: Recipe, ep) -> tuple[StepRunner, str]:
+def _make_runner(ctx: TrainContext, recipe: Recipe, par: Parallelism) -> tuple[StepRunner, str]:
     cfg, device = ctx.cfg, ctx.device
     peak, peak_source = recipe.peak_flops(cfg, device)
     # fp16 without loss scaling is allowed on purpose (accident experiments): small gradients then underflow
@@ -227,7 +228,7 @@ def _make_runner(ctx: TrainContext, recipe: Recipe, ep) -> tuple[StepRunner, str
     run = StepRunner(
         recipe, autocast_context(cfg, device, ctx.world), scaler,
         params=[p for p in ctx.raw_model.parameters() if p.requires_grad],
-        clip=cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"), ep=ep,
+        clip=cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"), par=par,
         flops_per_token=flops_per_token(cfg.model, cfg.train.seq_len), peak=peak * ctx.world,
     )
     return run, peak_source
@@ -241,12 +242,12 @@ def setup(cfg: ProjectConfig, recipe: Recipe, resume: str,
     if device.type == "cpu":
         torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
     cfg, tok_info, tokens_manifest = _resolve_paths_and_vocab(cfg)
-    accum = _grad_accum(cfg, world)
-    check_expert_parallel(cfg, world)
+    dims = resolve_dims(cfg, world)  # the device-mesh layout; refuses impossible ones in one line
+    accum = _grad_accum(cfg, dims.dp)
     resume_from, skipped = _resume_target(cfg, resume, rank, world)
-    ctx, ep, events = _build_context(cfg, recipe, tok_info, device, (rank, world, local_rank), accum)
+    ctx, par, events = _build_context(cfg, recipe, tok_info, device, (rank, world, local_rank), accum, dims)
     events[:0] = [("checkpoint_skipped", s.event()) for s in skipped]
-    run, peak_source = _make_runner(ctx, recipe, ep)
+    run, peak_source = _make_runner(ctx, recipe, par)
     if ctx.is_main:
         _write_run_files(ctx, tok_info, tokens_manifest, run, peak_source, resume_from is not None)
     ctx.sinks = recipe.build_sinks(ctx) if ctx.is_main else None  # callbacks log their own records through them too
@@ -263,7 +264,8 @@ def _print_model_line(ctx: TrainContext, run: StepRunner, peak_source: str) -> N
         f"model: {params['total']:,} params ({params['non_embedding']:,} non-embedding), "
         f"{run.flops_per_token / 1e6:.2f} MFLOP/token; {tc.steps} steps x {tc.global_batch_tokens:,} tokens "
         f"(micro-batch {tc.micro_batch} x {tc.seq_len}, accum {ctx.accum}, world {ctx.world}); "
-        f"device {ctx.device}, peak {run.peak / ctx.world / 1e12:.3g} TFLOP/s ({peak_source})"
+        f"layout {run.par.dims.describe()}; device {ctx.device}, peak {run.peak / ctx.world / 1e12:.3g} TFLOP/s "
+        f"({peak_source})"
     )
 
 
@@ -289,7 +291,7 @@ def forward_backward(ctx: TrainContext, run: StepRunner) -> tuple[torch.Tensor, 
     term_sums: dict[str, torch.Tensor] = {}  # extra loss terms (model heads, callbacks), each logged
     for micro in range(ctx.accum):
         batch = ctx.loader.next_batch().to(ctx.device)
-        with grad_sync_context(ctx.model, sync=micro == ctx.accum - 1):
+        with grad_sync_context(ctx.model, sync=micro == ctx.accum - 1), run.par.loss_context():
             with run.amp:
                 out = ctx.model(batch.inputs, batch.targets, doc_ids=batch.doc_ids)
                 logits, loss = out[0], out[1]
@@ -309,11 +311,9 @@ def forward_backward(ctx: TrainContext, run: StepRunner) -> tuple[torch.Tensor, 
 
 def _clip_and_reduce(ctx: TrainContext, run: StepRunner, loss_sum: torch.Tensor, term_sums: dict):
     """(grad norm after unscaling and clipping, loss averaged over micro-batches and ranks)."""
-    if run.ep is not None:
-        run.ep.finish_grads()  # expert slices: not reduced by data parallelism
+    run.par.finish_grads()  # e.g. expert slices: not reduced by data parallelism
     run.scaler.unscale_(ctx.optimizer)
-    grad_norm = (run.ep.clip_grad_norm_(run.params, run.clip) if run.ep is not None
-                 else torch.nn.utils.clip_grad_norm_(run.params, run.clip))
+    grad_norm = run.par.clip_grad_norm_(run.params, run.clip)
     loss_value = loss_sum / ctx.accum
     if ctx.world > 1:
         import torch.distributed as dist

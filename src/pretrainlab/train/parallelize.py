@@ -1,0 +1,141 @@
+"""Apply a layout (train/mesh.py) to a plain model from outside, as torchtitan's ``parallelize.py`` does.
+
+Order (torchtitan's): expert parallelism, tensor parallelism, then per-block
+wrappers (FP8, activation checkpointing, compile), then data parallelism
+(FSDP2/HSDP on the mesh's data dimensions, or DDP for plain replication).
+Pipeline parallelism splits the model first (train/pipeline.py) and calls the
+same steps on each stage.
+
+Tensor parallel plan for the decoder (Megatron-style, with sequence parallel):
+
+- the embedding is split over the vocabulary (row-wise); its output is the
+  residual stream split over the sequence (``Shard(1)``);
+- each RMSNorm runs on the sequence shards (``SequenceParallel``); attention
+  and MLP inputs are all-gathered along the sequence, wq/wk/wv and
+  w_gate/w_up split heads / the hidden column-wise, wo and w_down row-wise
+  with a reduce-scatter back to sequence shards;
+- the output projection is split over the vocabulary; with loss parallel the
+  logits stay split and cross-entropy runs under ``loss_parallel()``.
+
+The model needs nothing for this beyond taking its local head count from the
+activations' shape and sending tensor subclasses (DTensor) through the plain
+composite ops.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+from pretrainlab.config import ProjectConfig
+from pretrainlab.train.mesh import ParallelDims
+
+
+class Parallelism:
+    """What the training loop asks of a layout: the loss context, gradient finishing, a global clip."""
+
+    def __init__(self, dims: ParallelDims, mesh, ep=None, loss_parallel: bool = False):
+        self.dims, self.mesh, self.ep, self.loss_parallel = dims, mesh, ep, loss_parallel
+
+    def loss_context(self):
+        """Around forward and backward: cross-entropy on vocabulary-split logits (tensor parallel)."""
+        if not self.loss_parallel:
+            return nullcontext()
+        from torch.distributed.tensor.parallel import loss_parallel
+
+        return loss_parallel()
+
+    def finish_grads(self) -> None:
+        """Gradients data parallelism does not reduce (expert slices)."""
+        if self.ep is not None:
+            self.ep.finish_grads()
+
+    def clip_grad_norm_(self, params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+        """Clip by the norm over all ranks' gradients; returns that norm as a plain tensor."""
+        if self.ep is not None:
+            return self.ep.clip_grad_norm_(params, max_norm)
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        from torch.distributed.tensor import DTensor
+
+        return norm.full_tensor() if isinstance(norm, DTensor) else norm
+
+
+def parallelize(model: nn.Module, cfg: ProjectConfig, dims: ParallelDims, device: torch.device,
+                local_rank: int = 0) -> tuple[nn.Module, Parallelism]:
+    """Shard ``model`` in place per ``dims``; returns (what the loop calls, the loop's ``Parallelism``)."""
+    from pretrainlab.train.parallel import apply_block_wrappers, apply_data_parallel
+
+    mesh = dims.build_mesh(device.type)
+    ep = None
+    if dims.ep > 1:
+        from pretrainlab.train.parallel_ep import ExpertParallelRun
+
+        ep = ExpertParallelRun(model, dims.ep, dims.world, device)
+    loss_parallel = False
+    if dims.tp > 1:
+        loss_parallel = cfg.parallel.loss_parallel
+        apply_tp(model, mesh["tp"], loss_parallel)
+    apply_block_wrappers(model, cfg.train, device)
+    wrapped = apply_data_parallel(model, cfg.train, dims, mesh, device, local_rank)
+    return wrapped, Parallelism(dims, mesh, ep, loss_parallel)
+
+
+def apply_tp(model: nn.Module, tp_mesh, loss_parallel: bool) -> None:
+    """Tensor + sequence parallel over ``tp_mesh`` (see the module docstring); ties embedding and head again."""
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, SequenceParallel, parallelize_module
+
+    tied = model.lm_head.weight is model.embed.weight
+    parallelize_module(model, tp_mesh, {
+        "embed": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
+        "norm": SequenceParallel(),
+        "lm_head": ColwiseParallel(input_layouts=Shard(1), output_layouts=Shard(-1) if loss_parallel else Replicate(),
+                                   use_local_output=not loss_parallel),
+    })
+    for block in model.layers:
+        parallelize_module(block, tp_mesh, block_plan())
+    if tied:  # both are (vocab, d_model) split over the vocabulary: one parameter again
+        model.lm_head.weight = model.embed.weight
+    model.register_forward_hook(_plain_outputs)
+
+
+def block_plan() -> dict:
+    """The plan for one decoder block (module names of model/transformer.py's Block)."""
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput, RowwiseParallel,
+                                                   SequenceParallel)
+
+    gather = PrepareModuleInput(input_layouts=(Shard(1), None, None, None, None),
+                                desired_input_layouts=(Replicate(), None, None, None, None), use_local_output=True)
+    return {
+        "attn_norm": SequenceParallel(),
+        "attn": gather,
+        "attn.wq": ColwiseParallel(),
+        "attn.wk": ColwiseParallel(),
+        "attn.wv": ColwiseParallel(),
+        "attn.wo": RowwiseParallel(output_layouts=Shard(1)),
+        "mlp_norm": SequenceParallel(),
+        "mlp": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),),
+                                  use_local_output=True),
+        "mlp.w_gate": ColwiseParallel(),
+        "mlp.w_up": ColwiseParallel(),
+        "mlp.w_down": RowwiseParallel(output_layouts=Shard(1)),
+    }
+
+
+def _plain_outputs(module, args, out):
+    """The loop sums plain losses and evaluation scores full logits: unwrap the model's DTensor outputs.
+
+    The loss is replicated (``to_local`` keeps its autograd link); logits stay split
+    while gradients flow (loss parallel) and are gathered for scoring without them.
+    """
+    from torch.distributed.tensor import DTensor
+
+    logits, loss, *rest = out
+    if isinstance(loss, DTensor):
+        loss = loss.to_local()
+    if isinstance(logits, DTensor) and not torch.is_grad_enabled():
+        logits = logits.full_tensor()
+    return (logits, loss, *rest)
