@@ -36,18 +36,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(tiny_data, run_dir, *extra) -> subprocess.Popen:
-    """Start a 2-process torchrun training run (its own session, so the test can kill it)."""
+def launch(tiny_data, run_dir, *extra, nproc: int = 2) -> subprocess.Popen:
+    """Start a torchrun training run of ``nproc`` processes (its own session, so the test can kill it)."""
     cli = ["-m", "pretrainlab.cli", "train"] + [a for o in _sets(tiny_data, run_dir, *extra) for a in ("--set", o)]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
            "--master_port", str(_free_port()), *cli, "--resume", "auto"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
 
 
-def run_two(tiny_data, run_dir, *extra, timeout=300) -> list[float]:
-    proc = launch(tiny_data, run_dir, *extra)
+def run_two(tiny_data, run_dir, *extra, timeout=300, nproc: int = 2) -> list[float]:
+    proc = launch(tiny_data, run_dir, *extra, nproc=nproc)
     out, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, out[-4000:]
     return losses(run_dir)

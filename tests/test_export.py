@@ -136,6 +136,22 @@ def test_all_checkpoints_sweep_writes_one_record_per_checkpoint_and_charts(train
     assert "Evaluation across training" in build_report_html(trained_run)
 
 
+def test_all_checkpoints_sweep_skips_a_damaged_checkpoint_and_says_why(trained_run, tmp_path, capsys):
+    import shutil
+
+    from pretrainlab.eval.sweep import evaluate_all_checkpoints
+    from pretrainlab.train.integrity import corrupt
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    damaged = run / "checkpoints" / "step_00000008"
+    corrupt(damaged, "truncate-model")
+    records = evaluate_all_checkpoints(run)
+    assert [r["step"] for r in records] == [4, 12]
+    said = "".join(capsys.readouterr().err.split())
+    assert "skipped" in said and "step_00000008" in said and damaged.is_dir()
+
+
 @pytest.mark.slow
 def test_lm_eval_harness_offline_on_the_export_equals_our_accuracy(trained_run, tmp_path, monkeypatch, capfd):
     pytest.importorskip("lm_eval")

@@ -32,7 +32,7 @@ CODE = ["def add(a, b):\n\treturn a + b\n", "for i in range(3):\n    print(i)\n"
 def write_source(clean: Path, source: str, n_train: int, n_heldout: int, seed: int) -> None:
     rng = random.Random(seed)
     for split, n in (("train", n_train), ("heldout", n_heldout)):
-        path = clean / source / f"{split}.jsonl"
+        path = clean / source / f"{split}-00000.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", encoding="utf-8") as fh:
             for i in range(n):
@@ -55,7 +55,7 @@ def cfg(tmp_path):
 
 
 def texts(cfg, source, split):
-    return [json.loads(line)["text"] for line in open(cfg.clean_dir / source / f"{split}.jsonl", encoding="utf-8")]
+    return [json.loads(line)["text"] for line in open(cfg.clean_dir / source / f"{split}-00000.jsonl", encoding="utf-8")]
 
 
 def mtimes(root: Path) -> dict[str, int]:
@@ -74,8 +74,8 @@ def test_layout_index_and_eos(cfg):
     for source in ("prose", "code"):
         for split in ("train", "heldout"):
             d = cfg.tokens_dir / source
-            idx = np.load(d / f"{split}.idx.npy")
-            flat = np.fromfile(d / f"{split}.bin", dtype=np.uint16)
+            idx = np.load(d / f"{split}-00000.idx.npy")
+            flat = np.fromfile(d / f"{split}-00000.bin", dtype=np.uint16)
             n_docs = len(texts(cfg, source, split))
             assert idx.dtype == np.int64 and idx.shape == (n_docs + 1,)
             assert idx[0] == 0 and idx[-1] == flat.size and np.all(np.diff(idx) >= 1)
@@ -155,9 +155,9 @@ def test_changed_source_retokenizes_only_that_part(cfg):
         for i in range(10):
             fh.write(json.dumps({"id": str(i), "text": f"y = {i}\n", "source": "code", "meta": {}}) + "\n")
     m = tokenize_corpus(cfg)
-    assert m["retokenized"] == ["code/train"]
+    assert m["retokenized"] == ["code/train-00000"]
     after = mtimes(cfg.tokens_dir)
-    for name in ("prose/train.bin", "prose/heldout.bin", "code/heldout.bin"):
+    for name in ("prose/train-00000.bin", "prose/heldout-00000.bin", "code/heldout-00000.bin"):
         key = str(cfg.tokens_dir / name)
         assert after[key] == before[key]
     assert ShardReader(cfg.tokens_dir, "code", "train").num_docs == 10
@@ -168,7 +168,7 @@ def test_changed_tokenizer_retokenizes_everything(cfg):
     tokenize_corpus(cfg)
     train_tokenizer(load_config(None, [f"workdir={cfg.workdir}", "tokenizer.vocab_size=320"]))
     m = tokenize_corpus(cfg)
-    assert sorted(m["retokenized"]) == ["code/heldout", "code/train", "prose/heldout", "prose/train"]
+    assert sorted(m["retokenized"]) == ["code/heldout-00000", "code/train-00000", "prose/heldout-00000", "prose/train-00000"]
     assert m["tokenizer_sha256"] == load_tokenizer(cfg.tokenizer_dir).sha256
 
 
@@ -214,13 +214,13 @@ def test_missing_manifest_is_a_data_error(tmp_path):
 
 def test_truncated_bin_is_detected_and_repaired_by_rerun(cfg):
     tokenize_corpus(cfg)
-    bin_path = cfg.tokens_dir / "prose" / "train.bin"
+    bin_path = cfg.tokens_dir / "prose" / "train-00000.bin"
     with open(bin_path, "r+b") as fh:
         fh.truncate(os.path.getsize(bin_path) - 6)
-    with pytest.raises(DataError, match=r"train\.bin.*pretrainlab data tokenize"):
+    with pytest.raises(DataError, match=r"train-00000\.bin.*pretrainlab data tokenize"):
         ShardReader(cfg.tokens_dir, "prose", "train")
     m = tokenize_corpus(cfg)
-    assert m["retokenized"] == ["prose/train"]
+    assert m["retokenized"] == ["prose/train-00000"]
     assert ShardReader(cfg.tokens_dir, "prose", "train").num_docs == 30
 
 

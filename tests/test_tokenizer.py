@@ -36,7 +36,7 @@ def write_corpus(root: Path, n_docs: int = 60, seed: int = 0) -> Path:
     clean = root / "clean"
     for source in ("prose", "zh", "code"):
         for split, n in (("train", n_docs), ("heldout", max(2, n_docs // 10))):
-            path = clean / source / f"{split}.jsonl"
+            path = clean / source / f"{split}-00000.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "w", encoding="utf-8") as fh:
                 for i in range(n):

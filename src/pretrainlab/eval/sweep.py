@@ -24,6 +24,7 @@ from pretrainlab.monitor.rundata import RunData, register_section
 from pretrainlab.progress import console
 from pretrainlab.rundir import list_checkpoints, load_checkpoint, open_run, run_device
 from pretrainlab.tokenizer.vocab import load_tokenizer
+from pretrainlab.train.integrity import verify
 
 SWEEP_FILE = "eval_sweep.json"
 SWEEP_HTML = "eval_sweep.html"
@@ -60,6 +61,10 @@ def evaluate_all_checkpoints(run_dir: str | Path, cfg_overrides: list[str] | Non
     records: list[dict[str, Any]] = []
     for i, (_, path) in enumerate(ckpts, 1):
         t0 = time.time()
+        problem = verify(path)
+        if problem:  # a damaged checkpoint is skipped, said, and left where it is
+            console.print(f"[{i}/{len(ckpts)}] [yellow]skipped[/] {path}: {problem}")
+            continue
         ckpt = load_checkpoint(run_dir, str(path), device)
         step, tokens = ckpt.step, ckpt.tokens
         res = evaluate_model(ckpt.model, cfg, tok, run_dir, device, samples=False, tasks=tasks)

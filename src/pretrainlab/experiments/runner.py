@@ -24,6 +24,7 @@ from pretrainlab.config import ProjectConfig, load_config
 from pretrainlab.errors import TrainingPaused, TrainingStopped, UserError
 from pretrainlab.experiments.bad_batches import BadBatches
 from pretrainlab.fsio import atomic_write_json, iter_jsonl, read_json
+from pretrainlab.recipes import train
 from pretrainlab.train.callbacks import Callback
 
 RESULT_FILE = "experiment_result.json"
@@ -108,8 +109,6 @@ def _read_records(run_dir: Path) -> tuple[list[dict], list[dict]]:
 def run_variant(base: ProjectConfig, variant: Variant, out: Path, threads: int | None = None,
                 callbacks: list[Callback] | None = None) -> dict:
     """Train ``variant`` (or reuse its finished result) and return its result record."""
-    from pretrainlab.recipes import train
-
     run_dir = (out / "runs" / variant.name).resolve()
     cfg = variant_config(base, variant, run_dir, threads)
     config_json = cfg.model_dump(mode="json")

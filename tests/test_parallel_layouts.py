@@ -1,0 +1,145 @@
+"""One device mesh from `parallel:` — layouts that cannot work are refused in one line; TP/PP layouts train like one process.
+
+The multi-process runs (gloo, CPU, the tiny model) are each made once per module and
+compared with one single-process run of the same data and init: losses and gradient
+norms must agree within 1e-5 over 10 steps.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import tiny_overrides
+from pretrainlab.config import load_config
+from pretrainlab.errors import UserError
+from pretrainlab.fsio import iter_jsonl
+from pretrainlab.train import checkpoint as ckpt
+from pretrainlab.train.mesh import ParallelDims, resolve_dims
+from test_distributed import keep_up_to, run_one, run_two
+
+TOL = 1e-5
+
+
+def cfg_with(*sets: str):
+    base = ["model.vocab_size=320", "model.d_model=32", "model.n_heads=4", "model.n_kv_heads=2", "model.n_layers=2",
+            "model.ffn_hidden=64", "train.seq_len=32", "train.device=cpu"]
+    return load_config(None, base + list(sets))
+
+
+# --------------------------------------------------------------------------- the mesh from config
+
+
+@pytest.mark.parametrize("sets, world, expected", [
+    ([], 4, dict(dp_replicate=4, dp_shard=1)),  # legacy train.parallel=ddp (the default): DDP replicas
+    (["train.parallel=fsdp2"], 4, dict(dp_replicate=1, dp_shard=4)),
+    (["parallel.tp=2"], 4, dict(dp_shard=2, tp=2)),  # the leftover ranks are FSDP2 shards
+    (["parallel.dp_replicate=2", "parallel.tp=2"], 8, dict(dp_replicate=2, dp_shard=2, tp=2)),
+    (["parallel.pp=2", "model.tie_embeddings=false"], 4, dict(dp_shard=2, pp=2)),
+    (["train.expert_parallel=2", "model.moe.num_experts=4"], 4, dict(dp_replicate=4, ep=2)),
+    (["parallel.ep=2", "train.parallel=fsdp2", "model.moe.num_experts=4"], 2, dict(dp_shard=2, ep=2)),
+])
+def test_the_layout_follows_the_parallel_section_and_the_legacy_names(sets, world, expected):
+    dims = resolve_dims(cfg_with(*sets), world)
+    full = {"dp_replicate": 1, "dp_shard": 1, "cp": 1, "tp": 1, "pp": 1, "ep": 1, **expected}
+    assert {k: getattr(dims, k) for k in full} == full
+    assert dims.dp_replicate * dims.dp_shard * dims.cp * dims.tp * dims.pp == world
+
+
+def test_ranks_are_laid_out_tp_innermost_and_data_parallel_rank_skips_tp_and_pp():
+    dims = ParallelDims(dp_replicate=1, dp_shard=2, tp=2, pp=2, world=8)  # mesh (pp, dp_replicate, dp_shard, cp, tp)
+    assert [dims.coords(r)["tp"] for r in range(4)] == [0, 1, 0, 1]
+    assert [dims.dp_rank(r) for r in range(8)] == [0, 0, 1, 1, 0, 0, 1, 1]
+    assert [dims.coords(r)["pp"] for r in (0, 3, 4, 7)] == [0, 0, 1, 1]
+
+
+@pytest.mark.parametrize("sets, world, fragment", [
+    (["parallel.tp=2"], 3, "not divisible by parallel.dp_replicate x cp x tp x pp"),
+    (["parallel.tp=2", "parallel.dp_shard=1"], 4, "must equal the process count"),
+    (["parallel.tp=2"], 1, "not divisible"),
+    (["parallel.tp=3", "model.n_heads=4"], 3, "must divide model.n_heads (4)"),
+    (["parallel.tp=4", "model.n_heads=4"], 4, "must divide model.n_kv_heads (2)"),
+    (["parallel.tp=2", "model.vocab_size=321"], 2, "must divide model.vocab_size (321)"),
+    (["parallel.pp=2", "model.n_layers=3", "model.tie_embeddings=false"], 2, "n_layers (3) is not divisible by the 2"),
+    (["parallel.pp=2"], 2, "tie_embeddings=false"),
+    (["parallel.pp=2", "parallel.pipeline_schedule=Interleaved1F1B", "model.tie_embeddings=false"], 2,
+     "pipeline_stages_per_rank >= 2"),
+    (["parallel.pp=2", "parallel.pipeline_stages_per_rank=2", "model.tie_embeddings=false"], 2,
+     "runs one stage per rank"),
+    (["parallel.cp=2"], 2, "needs CUDA"),
+    (["parallel.ep=2"], 2, "needs a Mixture-of-Experts model"),
+    (["parallel.ep=3", "model.moe.num_experts=4"], 3, "num_experts=4 is not divisible by ep=3"),
+    (["parallel.ep=2", "parallel.tp=2", "model.moe.num_experts=4"], 2, "not supported with a Mixture-of-Experts"),
+    (["parallel.ep=4", "model.moe.num_experts=4", "parallel.tp=2", "parallel.dp_shard=2"], 4, "MoE"),
+    (["parallel.ep=2", "train.expert_parallel=4", "model.moe.num_experts=4"], 4, "disagree"),
+])
+def test_impossible_layouts_are_refused_in_one_line(sets, world, fragment):
+    with pytest.raises(UserError) as err:
+        resolve_dims(cfg_with(*sets), world)
+    message = str(err.value)
+    assert "\n" not in message and (fragment in message or fragment == "MoE" and "Mixture-of-Experts" in message)
+
+
+def test_a_tensor_parallel_run_on_one_process_is_one_line_error(tiny_data, tmp_path):
+    sets = tiny_overrides(tiny_data) + [f"run.dir={tmp_path / 'run'}", "parallel.tp=2"]
+    proc = subprocess.run([sys.executable, "-m", "pretrainlab.cli", "train", *[a for s in sets for a in ("--set", s)]],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "1 process(es) are not divisible by parallel.dp_replicate x cp x tp x pp" in proc.stderr.strip()
+
+
+# --------------------------------------------------------------------------- tensor parallel, 4 gloo processes
+
+
+def metrics(run_dir) -> list[tuple[float, float]]:
+    return [(r["loss"], r["grad_norm"]) for r in iter_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "train"]
+
+
+def agree(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> bool:
+    return len(a) == len(b) >= 8 and all(abs(x - y) < TOL for p, q in zip(a, b) for x, y in zip(p, q))
+
+
+@pytest.fixture(scope="module")
+def single(tiny_data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("single") / "run"
+    run_one(tiny_data, run, "checkpoint.format=sharded")
+    return run
+
+
+@pytest.fixture(scope="module")
+def tp2_dp2(tiny_data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("tp2dp2") / "run"
+    run_two(tiny_data, run, "parallel.tp=2", nproc=4)
+    return run
+
+
+@pytest.mark.slow
+def test_tp2_dp2_losses_and_grad_norms_equal_one_process(tp2_dp2, single):
+    assert agree(metrics(tp2_dp2), metrics(single))
+    meta = ckpt.load_checkpoint(ckpt.latest_checkpoint(tp2_dp2))["meta"]
+    assert meta["world_size"] == 4
+
+
+@pytest.mark.slow
+def test_a_tp2_dp2_checkpoint_resumes_on_one_process_like_an_uninterrupted_run(tp2_dp2, single, tiny_data, tmp_path):
+    run = keep_up_to(tp2_dp2, tmp_path / "run", 4)
+    run_one(tiny_data, run)
+    assert agree(metrics(run), metrics(single))
+    resume = [r for r in iter_jsonl(run / "events.jsonl") if r["event"] == "resume"][-1]
+    assert (resume["saved_world_size"], resume["world_size"]) == (4, 1)
+
+
+@pytest.mark.slow
+def test_a_tp2_dp2_checkpoint_exports_to_hugging_face_unchanged(tp2_dp2, single, tmp_path):
+    import json
+
+    from pretrainlab.cli import main
+
+    model, _, _ = ckpt.load_model(tp2_dp2)
+    reference, _, _ = ckpt.load_model(single)
+    for (name, a), b in zip(model.state_dict().items(), reference.state_dict().values()):
+        assert (a - b).abs().max() < TOL, name
+    assert main(["export", str(tp2_dp2), "--out", str(tmp_path / "hf")]) == 0  # verified against transformers
+    assert json.loads((tmp_path / "hf" / "verification.json").read_text())["max_abs_logit_diff"] < 1e-4
