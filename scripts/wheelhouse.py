@@ -123,7 +123,7 @@ def build(out: Path, extras: str, limit_mb: float | None) -> int:
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    pip(sys.executable, "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(staging), str(ROOT))
+    project_wheel(staging)
     pip(sys.executable, "download", "-q", "--no-deps", *TARGET, "-d", str(staging),
         *[f"{d['name']}=={d['version']}" for d in missing])
     (staging / "image-assumed.txt").write_text(
@@ -140,6 +140,16 @@ def build(out: Path, extras: str, limit_mb: float | None) -> int:
     print(f"{out}: {len(missing) + 1} wheels, {size:.1f} MiB (limit {limit:.1f}); left to the image: "
           f"{sum(d['name'] in image for d in tree)} packages ({len(assumed)} at assumed versions, image-assumed.txt)")
     return 0
+
+
+def project_wheel(out: Path) -> None:
+    """The project's own wheel, built from a copy of the tree (an in-tree build/ could carry deleted modules)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("pyproject.toml", "README.md", "LICENSE"):
+            if (ROOT / name).is_file():
+                shutil.copy2(ROOT / name, tmp)
+        shutil.copytree(ROOT / "src", Path(tmp) / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        pip(sys.executable, "wheel", "-q", "--no-deps", "-w", str(out), tmp)
 
 
 def repo_mb() -> float:
@@ -179,8 +189,8 @@ def check(wheelhouse: Path, python: str | None, extras: str) -> int:
             target = Path(tmp) / "site"
             pip(sys.executable, "install", "-q", *offline, "--find-links", str(stubs), "-c", str(constraints),
                 *TARGET, "--target", str(target), spec)
-            installed = {norm(p.name.split("-")[0]): p.name.split("-")[1][: -len(".dist-info")]
-                         for p in target.glob("*.dist-info")}
+            installed = dict(p.name[: -len(".dist-info")].split("-", 1) for p in target.glob("*.dist-info"))
+            installed = {norm(n): v for n, v in installed.items()}
             where = "a --python-version 3.12 --target install"
     real = {n: v for n, v in installed.items() if not v.endswith(STUB_LOCAL)}
     if "pretrainlab" not in real or not any(n == "pydantic-core" for n in real):

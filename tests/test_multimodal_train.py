@@ -163,3 +163,24 @@ def test_fsdp2_trains_the_heads_inside_the_sharded_model_and_resumes_exactly(mm_
     assert float(state["mm.tau.log_tau"].exp()[0]) == pytest.approx(full[-1]["infonce/temperature"], rel=1e-6)
     resumed = run(keep_up_to(tmp_path / "full", tmp_path / "split", 2))
     assert [r["loss"] for r in resumed] == [r["loss"] for r in full]
+
+
+def test_a_run_saved_with_the_head_outside_the_model_is_refused_in_one_line_and_still_evaluates(mm_work, tmp_path):
+    from pretrainlab.errors import UserError
+    from pretrainlab.multimodal.evaluate import eval_run
+    from pretrainlab.multimodal.losses import ActionHead
+    from pretrainlab.multimodal.train_callback import to_json
+
+    cfg = _cfg(mm_work, tmp_path / "run", "train.steps=2", "train.val_every=100", "checkpoint.every=2", *LOSSES,
+               "multimodal.eval_at_end=false")
+    train(cfg)
+    path = ckpt.latest_checkpoint(cfg.run_dir)  # rewrite it as an older pretrainlab saved it
+    model = torch.load(path / "model.pt", weights_only=True)
+    torch.save({k: v for k, v in model.items() if not k.startswith("mm.")}, path / "model.pt")
+    state = json.loads((path / "state.json").read_text())
+    state["callbacks"]["MultimodalLosses"] = {"head": to_json(ActionHead(cfg.model.d_model).state_dict())}
+    (path / "state.json").write_text(json.dumps(state))
+    (path / "COMPLETE").write_text(json.dumps({"step": 2}))
+    with pytest.raises(UserError, match="older pretrainlab.*start a new run.name"):
+        train(cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": 4})}))
+    assert eval_run(cfg.run_dir)["action"]["mse_head"] is not None  # `mm eval` reads the old head

@@ -96,7 +96,8 @@ def test_straggler_rule_with_two_ranks_compares_with_the_other_and_ignores_jitte
 def hw_run(tiny_data, tmp_path_factory):
     run = tmp_path_factory.mktemp("hw") / "run"
     train(load_config(None, tiny_overrides(tiny_data) + [f"run.dir={run}", "train.steps=8", "train.log_every=2",
-                                                        "hardware.interval_s=0.05", "train.val_every=100"]))
+                                                        "hardware.interval_s=0.05", "train.val_every=100",
+                                                        "log.tensorboard=true"]))
     return run
 
 
@@ -111,6 +112,14 @@ def test_a_run_logs_every_ranks_hardware_and_step_times_as_hw_keys(hw_run):
         assert math.isfinite(last[f"hw/rank0/{key}"]), key
     assert 0 < last["hw/rank0/data_wait_s"] < last["hw/rank0/local_s"] <= last["hw/rank0/step_s"]
     assert not any(k.startswith("hw/rank0/gpu_") for k in last)  # CPU run: no invented GPU values
+
+
+def test_hardware_metrics_reach_the_trackers(hw_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(hw_run / "tb"))
+    acc.Reload()
+    assert {"train/hw/rank0/rss_gb", "train/hw/rank0/local_s", "train/hw/rank0/data_wait_s"} <= set(acc.Tags()["scalars"])
 
 
 def test_report_and_dashboard_show_rank_by_time_heat_maps(hw_run):
@@ -335,10 +344,13 @@ def test_a_rank_slowed_on_purpose_is_called_out_by_rank_and_host(tiny_data, tmp_
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     alerts = [a for a in iter_jsonl(run / "alerts.jsonl") if a["rule"] == "straggler"]
-    assert len(alerts) == 1, alerts
-    assert alerts[0]["rank"] == 1 and alerts[0]["host"] == socket.gethostname()
-    assert f"rank 1 on host {socket.gethostname()}" in alerts[0]["message"] and alerts[0]["step"] == 4
-    assert [e["rank"] for e in iter_jsonl(run / "events.jsonl") if e["event"] == "straggler"] == [1]
-    last = [r for r in iter_jsonl(run / "metrics.jsonl") if r["kind"] == "train"][-1]
-    assert last["hw/rank1/local_s"] > last["hw/rank0/local_s"] + 0.04
-    assert abs(last["hw/rank1/step_s"] - last["hw/rank0/step_s"]) < 0.03  # wall time is equal: they wait for each other
+    assert alerts and {a["rank"] for a in alerts} == {1}, alerts  # (a busy machine may interrupt the streak once)
+    assert alerts[0]["host"] == socket.gethostname() and alerts[0]["step"] >= 4  # step 1 is not timed; 3 log steps
+    assert f"rank 1 on host {socket.gethostname()}" in alerts[0]["message"]
+    assert {e["rank"] for e in iter_jsonl(run / "events.jsonl") if e["event"] == "straggler"} == {1}
+    train_recs = [r for r in iter_jsonl(run / "metrics.jsonl") if r["kind"] == "train" and "hw/rank0/local_s" in r]
+    local_gap = sorted(r["hw/rank1/local_s"] - r["hw/rank0/local_s"] for r in train_recs)
+    wall_gap = sorted(abs(r["hw/rank1/step_s"] - r["hw/rank0/step_s"]) for r in train_recs)
+    median = len(train_recs) // 2
+    assert local_gap[median] > 0.04, local_gap  # the 60 ms show where each rank works on its own...
+    assert wall_gap[median] < local_gap[median] / 2, (wall_gap, local_gap)  # ...not in wall time: the ranks wait

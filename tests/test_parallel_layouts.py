@@ -143,3 +143,68 @@ def test_a_tp2_dp2_checkpoint_exports_to_hugging_face_unchanged(tp2_dp2, single,
         assert (a - b).abs().max() < TOL, name
     assert main(["export", str(tp2_dp2), "--out", str(tmp_path / "hf")]) == 0  # verified against transformers
     assert json.loads((tmp_path / "hf" / "verification.json").read_text())["max_abs_logit_diff"] < 1e-4
+
+
+# --------------------------------------------------------------------------- pipeline parallel (untied, 4 blocks)
+
+UNTIED = ("model.tie_embeddings=false", "model.n_layers=4", "train.micro_batch=2")  # 2-row micro-batches
+
+
+@pytest.fixture(scope="module")
+def single_untied(tiny_data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("single_untied") / "run"
+    run_one(tiny_data, run, *UNTIED, "checkpoint.format=sharded")
+    return run
+
+
+@pytest.fixture(scope="module")
+def pp2_dp2(tiny_data, tmp_path_factory):
+    """1F1B over 2 stages of 2 blocks, FSDP2 inside each stage, 2 micro-batches per step."""
+    run = tmp_path_factory.mktemp("pp2dp2") / "run"
+    run_two(tiny_data, run, *UNTIED, "parallel.pp=2", nproc=4)
+    return run
+
+
+@pytest.fixture(scope="module")
+def tp2_pp2(tiny_data, tmp_path_factory):
+    """Interleaved 1F1B: 4 stages of 1 block, 2 per rank, each tensor parallel over 2 ranks."""
+    run = tmp_path_factory.mktemp("tp2pp2") / "run"
+    run_two(tiny_data, run, *UNTIED, "parallel.pp=2", "parallel.tp=2", "parallel.pipeline_schedule=Interleaved1F1B",
+            "parallel.pipeline_stages_per_rank=2", nproc=4)
+    return run
+
+
+@pytest.mark.slow
+def test_pp2_dp2_losses_and_grad_norms_equal_one_process(pp2_dp2, single_untied):
+    assert agree(metrics(pp2_dp2), metrics(single_untied))
+
+
+@pytest.mark.slow
+def test_tp2_pp2_interleaved_losses_and_grad_norms_equal_one_process(tp2_pp2, single_untied):
+    assert agree(metrics(tp2_pp2), metrics(single_untied))
+    vals = [r["val_loss"] for r in iter_jsonl(tp2_pp2 / "metrics.jsonl") if r["kind"] == "val"]
+    ref = [r["val_loss"] for r in iter_jsonl(single_untied / "metrics.jsonl") if r["kind"] == "val"]
+    assert len(vals) == len(ref) == 2 and all(abs(a - b) < TOL for a, b in zip(vals, ref))  # evaluation through the pipeline
+
+
+@pytest.mark.slow
+def test_zero_bubble_schedule_on_two_pipeline_ranks_equals_one_process(single_untied, tiny_data, tmp_path):
+    run = tmp_path / "run"
+    run_two(tiny_data, run, *UNTIED, "parallel.pp=2", "parallel.pipeline_schedule=InterleavedZeroBubble",
+            "parallel.pipeline_stages_per_rank=2")
+    assert agree(metrics(run), metrics(single_untied))
+
+
+@pytest.mark.slow
+def test_a_pp2_dp2_checkpoint_resumes_on_one_process_like_an_uninterrupted_run(pp2_dp2, single_untied, tiny_data,
+                                                                                tmp_path):
+    run = keep_up_to(pp2_dp2, tmp_path / "run", 4)
+    run_one(tiny_data, run, *UNTIED)
+    assert agree(metrics(run), metrics(single_untied))
+
+
+@pytest.mark.slow
+def test_a_tp2_pp2_checkpoint_resumes_under_fsdp2_on_two_processes(tp2_pp2, single_untied, tiny_data, tmp_path):
+    run = keep_up_to(tp2_pp2, tmp_path / "run", 6)
+    run_two(tiny_data, run, *UNTIED, "train.parallel=fsdp2")
+    assert agree(metrics(run), metrics(single_untied))

@@ -115,7 +115,7 @@ def test_guess_language():
 
 def test_empty_split_is_a_data_error(tmp_path):
     write_corpus(tmp_path, n_docs=20)
-    for p in (tmp_path / "clean").glob("*/heldout.jsonl"):
+    for p in (tmp_path / "clean").glob("*/heldout-*.jsonl"):
         p.write_text("")
     with pytest.raises(DataError, match="compare_split=train"):
         compare_tokenizers(make_cfg(tmp_path), [tmp_path / "nope"])

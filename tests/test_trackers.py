@@ -18,6 +18,7 @@ def test_wandb_offline_and_mlflow_receive_the_same_metric_names(tiny_cfg, monkey
     client = mlflow.tracking.MlflowClient(tracking_uri=store, registry_uri=store)
     run = client.search_runs([e.experiment_id for e in client.search_experiments()])[0]
     assert {"train.loss", "train.grad_norm", "val.loss", "val.loss.code"} <= set(run.data.metrics)
+    assert {"train.hw.rank0.rss_gb", "train.hw.rank0.local_s"} <= set(run.data.metrics)  # hardware metrics too
     history = client.get_metric_history(run.info.run_id, "train.loss")
     assert [m.step for m in history] == [1, 2, 3, 4]
 

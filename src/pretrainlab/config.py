@@ -148,17 +148,22 @@ class RayExecutorConfig(Section):
 
 
 class DataExecutorConfig(Section):
-    """Where the per-document stages of `data build` run: datatrove executors over work units
-    (a file, a group of small files, or a byte range of a large JSONL file). Finished tasks are
-    skipped on a re-run; dedup, counting and writing then run in the main process, so the corpus
-    is the same for any executor, task count or worker count."""
+    """Where `data build` runs: datatrove executors over work units (a file, a group of small
+    files, or a byte range of a large JSONL file; one output part each). Phases of tasks:
+    per-document stages + dedup signatures, exact and near dedup over bucket shards, clusters
+    verified on exact Jaccard, then one filter task per unit run writing the parts. Finished
+    tasks are skipped on a re-run; the corpus is the same for any executor, task or worker count."""
 
     kind: Literal["local", "slurm", "ray"] = Field(
         "local", description="local: processes on this machine; slurm: a Slurm job array; ray: a Ray cluster."
     )
     workers: int = Field(0, ge=0, description="Tasks running at once (0: one per core for local; no limit for slurm/ray).")
     tasks: int = Field(0, ge=0, description="Number of tasks (0: one per work unit).")
-    unit_mb: float = Field(64, gt=0, description="Target work-unit size in MB; larger plain JSONL files are split at line boundaries.")
+    unit_mb: float = Field(
+        64, gt=0, description="Target work-unit size in MB (= one output part, train-NNNNN.jsonl); larger plain JSONL "
+        "files are split at line boundaries. Also used by the in-process build, so parts never depend on the executor."
+    )
+    dedup_buckets: int = Field(0, ge=0, description="Tasks per dedup round (digest / band-hash buckets; 0: as many as tasks).")
     min_input_mb: float = Field(
         16, ge=0, description="kind=local: inputs smaller than this run in the main process (process start-up would cost more than it saves)."
     )

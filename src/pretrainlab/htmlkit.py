@@ -81,6 +81,7 @@ def log_ticks(lo: float, hi: float) -> list[float]:
 
 
 def thin(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """At most about MAX_POINTS of a series: every k-th point, the last one always kept."""
     if len(points) <= MAX_POINTS:
         return points
     k = math.ceil(len(points) / MAX_POINTS)
@@ -209,8 +210,11 @@ def svg_line_chart(
     return "".join(parts)
 
 
+# --------------------------------------------------------------------------- records, tables, pages
+
 
 def points(records: list[dict], x: str, y: str) -> list[tuple[float, float]]:
+    """(x, y) of the records that have both as numbers (a chart series from metrics.jsonl records)."""
     out = []
     for r in records:
         if x in r and y in r and isinstance(r[x], (int, float)) and isinstance(r[y], (int, float)):
@@ -219,6 +223,7 @@ def points(records: list[dict], x: str, y: str) -> list[tuple[float, float]]:
 
 
 def table(rows: list[tuple[str, Any]], head: tuple[str, ...] | None = None) -> str:
+    """An HTML table; cells are escaped and numbers compacted (``fmt_num``) unless they are ``Raw``."""
     out = ['<table>']
     if head:
         out.append("<tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>")

@@ -25,6 +25,7 @@ from pretrainlab.monitor.flops import resolve_peak_flops
 from pretrainlab.monitor.sinks import JsonlSink, MultiSink, TensorBoardSink
 from pretrainlab.multimodal.model import build_multimodal_model, wants_multimodal_heads
 from pretrainlab.multimodal.train_callback import build_multimodal_callbacks
+from pretrainlab.progress import console
 from pretrainlab.train import trainer
 from pretrainlab.train.callbacks import Callback
 from pretrainlab.train.context import Recipe, TrainContext
@@ -75,7 +76,10 @@ def prometheus_exporter(ctx: TrainContext):
         report = governance.governance_report(clean) if clean is not None else None
         return governance.summary(report) if report else None
 
-    return PrometheusExporter(ctx.cfg.prometheus, ctx.run_dir.name, ctx.run_dir, governance=facts)
+    exporter = PrometheusExporter(ctx.cfg.prometheus, ctx.run_dir.name, ctx.run_dir, governance=facts)
+    ctx.event("prometheus", address=exporter.address, path="/metrics")
+    console.print(f"prometheus: serving http://{exporter.address}/metrics")
+    return exporter
 
 
 def validate(ctx: TrainContext) -> dict:

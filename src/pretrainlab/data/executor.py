@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pretrainlab.config import DataConfig, DataExecutorConfig
+from pretrainlab.data import dedupdist
 from pretrainlab.data.parallel import Trace, resolve_workers, run_stages
 from pretrainlab.data.readers import read_source
 from pretrainlab.data.sources import BadRecord, SourceSpec
@@ -54,6 +55,7 @@ from pretrainlab.progress import console, progress_bar
 
 BATCH_RECORDS = 256  # records per pickled batch in a part
 PLAN_FILE = "plan.pkl"
+MOVED_MARK = "out.moved"  # the filter tasks' parts were moved into a corpus: run them again if needed
 
 
 @dataclass(frozen=True)
@@ -76,10 +78,17 @@ class Plan:
     sources: dict[str, SourceSpec]  # absolute paths
     units: list[Unit]
     ranges: list[tuple[int, int]]  # task -> [lo, hi) unit indices
+    after: list[str] = dataclasses.field(default_factory=list)  # stages after the prefix, up to the last dedup round
+    rounds: list[str] = dataclasses.field(default_factory=list)  # the dedup stages, in order (see .dedupdist)
+    buckets: int = 1  # tasks per dedup round
 
     def task_bytes(self, rank: int) -> int:
         lo, hi = self.ranges[rank]
         return sum(u.bytes for u in self.units[lo:hi])
+
+    def part_index(self, ui: int) -> int:
+        """Unit ``ui``'s output part number within its source."""
+        return sum(u.source == self.units[ui].source for u in self.units[:ui])
 
 
 def check_executor(ex: DataExecutorConfig) -> None:
@@ -135,10 +144,14 @@ def assign_tasks(units: list[Unit], tasks: int) -> list[tuple[int, int]]:
     return [(bisect.bisect_left(owner, t), bisect.bisect_right(owner, t)) for t in range(tasks)]
 
 
-def make_plan(cfg: DataConfig, prefix: list[str], specs: list[SourceSpec], units: list[Unit]) -> Plan:
+def make_plan(cfg: DataConfig, stage_names: list[str], prefix: int, rounds: list[str], specs: list[SourceSpec],
+              units: list[Unit]) -> Plan:
     tasks = cfg.executor.tasks or len(units)
     sources = {s.name: dataclasses.replace(s, path=s.path.absolute(), files=[f.absolute() for f in s.files]) for s in specs}
-    return Plan(cfg, prefix, sources, units, assign_tasks(units, tasks))
+    last = max((stage_names.index(r) for r in rounds), default=prefix - 1)
+    buckets = cfg.executor.dedup_buckets or min(tasks, len(units))
+    return Plan(cfg, stage_names[:prefix], sources, units, assign_tasks(units, tasks),
+                stage_names[prefix:last + 1], rounds, max(1, buckets))
 
 
 # --------------------------------------------------------------------------- the task (runs in workers)
@@ -163,11 +176,13 @@ def run_task(work_dir: Path, rank: int) -> dict:
     plan = load_plan(work_dir)
     load_builtin_stages()  # a fresh process (Slurm, Ray) has not imported them yet
     stages = [STAGES[n](plan.cfg) for n in plan.prefix]
-    for s in stages:
+    after = [STAGES[n](plan.cfg) for n in plan.after]  # throw-away copies: only for the dedup signatures
+    for s in [*stages, *after]:
         s.bind(plan.sources)
         s.remote = True
     counts = {"documents": 0, "bad_records": 0, "removed": 0, "bytes": plan.task_bytes(rank)}
     lo, hi = plan.ranges[rank]
+    sigs = dedupdist.SigWriter(work_dir, rank, plan.cfg, after)
     with atomic_open(part_path(work_dir, rank), "wb") as fh:
         batch: list = []
         for ui in range(lo, hi):
@@ -178,6 +193,7 @@ def run_task(work_dir: Path, rank: int) -> dict:
                 if isinstance(item, Document):
                     trace = run_stages(stages, item, skip)
                     counts["documents"] += 1
+                    sigs.add(trace.doc, skip)
                     if trace.doc is None:
                         counts["removed"] += 1
                         item = Document(item.id, "", item.source)  # only id and source are needed
@@ -193,6 +209,7 @@ def run_task(work_dir: Path, rank: int) -> dict:
         if batch:
             pickle.dump(batch, fh, protocol=pickle.HIGHEST_PROTOCOL)
         pickle.dump({"extras": {s.name: s.finish() for s in stages}}, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    sigs.close()
     return counts
 
 
@@ -203,14 +220,15 @@ class Parts:
     """The task parts, read back in task order (= read order): ``of_unit()`` yields a unit's
     ``(document or bad record, trace or None)``; ``extras`` collects the stages' statistics."""
 
-    def __init__(self, work_dir: Path, plan: Plan) -> None:
+    def __init__(self, work_dir: Path, plan: Plan, ranks: list[int] | None = None) -> None:
         self.work_dir, self.plan = work_dir, plan
+        self.ranks = list(range(len(plan.ranges))) if ranks is None else ranks
         self.extras: list[dict] = []
         self._it = self._records()
         self._head = None
 
     def _records(self) -> Iterator[tuple[int, Document | BadRecord, Trace | None]]:
-        for rank in range(len(self.plan.ranges)):
+        for rank in self.ranks:
             with open(part_path(self.work_dir, rank), "rb") as fh:
                 while True:
                     try:
@@ -261,9 +279,55 @@ def _completed(work_dir: Path) -> set[int]:
         return set()
 
 
-def run_tasks(plan: Plan, ex: DataExecutorConfig, root: Path, manifest_id: str) -> tuple[Path, Parts] | None:
-    """Run the plan's tasks on the configured executor (finished ones are skipped); returns the
-    work folder and its parts, or None when a Slurm job was submitted without waiting."""
+def phases(plan: Plan) -> list[tuple[str, str, list[float]]]:
+    """The build's phases in order: (name, task function, input MB per task)."""
+    ranks, b = len(plan.ranges), plan.buckets
+    per_rank = [plan.task_bytes(r) / 1e6 for r in range(ranks)]
+    out = [("prefix", f"{__name__}:run_task", per_rank)]
+    for name in plan.rounds:
+        if name == "exact_dedup":
+            out.append(("exact", f"{__name__}:exact_phase", [0.0] * b))
+        else:
+            out += [("near-buckets", f"{__name__}:near_buckets_phase", [0.0] * b),
+                    ("near-cluster", f"{__name__}:near_cluster_phase", [0.0]),
+                    ("near-verify", f"{__name__}:near_verify_phase", [0.0] * b)]
+    out.append(("filter", "pretrainlab.data.pipeline:filter_task", per_rank))
+    return out
+
+
+def phase_dir(work_dir: Path, name: str) -> Path:
+    """A phase's datatrove folder (completions, logs); the prefix phase uses the work folder itself."""
+    return work_dir if name == "prefix" else work_dir / "phases" / name
+
+
+def _plan_of(phase: Path) -> tuple[Path, Plan]:
+    work_dir = phase.parent.parent
+    return work_dir, load_plan(work_dir)
+
+
+def exact_phase(phase: Path, rank: int) -> dict:
+    work_dir, plan = _plan_of(phase)
+    return dedupdist.exact_task(work_dir, rank, len(plan.ranges), plan.buckets, plan.rounds)
+
+
+def near_buckets_phase(phase: Path, rank: int) -> dict:
+    work_dir, plan = _plan_of(phase)
+    return dedupdist.near_bucket_task(work_dir, rank, len(plan.ranges), plan.buckets, plan.rounds, plan.cfg)
+
+
+def near_cluster_phase(phase: Path, rank: int) -> dict:
+    work_dir, plan = _plan_of(phase)
+    return dedupdist.near_cluster_task(work_dir, rank, plan.buckets, plan.buckets)
+
+
+def near_verify_phase(phase: Path, rank: int) -> dict:
+    work_dir, plan = _plan_of(phase)
+    return dedupdist.near_verify_task(work_dir, rank, len(plan.ranges), plan.cfg)
+
+
+def run_tasks(plan: Plan, ex: DataExecutorConfig, root: Path, manifest_id: str) -> Path | None:
+    """Run the plan's phases on the configured executor (finished tasks are skipped); returns the
+    work folder, or None when a Slurm job was submitted without waiting."""
     work_dir = plan_dir(root, manifest_id, plan)
     if root.is_dir():  # parts of other plans (changed inputs, config or code) can never be used again
         for old in root.iterdir():
@@ -279,9 +343,15 @@ def run_tasks(plan: Plan, ex: DataExecutorConfig, root: Path, manifest_id: str) 
     if done:
         console.print(f"data tasks: {len(done)} of {tasks} already finished in {work_dir}; running the rest")
 
-    if not execute(f"{__name__}:run_task", ex, work_dir, [plan.task_bytes(r) / 1e6 for r in range(tasks)], "data tasks"):
-        return None
-    return work_dir, Parts(work_dir, plan)
+    if (work_dir / MOVED_MARK).exists():  # a build moved the filter outputs into a corpus, then failed
+        shutil.rmtree(phase_dir(work_dir, "filter"), ignore_errors=True)
+        shutil.rmtree(work_dir / "out", ignore_errors=True)
+        (work_dir / MOVED_MARK).unlink()
+    for name, func, task_mb in phases(plan):
+        label = "data tasks" if name == "prefix" else f"data {name} tasks"
+        if not execute(func, ex, phase_dir(work_dir, name), task_mb, label):
+            return None
+    return work_dir
 
 
 def execute(func: str, ex: DataExecutorConfig, work_dir: Path, task_mb: list[float], label: str) -> bool:

@@ -44,6 +44,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import tempfile
 import time
@@ -62,10 +63,11 @@ from pretrainlab.data.corpusfiles import SPLITS, part_name
 from pretrainlab.data.readers import compression, read_source
 from pretrainlab.data.sources import PREVIEW_CHARS, BadRecord, SourceSpec, load_registry, scan_file
 from pretrainlab.data import executor as dexec
+from pretrainlab.data.dedupdist import Decided, dedup_rounds, doc_offsets, exact_extras, load_drops, near_extras
 from pretrainlab.data.parallel import Trace, prefix_length
 from pretrainlab.data.stages import STAGES, Document, Reject, Stage, build_stages
 from pretrainlab.errors import DataError
-from pretrainlab.fsio import atomic_open, atomic_write_json, remove_stale_temporaries, replace_dir, sha256_file
+from pretrainlab.fsio import atomic_open, atomic_write_bytes, atomic_write_json, remove_stale_temporaries, replace_dir, sha256_file
 from pretrainlab.progress import console, progress_bar
 
 MANIFEST_KIND = "clean_corpus"
@@ -108,6 +110,16 @@ class Counts:
     seconds: float = 0.0
     skipped: int = 0  # documents of sources that bypass this stage (skip_stages)
 
+    def add(self, other: Counts) -> None:
+        """Add the counts of another piece of the same stage (or source)."""
+        self.docs_in += other.docs_in
+        self.docs_out += other.docs_out
+        self.chars_in += other.chars_in
+        self.chars_out += other.chars_out
+        self.removed.update(other.removed)
+        self.seconds += other.seconds
+        self.skipped += other.skipped
+
     def as_dict(self) -> dict:
         return {
             "docs_skipped": self.skipped,
@@ -127,6 +139,13 @@ class SourceCounts(Counts):
     heldout_docs: int = 0
     heldout_fallback: bool = False
     removed_by_stage: Counter = field(default_factory=Counter)
+
+    def add(self, other: SourceCounts) -> None:
+        super().add(other)
+        self.bad_records += other.bad_records
+        self.train_docs += other.train_docs
+        self.heldout_docs += other.heldout_docs
+        self.removed_by_stage.update(other.removed_by_stage)
 
     def as_dict(self) -> dict:
         d = super().as_dict()
@@ -286,37 +305,56 @@ def _process_source(spec: SourceSpec, run: _Run, out: Path, fraction: float, uni
     """Run the source's units (indices into ``run.units``, in read order) and write one
     train/heldout part pair per unit; returns the counts and each part's document counts."""
     src = SourceCounts()
-    out.mkdir(parents=True, exist_ok=True)
     best: tuple[float, int, int] | None = None  # (heldout value, part, train line) closest to being held out
     parts: list[dict] = []
     with progress_bar(f"data {spec.name}", lines, unit="docs") as bar:
         for k, ui in enumerate(units or [None]):  # a source without input still gets (empty) part 0
-            with ExitStack() as stack:
-                w = _PartWriter(k, stack.enter_context(atomic_open(out / part_name("train", k), "w")),
-                                stack.enter_context(atomic_open(out / part_name("heldout", k), "w")))
-                for item, trace in _items(spec, run, ui, max_doc_bytes):
-                    bar.advance(1)
-                    if isinstance(item, BadRecord):
-                        run.read_bad(item, spec, src)
-                        continue
-                    doc = run.run(item, src, frozenset(spec.skip_stages), trace)
-                    if doc is None:
-                        continue
-                    value = _write_doc(doc, w, fraction)
-                    if value is not None and (best is None or value < best[0]):
-                        best = (value, k, w.train_docs - 1)
-            parts.append({"train": w.train_docs, "heldout": w.heldout_docs})
-    src.train_docs = sum(p["train"] for p in parts)
-    src.heldout_docs = sum(p["heldout"] for p in parts)
-    if fraction > 0 and src.heldout_docs == 0 and src.train_docs >= 2 and best is not None:
-        _, k, line = best
-        _move_line(out / part_name("train", k), out / part_name("heldout", k), line)
-        parts[k]["train"] -= 1
-        parts[k]["heldout"] += 1
-        src.train_docs -= 1
-        src.heldout_docs += 1
-        src.heldout_fallback = True
+            counts, b = _write_unit(spec, run, out, k, ui, fraction, src, max_doc_bytes, bar)
+            parts.append(counts)
+            best = b if best is None or (b is not None and b < best) else best
+    _heldout_fallback(out, parts, src, best, fraction)
     return src, parts
+
+
+def _write_unit(spec: SourceSpec, run: _Run, out: Path, k: int, ui: int | None, fraction: float, src: SourceCounts,
+                max_doc_bytes: int, bar=None) -> tuple[dict, tuple[float, int, int] | None]:
+    """Process work unit ``ui`` into part ``k`` of the source; returns the part's counts and its
+    train document closest to being held out (value, part, line)."""
+    out.mkdir(parents=True, exist_ok=True)
+    best = None
+    with ExitStack() as stack:
+        w = _PartWriter(k, stack.enter_context(atomic_open(out / part_name("train", k), "w")),
+                        stack.enter_context(atomic_open(out / part_name("heldout", k), "w")))
+        for item, trace in _items(spec, run, ui, max_doc_bytes):
+            if bar is not None:
+                bar.advance(1)
+            if isinstance(item, BadRecord):
+                run.read_bad(item, spec, src)
+                continue
+            doc = run.run(item, src, frozenset(spec.skip_stages), trace)
+            if doc is None:
+                continue
+            value = _write_doc(doc, w, fraction)
+            if value is not None and (best is None or value < best[0]):
+                best = (value, k, w.train_docs - 1)
+    src.train_docs += w.train_docs
+    src.heldout_docs += w.heldout_docs
+    return {"train": w.train_docs, "heldout": w.heldout_docs}, best
+
+
+def _heldout_fallback(out: Path, parts: list[dict], src: SourceCounts, best: tuple | None, fraction: float) -> str | None:
+    """A source that held out nothing (tiny) gives its closest train document to held-out;
+    returns the part number changed, if any."""
+    if not (fraction > 0 and src.heldout_docs == 0 and src.train_docs >= 2 and best is not None):
+        return None
+    _, k, line = best
+    _move_line(out / part_name("train", k), out / part_name("heldout", k), line)
+    parts[k]["train"] -= 1
+    parts[k]["heldout"] += 1
+    src.train_docs -= 1
+    src.heldout_docs += 1
+    src.heldout_fallback = True
+    return k
 
 
 def _write_doc(doc: Document, w: _PartWriter, fraction: float) -> float | None:
@@ -441,13 +479,16 @@ def _scan_inputs(specs: list[SourceSpec], cut_bytes: int | None = None,
     return inputs
 
 
-def _up_to_date(out_dir: Path, manifest_id: str) -> dict | None:
-    """The existing corpus' manifest when it was built from the same inputs, config and code, and is intact."""
+def _up_to_date(out_dir: Path, manifest_id: str, unit_mb: float) -> dict | None:
+    """The existing corpus' manifest when it was built from the same inputs, config and code, cut
+    into the same parts (``unit_mb``: the same documents, another layout, keep the id), and is intact."""
     try:
         manifest = json.loads((out_dir / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if manifest.get("kind") != MANIFEST_KIND or manifest.get("manifest_id") != manifest_id:
+        return None
+    if ((manifest.get("config") or {}).get("executor") or {}).get("unit_mb") != unit_mb or "parts" not in manifest:
         return None
     for rel, out in manifest.get("outputs", {}).items():
         p = out_dir / rel
@@ -508,7 +549,7 @@ def build_clean_corpus(cfg: ProjectConfig) -> dict:
         "code": code,
     }
     manifest_id = hashlib.sha256(json.dumps(id_basis, sort_keys=True).encode()).hexdigest()[:16]
-    existing = _up_to_date(out_dir, manifest_id)
+    existing = _up_to_date(out_dir, manifest_id, ex.unit_mb)
     if existing is not None:
         console.print(f"clean corpus {out_dir} is up to date ({existing.get('dataset_version')}, id {manifest_id}); nothing to do")
         return {"out": str(out_dir), "manifest_id": manifest_id, "dataset_version": existing.get("dataset_version"),
@@ -518,15 +559,16 @@ def build_clean_corpus(cfg: ProjectConfig) -> dict:
     for stage in stages:
         stage.bind({s.name: s for s in specs})
 
-    parts = work = None
+    work = plan = None
     if use_executor:
-        plan = dexec.make_plan(cfg.data, [s.name for s in stages[:n_prefix]], specs, units)
+        names = [s.name for s in stages]
+        rounds = dedup_rounds(names, {s.name for s in stages if s.stateful})
+        plan = dexec.make_plan(cfg.data, names, n_prefix, rounds, specs, units)
         root = dexec.work_root(ex, out_dir)
-        done = dexec.run_tasks(plan, ex, root, manifest_id)
-        if done is None:  # a Slurm job was submitted; the merge happens on the next `data build`
+        work = dexec.run_tasks(plan, ex, root, manifest_id)
+        if work is None:  # a Slurm job was submitted; the merge happens on the next `data build`
             return {"out": str(out_dir), "manifest_id": manifest_id, "dataset_version": None, "up_to_date": False,
                     "submitted": True, "sources": {}, "totals": {}, "seconds": round(time.perf_counter() - t0, 3)}
-        work, parts = done
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     umask = os.umask(0)
@@ -535,19 +577,19 @@ def build_clean_corpus(cfg: ProjectConfig) -> dict:
     try:
         per_source: dict[str, SourceCounts] = {}
         part_counts: dict[str, list[dict]] = {}
-        with atomic_open(tmp / "quarantine.jsonl", "w") as quarantine:
-            run = _Run(stages, quarantine, units, parts)
-            for spec in specs:
-                mine = [i for i, u in enumerate(units) if u.source == spec.name]
-                per_source[spec.name], part_counts[spec.name] = _process_source(
-                    spec, run, tmp / spec.name, cfg.data.heldout_fraction, mine, inputs[spec.name]["progress_total"],
-                    cfg.data.max_doc_bytes,
-                )
-        stage_extra = {s.name: s.finish() for s in stages}
-        if parts is not None:
-            parts.drain()
-            for name, extra in parts.merged_extras().items():  # the tasks' statistics + what the replay counted
-                stage_extra[name] = STAGES[name].merge_extras([stage_extra[name], extra])
+        hashes: dict[str, dict] = {}  # part -> sha256 and bytes, when the filter tasks computed them
+        if work is None:
+            with atomic_open(tmp / "quarantine.jsonl", "w") as quarantine:
+                run = _Run(stages, quarantine, units)
+                for spec in specs:
+                    mine = [i for i, u in enumerate(units) if u.source == spec.name]
+                    per_source[spec.name], part_counts[spec.name] = _process_source(
+                        spec, run, tmp / spec.name, cfg.data.heldout_fraction, mine, inputs[spec.name]["progress_total"],
+                        cfg.data.max_doc_bytes,
+                    )
+            stage_extra = {s.name: s.finish() for s in stages}
+        else:
+            run, stage_extra = _collect_filtered(work, plan, stages, specs, tmp, per_source, part_counts, hashes)
         _check_conservation(per_source, run)
 
         docs_in = sum(s.docs_in for s in per_source.values())
@@ -598,7 +640,8 @@ def build_clean_corpus(cfg: ProjectConfig) -> dict:
                 for split in SPLITS:
                     rel = f"{spec.name}/{part_name(split, k)}"
                     p = tmp / rel
-                    outputs[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size, "docs": counts[split]}
+                    known = hashes.get(rel) or {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+                    outputs[rel] = {**known, "docs": counts[split]}
                     parts_listing[spec.name][split].append(rel)
         for extra in ("quarantine.jsonl", "stats.json"):
             p = tmp / extra
@@ -661,3 +704,98 @@ def _check_conservation(per_source: dict[str, SourceCounts], run: _Run) -> None:
     total_removed = sum(sum(s.removed.values()) for s in per_source.values())
     if total_removed != run.quarantined:
         raise RuntimeError(f"internal error: {total_removed} removals but {run.quarantined} quarantine records")
+
+
+# --------------------------------------------------------------------------- executor builds: filter tasks
+
+
+def filter_task(phase: Path, rank: int) -> dict:
+    """Executor task: replay prefix task ``rank``'s documents through the rest of the stages (the
+    dedup stages as their rounds decided, see :mod:`.dedupdist`) and write its units' parts, its
+    piece of the quarantine and its counts (``result-NNNNN.pkl``, read by :func:`_collect_filtered`)."""
+    work_dir = phase.parent.parent
+    plan = dexec.load_plan(work_dir)
+    stages = build_stages(plan.cfg)
+    for stage in stages:
+        stage.bind(plan.sources)
+    stages = [Decided(plan.cfg, s.name, load_drops(work_dir, s.name, plan.buckets, rank)) if s.name in plan.rounds else s
+              for s in stages]
+    parts = dexec.Parts(work_dir, plan, [rank])
+    per_source: dict[str, SourceCounts] = {}
+    written: dict[str, dict] = {}
+    best: dict[str, tuple] = {}
+    lo, hi = plan.ranges[rank]
+    with atomic_open(phase / f"quarantine-{rank:05d}.jsonl", "w") as quarantine:
+        run = _Run(stages, quarantine, plan.units, parts)
+        run.seq = int(doc_offsets(work_dir, len(plan.ranges))[rank])
+        for ui in range(lo, hi):
+            unit = plan.units[ui]
+            src = per_source.setdefault(unit.source, SourceCounts())
+            k = plan.part_index(ui)
+            out = work_dir / "out" / unit.source
+            counts, b = _write_unit(plan.sources[unit.source], run, out, k, ui, plan.cfg.heldout_fraction, src,
+                                    plan.cfg.max_doc_bytes)
+            for split in SPLITS:
+                p = out / part_name(split, k)
+                written[f"{unit.source}/{p.name}"] = {"sha256": sha256_file(p), "bytes": p.stat().st_size, "docs": counts[split]}
+            if b is not None and (unit.source not in best or b < best[unit.source]):
+                best[unit.source] = b
+        parts.drain()
+    extras = {s.name: [s.finish()] for s in stages if s.name not in plan.rounds}
+    for name, extra in parts.merged_extras().items():  # the prefix tasks' statistics
+        extras[name].append(extra)
+    result = {"sources": per_source, "stages": run.stage_counts, "quarantined": run.quarantined, "parts": written,
+              "best": best, "extras": extras}
+    atomic_write_bytes(phase / f"result-{rank:05d}.pkl", pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+    return {"documents": sum(s.docs_in for s in per_source.values()), "quarantined": run.quarantined}
+
+
+def _collect_filtered(work: Path, plan: dexec.Plan, stages: list[Stage], specs: list[SourceSpec], tmp: Path,
+                      per_source: dict, part_counts: dict, hashes: dict) -> tuple[_Run, dict]:
+    """Gather the filter tasks' parts, quarantine pieces and counts into ``tmp`` (the new corpus)."""
+    phase = dexec.phase_dir(work, "filter")
+    run = _Run(stages, None, plan.units)
+    extras: dict[str, list] = {s.name: [] for s in stages}
+    best: dict[str, tuple] = {}
+    for spec in specs:
+        per_source[spec.name] = SourceCounts()
+        n = max(1, sum(u.source == spec.name for u in plan.units))
+        part_counts[spec.name] = [{"train": 0, "heldout": 0} for _ in range(n)]
+    with atomic_open(tmp / "quarantine.jsonl", "wb") as quarantine:
+        for rank in range(len(plan.ranges)):
+            with open(phase / f"quarantine-{rank:05d}.jsonl", "rb") as fh:
+                shutil.copyfileobj(fh, quarantine)
+            with open(phase / f"result-{rank:05d}.pkl", "rb") as fh:
+                res = pickle.load(fh)
+            for name, c in res["sources"].items():
+                per_source[name].add(c)
+            for name, c in res["stages"].items():
+                run.stage_counts[name].add(c)
+            run.quarantined += res["quarantined"]
+            for name, pieces in res["extras"].items():
+                extras[name].extend(pieces)
+            for rel, h in res["parts"].items():
+                source, fname = rel.split("/", 1)
+                split, k = fname[: -len(".jsonl")].rsplit("-", 1)
+                part_counts[source][int(k)][split] = h["docs"]
+                hashes[rel] = {"sha256": h["sha256"], "bytes": h["bytes"]}
+            for name, b in res["best"].items():
+                best[name] = b if name not in best or b < best[name] else best[name]
+    (work / dexec.MOVED_MARK).touch()
+    for spec in specs:
+        (work / "out" / spec.name).mkdir(parents=True, exist_ok=True)
+        os.replace(work / "out" / spec.name, tmp / spec.name)
+        for split in SPLITS:  # a source without input: empty part 0, as in the in-process build
+            (tmp / spec.name / part_name(split, 0)).touch()
+        k = _heldout_fallback(tmp / spec.name, part_counts[spec.name], per_source[spec.name], best.get(spec.name),
+                              plan.cfg.heldout_fraction)
+        if k is not None:
+            for split in SPLITS:
+                hashes.pop(f"{spec.name}/{part_name(split, k)}", None)
+    stage_extra = {name: STAGES[name].merge_extras(pieces) if pieces else {} for name, pieces in extras.items()}
+    for name in plan.rounds:
+        c = run.stage_counts[name]
+        removed = sum(c.removed.values())
+        stage_extra[name] = (exact_extras(c.docs_in, removed) if name == "exact_dedup"
+                             else near_extras(work, plan.buckets, c.docs_in, removed))
+    return run, stage_extra

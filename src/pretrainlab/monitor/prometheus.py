@@ -25,13 +25,11 @@ import json
 import math
 import re
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from pretrainlab.config import PrometheusConfig
 from pretrainlab.errors import UserError
-from pretrainlab.fsio import append_jsonl
 from pretrainlab.monitor.hardware import RANK_FIELDS
 from pretrainlab.monitor.sinks import MetricsSink
 
@@ -98,8 +96,6 @@ class PrometheusExporter(MetricsSink):
             raise UserError(f"prometheus: cannot listen on {cfg.host}:{cfg.port} ({exc.strerror or exc}); "
                             "pick another --set prometheus.port=PORT (or 0 for any free port)") from None
         self.address = f"{cfg.host}:{self.server.server_port}"
-        append_jsonl(self.run_dir / "events.jsonl", {"time": time.time(), "step": None,
-                                                    "event": "prometheus", "address": self.address})
         if governance is not None:  # reading a corpus can take a while: never on the training thread
             threading.Thread(target=self._set_governance, args=(governance,), daemon=True).start()
 

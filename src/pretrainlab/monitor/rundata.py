@@ -21,6 +21,7 @@ from pretrainlab.fsio import iter_jsonl, read_json
 
 RUN_FILES = ("metrics.jsonl", "events.jsonl", "config.yaml")
 
+
 def is_run_dir(path: Path) -> bool:
     return path.is_dir() and any((path / f).is_file() for f in RUN_FILES)
 

@@ -43,10 +43,13 @@ class MultimodalConfig(BaseModel):
         0.0, ge=0.0, description="Training: weight λ2 of the action regression term (hidden state before each action "
         "bin -> its continuous value, MSE); 0 turns it off.")
     temperature: float = Field(0.07, gt=0.0, le=1.0, description="Training: InfoNCE temperature τ.")
-    action_head_lr: float = Field(1e-3, gt=0.0, description="Training: AdamW learning rate of the action regression head.")
+    action_head_lr: float = Field(
+        1e-3, gt=0.0, description="Training: peak learning rate of the multimodal heads (action head, learned τ), "
+        "model parameters in the run's one optimizer with a group of their own (no weight decay); it follows the "
+        "optim schedule, scaled by action_head_lr / optim.lr.")
     learn_temperature: bool = Field(
         False, description="Training: learn the InfoNCE τ (log-parametrized, starts at `temperature`, clamped to "
-        "[0.01, 1]) with the action head's optimizer; saved in checkpoints and logged as `infonce/temperature`.")
+        "[0.01, 1]) as a model parameter beside the action head; saved in checkpoints and logged as `infonce/temperature`.")
     ce_weights: dict[Modality, float] = Field(
         default_factory=dict, description="Training: weight of the token cross-entropy per target modality "
         "(text, image, audio, action, structure = control/marker/timestamp tokens), e.g. {text: 1.0, image: 0.5}; "

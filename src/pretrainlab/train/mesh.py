@@ -83,7 +83,10 @@ class ParallelDims:
 
 def resolve_dims(cfg: ProjectConfig, world: int) -> ParallelDims:
     """The layout ``cfg`` asks for on ``world`` processes; refuses impossible ones in one line."""
+    from pretrainlab.train.parallel_ep import check_expert_parallel
+
     pc, tc = cfg.parallel, cfg.train
+    check_expert_parallel(cfg, world)  # the legacy train.expert_parallel, in its own words
     fixed = pc.dp_replicate * pc.cp * pc.tp * pc.pp
     if pc.dp_shard == 0:
         raise UserError("parallel.dp_shard=0 is not a size; use -1 (the processes left over) or a positive number")
@@ -167,9 +170,12 @@ def _check_pipeline(cfg: ProjectConfig, dims: ParallelDims) -> None:
     if cfg.model.tie_embeddings:
         raise UserError("pipeline parallelism puts the embedding and the output projection on different ranks; "
                         "set model.tie_embeddings=false (or parallel.pp=1)")
-    if dims.ep > 1:
-        raise UserError("pipeline parallelism with expert parallelism is not supported; use parallel.pp=1 with ep, "
-                        "or ep=1 with pp")
+    if cfg.checkpoint.format == "full":
+        raise UserError("checkpoint.format=full gathers the model on rank 0, which holds only the first pipeline "
+                        "stage; use checkpoint.format=sharded (or auto) with parallel.pp > 1")
+    if cfg.model.moe is not None or dims.ep > 1:
+        raise UserError("pipeline parallelism of Mixture-of-Experts models is not supported (the auxiliary losses "
+                        "live in every stage); use parallel.pp=1 with data and expert parallelism")
 
 
 def _cuda() -> bool:

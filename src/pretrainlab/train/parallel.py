@@ -43,10 +43,16 @@ def backend_for(device: str) -> str:
     return "nccl" if device != "cpu" and torch.cuda.is_available() else "gloo"
 
 
+def blocks(model: nn.Module) -> list[tuple[int | str, nn.Module]]:
+    """(key, block) of a model's decoder blocks: a ModuleList, or a pipeline stage's ModuleDict."""
+    layers = model.layers
+    return list(layers.items()) if isinstance(layers, nn.ModuleDict) else list(enumerate(layers))
+
+
 def _checkpoint_blocks(model: nn.Module) -> None:
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
-    for i, block in enumerate(model.layers):
+    for i, block in blocks(model):
         model.layers[i] = checkpoint_wrapper(block)
 
 
@@ -59,7 +65,7 @@ def apply_block_wrappers(model: nn.Module, tc, device: torch.device) -> None:
     if tc.activation_checkpointing:
         _checkpoint_blocks(model)
     if tc.compile:
-        for i, block in enumerate(model.layers):
+        for i, block in blocks(model):
             model.layers[i] = torch.compile(block)
 
 
@@ -76,7 +82,7 @@ def apply_data_parallel(model: nn.Module, tc, dims, mesh, device: torch.device, 
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if tc.precision == "bf16" else MixedPrecisionPolicy()
         dp_mesh = mesh["dp_shard"] if dims.dp_replicate == 1 else mesh["dp_replicate", "dp_shard"]
         ids = {id(p) for _, p in experts}
-        for block in model.layers:
+        for _, block in blocks(model):
             fully_shard(block, mesh=dp_mesh, mp_policy=mp,
                         ignored_params={p for p in block.parameters() if id(p) in ids} or None)
         fully_shard(model, mesh=dp_mesh, mp_policy=mp, ignored_params={p for _, p in experts} or None)

@@ -36,8 +36,8 @@ from pretrainlab.train.mesh import ParallelDims
 class Parallelism:
     """What the training loop asks of a layout: the loss context, gradient finishing, a global clip."""
 
-    def __init__(self, dims: ParallelDims, mesh, ep=None, loss_parallel: bool = False):
-        self.dims, self.mesh, self.ep, self.loss_parallel = dims, mesh, ep, loss_parallel
+    def __init__(self, dims: ParallelDims, mesh, ep=None, loss_parallel: bool = False, pipeline=None):
+        self.dims, self.mesh, self.ep, self.loss_parallel, self.pipeline = dims, mesh, ep, loss_parallel, pipeline
 
     def loss_context(self):
         """Around forward and backward: cross-entropy on vocabulary-split logits (tensor parallel)."""
@@ -56,6 +56,8 @@ class Parallelism:
         """Clip by the norm over all ranks' gradients; returns that norm as a plain tensor."""
         if self.ep is not None:
             return self.ep.clip_grad_norm_(params, max_norm)
+        if self.pipeline is not None:
+            return self.pipeline.clip_grad_norm_(params, max_norm)
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         from torch.distributed.tensor import DTensor
 
@@ -63,42 +65,80 @@ class Parallelism:
 
 
 def parallelize(model: nn.Module, cfg: ProjectConfig, dims: ParallelDims, device: torch.device,
-                local_rank: int = 0) -> tuple[nn.Module, Parallelism]:
-    """Shard ``model`` in place per ``dims``; returns (what the loop calls, the loop's ``Parallelism``)."""
-    from pretrainlab.train.parallel import apply_block_wrappers, apply_data_parallel
+                local_rank: int = 0, accum: int = 1) -> tuple[nn.Module, Parallelism]:
+    """Shard ``model`` in place per ``dims``; returns (the module this rank trains, the loop's ``Parallelism``).
 
+    The returned module is ``model`` itself (FSDP2 and TP work in place), DDP around it, or, under
+    pipeline parallelism, a ``pipeline.PipelinedModel`` holding only this rank's stages.
+    """
     mesh = dims.build_mesh(device.type)
     ep = None
     if dims.ep > 1:
         from pretrainlab.train.parallel_ep import ExpertParallelRun
 
         ep = ExpertParallelRun(model, dims.ep, dims.world, device)
-    loss_parallel = False
+    par = Parallelism(dims, mesh, ep, loss_parallel=dims.tp > 1 and cfg.parallel.loss_parallel)
+    if dims.pp > 1:
+        return _parallelize_pipeline(model, cfg, dims, mesh, device, par, accum), par
+    return _parallelize_part(model, cfg, dims, mesh, device, local_rank, par.loss_parallel, whole=True), par
+
+
+def _parallelize_part(model: nn.Module, cfg: ProjectConfig, dims: ParallelDims, mesh, device: torch.device,
+                      local_rank: int, loss_parallel: bool, whole: bool) -> nn.Module:
+    """TP, block wrappers and data parallelism on a whole model or one pipeline stage."""
+    from pretrainlab.train.parallel import apply_block_wrappers, apply_data_parallel
+
     if dims.tp > 1:
-        loss_parallel = cfg.parallel.loss_parallel
-        apply_tp(model, mesh["tp"], loss_parallel)
+        apply_tp(model, mesh["tp"], loss_parallel, whole)
     apply_block_wrappers(model, cfg.train, device)
-    wrapped = apply_data_parallel(model, cfg.train, dims, mesh, device, local_rank)
-    return wrapped, Parallelism(dims, mesh, ep, loss_parallel)
+    return apply_data_parallel(model, cfg.train, dims, mesh, device, local_rank)
 
 
-def apply_tp(model: nn.Module, tp_mesh, loss_parallel: bool) -> None:
-    """Tensor + sequence parallel over ``tp_mesh`` (see the module docstring); ties embedding and head again."""
+def _parallelize_pipeline(model: nn.Module, cfg: ProjectConfig, dims: ParallelDims, mesh, device: torch.device,
+                          par: Parallelism, accum: int) -> nn.Module:
+    from pretrainlab.errors import UserError
+    from pretrainlab.train.pipeline import Pipeline, PipelinedModel, pipeline_microbatches, split_model
+
+    micro = pipeline_microbatches(cfg, accum)
+    rows = accum * cfg.train.micro_batch
+    if rows % micro:
+        raise UserError(f"parallel.pipeline_microbatches={micro} must divide the {rows} rows each data-parallel rank "
+                        "reads per step (accumulation x train.micro_batch)")
+    stages, ids = split_model(model, cfg, mesh["pp"].get_local_rank(), dims.pp)
+    for stage in stages:
+        _parallelize_part(stage, cfg, dims, mesh, device, 0, par.loss_parallel, whole=False)
+    trained = PipelinedModel(model, stages)
+    trained.pipeline = par.pipeline = Pipeline(stages, ids, dims.pp * cfg.parallel.pipeline_stages_per_rank, mesh,
+                                               cfg, micro, device, par.loss_context)
+    return trained
+
+
+def apply_tp(model: nn.Module, tp_mesh, loss_parallel: bool, whole: bool = True) -> None:
+    """Tensor + sequence parallel over ``tp_mesh`` (see the module docstring); ties embedding and head again.
+
+    ``model`` is a whole decoder or a pipeline stage (which may lack the embedding or the head);
+    ``whole``: also unwrap the DTensor outputs of the model's forward for the loop.
+    """
     from torch.distributed.tensor import Replicate, Shard
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, SequenceParallel, parallelize_module
 
-    tied = model.lm_head.weight is model.embed.weight
-    parallelize_module(model, tp_mesh, {
-        "embed": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
-        "norm": SequenceParallel(),
-        "lm_head": ColwiseParallel(input_layouts=Shard(1), output_layouts=Shard(-1) if loss_parallel else Replicate(),
-                                   use_local_output=not loss_parallel),
-    })
-    for block in model.layers:
+    embed, head = getattr(model, "embed", None), getattr(model, "lm_head", None)
+    tied = embed is not None and head is not None and head.weight is embed.weight
+    plan = {}
+    if embed is not None:
+        plan["embed"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1))
+    if head is not None:
+        plan["norm"] = SequenceParallel()
+        plan["lm_head"] = ColwiseParallel(input_layouts=Shard(1), output_layouts=Shard(-1) if loss_parallel
+                                          else Replicate(), use_local_output=not loss_parallel)
+    parallelize_module(model, tp_mesh, plan)
+    layers = model.layers.values() if isinstance(model.layers, nn.ModuleDict) else model.layers
+    for block in layers:
         parallelize_module(block, tp_mesh, block_plan())
     if tied:  # both are (vocab, d_model) split over the vocabulary: one parameter again
         model.lm_head.weight = model.embed.weight
-    model.register_forward_hook(_plain_outputs)
+    if whole:
+        model.register_forward_hook(_plain_outputs)
 
 
 def block_plan() -> dict:

@@ -173,7 +173,9 @@ def _build_context(cfg: ProjectConfig, recipe: Recipe, tok_info: dict, device: t
     random.seed(tc.seed)
     np.random.seed(tc.seed)
     model = recipe.build_model(cfg).to(device)
-    wrapped, par = parallelize(model, cfg, dims, device, local_rank)
+    wrapped, par = parallelize(model, cfg, dims, device, local_rank, accum)
+    if par.pipeline is not None:  # a pipeline rank holds and trains only its stages
+        model = wrapped
     optimizer = build_optimizer(model, cfg.optim, device.type)
     events: list[tuple[str, dict]] = []  # loader events before the context exists
     loader = MixtureLoader(
@@ -288,6 +290,8 @@ def restore(ctx: TrainContext, path: Path) -> None:
 def forward_backward(ctx: TrainContext, run: StepRunner) -> tuple[torch.Tensor, dict]:
     """Accumulate gradients over this rank's micro-batches; returns (summed loss, summed logged terms)."""
     loss_sum = torch.zeros((), device=ctx.device)
+    if run.par.pipeline is not None:  # the schedule runs this step's micro-batches (train/pipeline.py)
+        return run.par.pipeline.forward_backward(ctx)
     term_sums: dict[str, torch.Tensor] = {}  # extra loss terms (model heads, callbacks), each logged
     for micro in range(ctx.accum):
         batch = ctx.loader.next_batch().to(ctx.device)
