@@ -45,7 +45,9 @@ def main() -> int:
     from pretrainlab.config import ModelConfig, ProjectConfig
     from pretrainlab.model.transformer import Transformer
     from pretrainlab.train import checkpoint as ckpt
-    from pretrainlab.train.parallel import full_state, init_distributed, sharded_state, wrap_model
+    from pretrainlab.train.mesh import resolve_dims
+    from pretrainlab.train.parallel import full_state, init_distributed, sharded_state
+    from pretrainlab.train.parallelize import parallelize
 
     torch.set_num_threads(args.threads)
     rank, world, local_rank = init_distributed()
@@ -56,7 +58,7 @@ def main() -> int:
     torch.manual_seed(0)
     raw = Transformer(mcfg)
     n_params = sum(p.numel() for p in raw.parameters())
-    model = wrap_model(raw, cfg, torch.device("cpu"), world, local_rank)
+    model, _ = parallelize(raw, cfg, resolve_dims(cfg, world), torch.device("cpu"), local_rank)
     opt = torch.optim.AdamW(raw.parameters(), lr=1e-4)
     x = torch.randint(3, args.vocab, (args.micro_batch, args.seq))
     model(x, x)[1].backward()

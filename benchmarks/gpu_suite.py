@@ -502,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in only:
         left = budget - (time.perf_counter() - t_start)
         if left < NEEDS_S[name]:
-            rec.step(name, "skipped", f"time budget: {left:.0f} s left of --budget-s {budget:.0f}, needs ~{NEEDS_S[name]} s")
+            rec.step(name, "skipped", f"time budget: {max(left, 0):.0f} s left of --budget-s {budget:.0f}, needs ~{NEEDS_S[name]} s")
             continue
         print(f"[gpu_suite] {name} ...", flush=True)
         t0 = time.perf_counter()

@@ -44,7 +44,7 @@ echo "job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELI
 # shellcheck disable=SC2016  # the task's variables expand on each task, not here
 srun --kill-on-bad-exit=1 bash -c '
   export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS
-  exec "$0" -m pretrainlab.cli train "$@" --resume auto' "$PYTHON" "$CONFIG" "$@" &
+  exec "$0" -m pretrainlab.cli train -c "$@" --resume auto' "$PYTHON" "$CONFIG" "$@" &
 SRUN=$!
 forward() {  # srun passes the signal on to every task
   echo "got $1: asking the run to checkpoint and stop"

@@ -318,6 +318,7 @@ def test_slurm_job_array_script_runs_the_tasks_and_the_build_merges_them(tmp_pat
     build_clean_corpus(_cfg(tmp_path, "inproc"))
     slurm = ["data.executor.kind=slurm", "data.executor.slurm.partition=cpu", "data.executor.slurm.time=01:30:00",
              "data.executor.tasks=3", "data.executor.workers=2", "data.executor.slurm.mem_per_cpu_gb=4",
+             "data.executor.dedup_buckets=1",
              "data.executor.slurm.sbatch_args={account: lab}", "data.executor.slurm.poll_seconds=0.1"]
     build_clean_corpus(_cfg(tmp_path, "slurm", *EXEC, *slurm))
     _same_corpus(tmp_path / "inproc", tmp_path / "slurm")
@@ -334,12 +335,15 @@ def test_slurm_without_waiting_submits_and_a_rerun_merges(tmp_path, monkeypatch)
     _fake_slurm(tmp_path, monkeypatch)
     _raw(tmp_path)
     cfg = _cfg(tmp_path, "slurm", *EXEC, "data.executor.kind=slurm", "data.executor.slurm.partition=cpu",
-               "data.executor.tasks=2", "data.executor.slurm.wait=false")
+               "data.executor.tasks=2", "data.executor.dedup_buckets=1", "data.executor.slurm.wait=false")
     first = build_clean_corpus(cfg)
     assert first["submitted"] and not (tmp_path / "slurm").exists()
     second = build_clean_corpus(cfg)  # the (fake) job has finished: nothing is submitted again, the parts are merged
     assert second["totals"]["docs_out"] > 0 and (tmp_path / "slurm" / "manifest.json").is_file()
-    assert (tmp_path / "sbatch.log").read_text().count("launch_pickled_pipeline") == 1
+    # one job array per phase (prefix, exact, near-buckets, near-cluster, near-verify, filter), chained by
+    # afterok dependencies and all submitted by the first build; the re-run submits nothing again
+    log = (tmp_path / "sbatch.log").read_text()
+    assert log.count("launch_pickled_pipeline") == 6 and log.count("RUN_OFFSET=0 --dependency=afterok:4242") == 5
 
 
 @pytest.mark.slow

@@ -119,3 +119,98 @@ def test_a_rebuild_into_fewer_parts_leaves_no_stale_token_part(tokenized):
     assert m["sources"]["big"]["train"]["parts"] == ["train-00000"]
     assert sorted(p.name for p in (tmp / "tok_here" / "big").glob("train*.bin")) == ["train-00000.bin"]
     assert len(ShardReader(tmp / "tok_here", "big", "train").parts) == 1
+
+
+KILLER = """
+import importlib, os, signal, sys
+module, name = os.environ["KILL_TARGET"].split(":")
+mod = importlib.import_module(module)
+real, seen = getattr(mod, name), [0]
+
+def wrapper(*args, **kwargs):  # kill -9 the whole command when the target runs for the KILL_AT-th time
+    seen[0] += 1
+    if seen[0] == int(os.environ["KILL_AT"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args, **kwargs)
+
+setattr(mod, name, wrapper)
+from pretrainlab.cli import main
+main(sys.argv[1:])
+"""
+
+
+def _kill_during(args: list[str], target: str, at: int) -> None:
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-c", KILLER, *args]
+    # Own session: an orphaned helper of the killed command (datatrove's Manager) is killed with it.
+    proc = subprocess.Popen(cmd, env={**os.environ, "KILL_TARGET": target, "KILL_AT": str(at)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        assert proc.wait(timeout=180) == -9
+    finally:
+        try:
+            os.killpg(proc.pid, 9)
+        except ProcessLookupError:
+            pass
+
+
+PHASE_FUNCS = {"prefix": "pretrainlab.data.executor:run_task", "exact": "pretrainlab.data.dedupdist:exact_task",
+               "near-buckets": "pretrainlab.data.dedupdist:near_bucket_task",
+               "near-cluster": "pretrainlab.data.dedupdist:near_cluster_task",
+               "near-verify": "pretrainlab.data.dedupdist:near_verify_task", "filter": "pretrainlab.data.pipeline:filter_task"}
+
+
+@pytest.mark.parametrize("phase, at", [("exact", 2), ("near-cluster", 1), ("filter", 2)])
+def test_kill_9_during_a_dedup_or_filter_phase_then_a_rerun_runs_only_its_unfinished_tasks(built, phase, at, monkeypatch):
+    import importlib
+    import os
+
+    from pretrainlab.data import executor as dexec
+
+    sets = [f"workdir={built}", f"data.out={built / phase}", "data.min_chars=50", "data.quality.min_words=20",
+            "data.max_doc_bytes=10000", "data.heldout_fraction=0.1", "data.pii.trend_batch_docs=40", *EXEC,
+            "data.executor.workers=1", "data.executor.tasks=3", "data.executor.dedup_buckets=3"]
+    _kill_during(["data", "build", *[a for s in sets for a in ("--set", s)]], PHASE_FUNCS[phase], at)
+    (work,) = (built / f"{phase}.work").iterdir()
+    plan = dexec.load_plan(work)
+    names = [n for n, _, _ in dexec.phases(plan)]
+    done = {n: {int(x) for x in os.listdir(dexec.phase_dir(work, n) / "completions")}
+            if (dexec.phase_dir(work, n) / "completions").is_dir() else set() for n in names}
+    total = {n: len(mb) for n, _, mb in dexec.phases(plan)}
+    before = names[: names.index(phase)]
+    assert all(len(done[n]) == total[n] for n in before) and len(done[phase]) < total[phase]
+    assert not (built / phase).exists()
+
+    calls: dict[str, list] = {n: [] for n in names}
+    for n, ref in PHASE_FUNCS.items():
+        module, name = ref.split(":")
+        mod = importlib.import_module(module)
+        real = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, _n=n, _real=real, **k: calls[_n].append(a[1]) or _real(*a, **k))
+    build_clean_corpus(load_config(None, sets))
+    assert all(calls[n] == [] for n in before)  # finished phases are not run again
+    assert sorted(calls[phase]) == sorted(set(range(total[phase])) - done[phase])
+    assert _without_times(built / phase) == _without_times(built / "three")
+
+
+def test_kill_9_during_tokenization_then_a_rerun_tokenizes_only_the_unfinished_parts(tokenized, monkeypatch):
+    from pretrainlab.tokenizer import shards
+
+    tmp = tokenized[0]
+    sets = [f"workdir={tmp}", f"data.out={tmp / 'three'}", f"tokenize.out={tmp / 'tok_killed'}",
+            f"tokenizer.out={tmp / 'tok'}", "tokenize.tasks=always", "data.executor.workers=1"]
+    _kill_during(["data", "tokenize", *[a for s in sets for a in ("--set", s)]], "pretrainlab.tokenizer.shards:tokenize_task", 5)
+    finished = len(list((tmp / "tok_killed").glob("*/*.json")))
+    assert finished == 4 and not (tmp / "tok_killed" / "manifest.json").exists()
+    ran = []
+    real = shards.tokenize_task
+    monkeypatch.setattr(shards, "tokenize_task", lambda w, r: ran.append(r) or real(w, r))
+    m = tokenize_corpus(load_config(None, sets))
+    a, b = _files(tmp / "tok_killed"), _files(tmp / "tok_tasks")
+    n_parts = sum(k.endswith(".bin") for k in b)
+    assert len(ran) == len(m["retokenized"]) == n_parts - 4  # the 4 parts done before the kill are not redone
+    assert [k for k in a if k.endswith(".bin")] == [k for k in b if k.endswith(".bin")]
+    assert all(a[k] == b[k] for k in a if k.endswith((".bin", ".idx.npy")))

@@ -23,6 +23,8 @@ import yaml
 
 from conftest import tiny_overrides
 from pretrainlab.config import PrometheusConfig, load_config
+from pretrainlab.data.pipeline import build_clean_corpus
+from pretrainlab.data.report import write_data_report
 from pretrainlab.errors import UserError
 from pretrainlab.fsio import append_jsonl, iter_jsonl
 from pretrainlab.monitor.dashboard import render_views
@@ -146,30 +148,44 @@ def test_dashboard_names_a_straggler_from_the_events(hw_run, tmp_path):
 # --------------------------------------------------------------------------- governance view
 
 
-def _governance_run(tmp_path: Path) -> Path:
-    clean, tokens, run = tmp_path / "clean", tmp_path / "tokens", tmp_path / "runs" / "gov"
-    for d in (clean, tokens, run):
+LONG = "This sentence is long enough to pass the length filter of this test, and it is plain English text. "
+
+
+def _governance_run(tmp_path: Path, report: bool = True) -> Path:
+    """A real clean corpus (`data build`: langid, PII redaction, dedup; one doc too short, one duplicate), its
+    token-shard manifest naming it, and a run whose config trains on those shards."""
+    raw, tokens, run = tmp_path / "raw", tmp_path / "tokens", tmp_path / "runs" / "gov"
+    for d in (raw, tokens, run):
         d.mkdir(parents=True)
-    (clean / "manifest.json").write_text(json.dumps({"manifest_id": "m-42", "dataset_version": "v3"}))
-    (clean / "governance.json").write_text(json.dumps({  # what `pretrainlab data report` writes
-        "dataset_version": "v3", "manifest_id": "m-42",
-        "sources": {"prose": {"docs_out": 90, "tokens_est": 9000, "token_share": 0.75, "doc_share": 0.6, "license": "cc-by"},
-                    "code": {"docs_out": 60, "tokens_est": 3000, "token_share": 0.25, "doc_share": 0.4, "license": "mit"}},
-        "languages": {"en": 120, "zh": 30},
-        "pii": {"detections": {"email": 7, "phone": 2}, "docs_with_pii": 5},
-        "removals_by_stage": {"quality": {"gopher_quality": 11}, "dedup": {"duplicate": 4}}}))
-    (tokens / "manifest.json").write_text(json.dumps({"corpus_dir": str(clean)}))
+    docs = {"prose": [f"Story {i}. {LONG * 3}" for i in range(8)] + ["short"],
+            "mail": [f"Letter {i}: write to person{i}@example.com. {LONG * 2}" for i in range(4)] + [f"Letter 0: write to person0@example.com. {LONG * 2}"]}
+    registry = {}
+    for name, texts in docs.items():
+        (raw / f"{name}.jsonl").write_text("".join(json.dumps({"id": f"{name}:{i}", "text": t}) + "\n"
+                                                   for i, t in enumerate(texts)))
+        registry[name] = {"path": f"{name}.jsonl", "format": "jsonl", "text_field": "text", "languages": ["en"],
+                          "license": "CC0-1.0" if name == "prose" else "CC-BY-4.0", "modality": "text",
+                          "approval": {"status": "approved", "by": "tests", "date": "2026-01-01"}, "pii_policy": "redact"}
+    (raw / "sources.yaml").write_text(yaml.safe_dump({"sources": registry}))
+    cfg = load_config(None, [f"workdir={tmp_path}", "data.min_chars=50", "data.heldout_fraction=0",
+                             "data.stages=[normalize, length_filter, langid, pii, exact_dedup]"])
+    build_clean_corpus(cfg)
+    if report:
+        write_data_report(tmp_path / "clean")
+    (tokens / "manifest.json").write_text(json.dumps({"corpus_dir": str(tmp_path / "clean")}))
     (run / "config.yaml").write_text(yaml.safe_dump({"train": {"tokens": str(tokens), "steps": 10}}))
     return run
 
 
-def test_governance_view_shows_the_runs_dataset_shares_languages_pii_and_quarantine(tmp_path):
-    run = _governance_run(tmp_path)
+@pytest.mark.parametrize("report", [True, False], ids=["governance.json", "computed"])
+def test_governance_view_shows_the_runs_dataset_shares_languages_pii_and_quarantine(tmp_path, report):
+    run = _governance_run(tmp_path, report)
     view = render_views(run.parent)
     gov = view["governance"]
-    assert 'id="gov-gov"' in gov and "dataset version <b>v3</b>" in gov
-    for text in ("<td>prose</td><td>cc-by</td>", "75.0%", "<td>zh</td>", "<td>email</td><td>7</td>",
-                 "<td>quality</td><td>gopher_quality</td><td>11</td>", "5 document(s) with PII"):
+    assert 'id="gov-gov"' in gov and "dataset version <b>dataset-v" in gov
+    for text in ("<td>prose</td><td>CC0-1.0</td><td>8</td>", "<td>mail</td><td>CC-BY-4.0</td><td>4</td>",
+                 "<td>en</td><td>12</td><td>100.0%</td>", "<td>email</td><td>5</td>", "5 document(s) with PII",  # the duplicate is redacted before dedup drops it
+                 "<td>length_filter</td><td>too_short</td><td>1</td>", "<td>exact_dedup</td><td>duplicate</td><td>1</td>"):
         assert text in gov, text
     assert '<a href="#gov-gov">governance</a>' in view["status"]
     assert "<h2>Data governance</h2>" in build_report_html(run)

@@ -22,11 +22,13 @@ from pretrainlab.errors import UserError
 _SCALARS = (int, float, str, bool, Path)
 
 # Generated flags whose field name means different things in different sections get a distinct name;
-# the field-name spelling stays as a deprecated alias for one release.
+# where the field-name spelling was released it stays as a deprecated alias for one release.
 FLAG_NAMES = {
     ("train", "tokens"): "--tokens-dir",  # a folder; `plan --tokens` is a token count
     ("experiments", "parallel"): "--parallel-runs",  # a count; `train --parallel` is a strategy (ddp|fsdp2)
+    ("tokenize", "tasks"): "--executor-tasks",  # auto|always|never; `eval --tasks` lists tasks
 }
+UNRELEASED_FLAGS = {("tokenize", "tasks")}  # renamed before any release: no old spelling to keep
 
 PACKAGED_QUICKSTART = "quickstart.yaml"  # src/pretrainlab/configs/, a copy of configs/quickstart.yaml
 
@@ -95,10 +97,10 @@ def add_section_flags(parser: argparse.ArgumentParser, section: str, only: tuple
             continue
         field_flag = "--" + name.replace("_", "-")
         flag = FLAG_NAMES.get((section, name), field_flag)
-        kwargs = _flag_kwargs(field.annotation, kind, name, field.description or "")
+        kwargs = _flag_kwargs(field.annotation, kind, flag[2:].replace("-", "_"), field.description or "")
         dest = f"cfg__{section}__{name}"
         group.add_argument(flag, dest=dest, default=None, **kwargs)
-        if flag != field_flag:
+        if flag != field_flag and (section, name) not in UNRELEASED_FLAGS:
             group.add_argument(field_flag, dest=dest, default=None, action=DeprecatedFlag, new_flag=flag,
                                **{k: v for k, v in kwargs.items() if k in ("type", "choices", "metavar")})
 

@@ -635,7 +635,8 @@ class GuardConfig(Section):
     A bad step (non-finite loss or gradient, or a loss spike) is skipped; after
     `rollback_after` consecutive bad steps, or `rollback_max_in_window` within
     `rollback_window` steps, the run reloads the newest complete checkpoint and
-    skips `skip_batches` batches of data (the PaLM remedy). Every action is an
+    skips the data past the bad step plus `skip_batches` batches, a margin that doubles
+    on each further rollback (the PaLM remedy). Every action is an
     event in events.jsonl; alerts go where `alerts` says.
     """
 
@@ -648,7 +649,8 @@ class GuardConfig(Section):
     rollback_max_in_window: int = Field(5, ge=1, description="Bad steps within rollback_window that trigger a rollback.")
     rollback_window: int = Field(100, ge=1, description="Steps over which rollback_max_in_window counts bad steps.")
     skip_batches: int = Field(
-        200, ge=0, description="Global batches (optimizer steps of data) skipped after a rollback, from the checkpoint's data position."
+        200, ge=0, description="After a rollback, global batches (optimizer steps of data) skipped beyond everything "
+        "consumed up to the bad step; doubled on each further rollback of the run."
     )
     max_rollbacks: int = Field(3, ge=0, description="Rollbacks allowed in one run; one more stops training with an error.")
     rising_window: str = Field("24h", description="Loss rising over this window ('24h', '90m' or '500steps') is a bad trend.")
@@ -659,7 +661,9 @@ class GuardConfig(Section):
     flat_tolerance: float = Field(
         0.001, ge=0, description="Flat = the fitted loss fell by less than this fraction of its mean over flat_window."
     )
-    throughput_window: str = Field("1h", description="Window whose median tokens/s is the throughput reference.")
+    throughput_window: str = Field(
+        "1h", description="Window whose median tokens/s is the throughput reference (the history there is, while shorter)."
+    )
     throughput_fraction: float = Field(0.5, gt=0, lt=1, description="tokens/s below this fraction of the window median is a drop.")
     throughput_action: GuardAction = Field("alert", description="What a throughput drop does: alert, pause, off.")
     straggler_factor: float = Field(

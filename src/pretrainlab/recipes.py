@@ -30,6 +30,7 @@ from pretrainlab.train import trainer
 from pretrainlab.train.callbacks import Callback
 from pretrainlab.train.context import Recipe, TrainContext
 from pretrainlab.train.guard import build_guard_callbacks
+from pretrainlab.train.memory_probe import build_memory_probe
 from pretrainlab.train.moe_monitor import build_moe_callbacks
 
 
@@ -43,7 +44,8 @@ def build_model(cfg: ProjectConfig) -> nn.Module:
 def build_callbacks(ctx: TrainContext, given: list[Callback]) -> list[Callback]:
     """The caller's callbacks first, then what the config asks for."""
     return [*given, *build_moe_callbacks(ctx, given), *build_guard_callbacks(ctx), *eval_callbacks(ctx.cfg),
-            *build_multimodal_callbacks(ctx), *build_cluster_callbacks(ctx)]  # cluster monitor last: it times steps
+            *build_multimodal_callbacks(ctx), *build_memory_probe(ctx),
+            *build_cluster_callbacks(ctx)]  # cluster monitor last: it times steps
 
 
 def build_sinks(ctx: TrainContext) -> MultiSink:

@@ -94,6 +94,9 @@ class SlurmExecutor(SlurmPipelineExecutor):
         with _file_only_task_logs(_dt_base):
             return super()._run_for_rank(rank, local_rank, node_rank)
 
+    def launch_merge_stats(self):
+        """No extra job per phase to merge datatrove's step statistics: the build keeps its own."""
+
 
 def _ray_executor_class():
     from datatrove.executor import ray as _dt_ray
@@ -106,7 +109,9 @@ def _ray_executor_class():
     return RayExecutor
 
 
-def make_executor(ex: DataExecutorConfig, work_dir: str, tasks: int, step: TaskStep):
+def make_executor(ex: DataExecutorConfig, work_dir: str, tasks: int, step: TaskStep, depends=None, job_suffix: str = ""):
+    """datatrove's executor for ``tasks`` runs of ``step``; Slurm only: ``depends`` (the executor
+    of the previous phase: this array starts after it succeeded) and a job-name suffix."""
     quiet_console()  # (the Ray executor warns that a local work folder must be shared: docs/CONFIG.md says so)
     pipeline = [step]
     if ex.kind == "local":
@@ -114,11 +119,15 @@ def make_executor(ex: DataExecutorConfig, work_dir: str, tasks: int, step: TaskS
                              start_method="fork" if sys.platform.startswith("linux") else "spawn")
     if ex.kind == "slurm":
         s = ex.slurm
+        sbatch_args = dict(s.sbatch_args)
+        if depends is not None:
+            sbatch_args.setdefault("kill-on-invalid-dep", "yes")
         return SlurmExecutor(
             pipeline, tasks=tasks, time=s.time, partition=s.partition, cpus_per_task=s.cpus_per_task,
-            mem_per_cpu_gb=s.mem_per_cpu_gb, workers=ex.workers or -1, job_name=s.job_name, qos=s.qos or "",
-            env_command=s.env_command or python_env_command(), sbatch_args=dict(s.sbatch_args),
-            max_array_size=s.max_array_size, logging_dir=work_dir,
+            mem_per_cpu_gb=s.mem_per_cpu_gb, workers=ex.workers or -1,
+            job_name=f"{s.job_name}-{job_suffix}" if job_suffix else s.job_name, qos=s.qos or "",
+            env_command=s.env_command or python_env_command(), sbatch_args=sbatch_args,
+            max_array_size=s.max_array_size, logging_dir=work_dir, depends=depends,
         )
     r = ex.ray
     return _ray_executor_class()(pipeline, tasks=tasks, workers=ex.workers or -1, logging_dir=work_dir,

@@ -347,11 +347,62 @@ def run_tasks(plan: Plan, ex: DataExecutorConfig, root: Path, manifest_id: str) 
         shutil.rmtree(phase_dir(work_dir, "filter"), ignore_errors=True)
         shutil.rmtree(work_dir / "out", ignore_errors=True)
         (work_dir / MOVED_MARK).unlink()
+    if ex.kind == "slurm":
+        return work_dir if _run_slurm_chain(plan, ex, work_dir) else None
     for name, func, task_mb in phases(plan):
         label = "data tasks" if name == "prefix" else f"data {name} tasks"
         if not execute(func, ex, phase_dir(work_dir, name), task_mb, label):
             return None
     return work_dir
+
+
+def _run_slurm_chain(plan: Plan, ex: DataExecutorConfig, work_dir: Path) -> bool:
+    """Submit every unfinished phase as one job array, each depending on the one before
+    (``afterok``; ``--kill-on-invalid-dep`` removes the rest of the chain when a phase fails),
+    unless a chain of this plan is still queued or running; then wait for it. Returns False when
+    not waiting (data.executor.slurm.wait=false); raises a DataError when a phase did not finish."""
+    from pretrainlab.data import dtsteps  # imports this module (a circle)
+
+    todo = [(n, f, mb) for n, f, mb in phases(plan) if len(_completed(phase_dir(work_dir, n))) < len(mb)]
+    job_file = work_dir / "slurm_jobs.json"
+    jobs: list[str] = []
+    if job_file.is_file():
+        jobs = [j for j in json.loads(job_file.read_text(encoding="utf-8")).get("jobs", []) if _slurm_job_alive(j)]
+        if jobs:
+            console.print(f"slurm jobs {', '.join(jobs)} of this build are still queued or running; waiting for them")
+    if todo and not jobs:
+        previous = None
+        executors = []
+        for name, func, task_mb in todo:
+            d = phase_dir(work_dir, name)
+            d.mkdir(parents=True, exist_ok=True)
+            e = dtsteps.make_executor(ex, str(d), len(task_mb), dtsteps.TaskStep(func, str(d), name), depends=previous,
+                                      job_suffix=name)
+            executors.append(e)
+            previous = e
+        dtsteps.run_quietly(previous, ex)  # launches the chain, dependencies first
+        jobs = [str(e.job_id) for e in executors if str(e.job_id) != "-1"]
+        atomic_write_bytes(job_file, json.dumps({"jobs": jobs}).encode())
+        console.print(f"submitted slurm jobs {', '.join(jobs)} (phases {', '.join(n for n, _, _ in todo)}; "
+                      f"scripts and logs under {work_dir})")
+    if jobs and not ex.slurm.wait:
+        console.print(f"not waiting (data.executor.slurm.wait=false); when jobs {', '.join(jobs)} are done, re-run "
+                      "`pretrainlab data build` to collect the corpus")
+        return False
+    last_name, _, last_mb = phases(plan)[-1]
+    first_mb = phases(plan)[0][2]
+    with _TaskProgress(first_mb, work_dir, "data tasks (slurm)"):
+        while (len(_completed(phase_dir(work_dir, last_name))) < len(last_mb)
+               and any(_slurm_job_alive(j) for j in jobs)):
+            time.sleep(ex.slurm.poll_seconds)
+    for name, _, task_mb in phases(plan):
+        d = phase_dir(work_dir, name)
+        missing = sorted(set(range(len(task_mb))) - _completed(d))
+        if missing:
+            raise DataError(f"{len(missing)} of {len(task_mb)} data {name} tasks did not finish on Slurm; logs: "
+                            f"{d}/logs/task_{missing[0]:05d}.log (and slurm_logs); re-run `pretrainlab data build` "
+                            "to run only those tasks")
+    return True
 
 
 def execute(func: str, ex: DataExecutorConfig, work_dir: Path, task_mb: list[float], label: str) -> bool:

@@ -45,6 +45,8 @@ def smooth(losses: list[float], beta: float = EMA_BETA) -> list[float]:
 class LRRamp(Callback):
     """Overrides the schedule's LR before each update; stops the run once the loss has blown up."""
 
+    needs_host_metrics = True  # reads every step's loss
+
     def __init__(self, lr_min: float, lr_max: float, steps: int, stop_factor: float):
         self.lr_min, self.lr_max, self.steps, self.stop_factor = lr_min, lr_max, steps, stop_factor
         self.losses: list[float] = []

@@ -43,6 +43,8 @@ class Variant:
 class StepRecorder(Callback):
     """Keeps every step's metrics (the trainer logs only every ``log_every`` steps)."""
 
+    needs_host_metrics = True  # every step's numbers, so every step waits for the device (experiments only)
+
     def __init__(self, record_zero_grads: bool = False):
         self.record_zero_grads = record_zero_grads
         self.steps: list[dict] = []

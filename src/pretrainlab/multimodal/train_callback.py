@@ -64,6 +64,8 @@ class MultimodalLosses(Callback):
     (``infonce/temperature``), and runs ``mm eval`` at the end of the run (``multimodal.eval_at_end``).
     """
 
+    needs_host_metrics = True  # its per-modality CE and temperature are read every step
+
     def __init__(self, ctx: "TrainContext"):
         from pretrainlab.multimodal.build import mm_paths
         from pretrainlab.tokenizer.vocab import load_tokenizer

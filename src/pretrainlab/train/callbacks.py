@@ -16,6 +16,10 @@ if TYPE_CHECKING:
 
 
 class Callback:
+    # True: this callback reads plain numbers from ``metrics`` every step, so every step waits for the device.
+    # Otherwise only log, checkpoint and validation steps do (train/trainer.py ``read_metrics``).
+    needs_host_metrics: bool = False
+
     def on_train_start(self, ctx: "TrainContext") -> None: ...
 
     def extra_losses(self, ctx: "TrainContext", batch, logits) -> dict:
@@ -30,7 +34,17 @@ class Callback:
         """Gradients are accumulated and clipped, the optimizer has not stepped yet.
 
         ``metrics`` holds this step's loss and grad_norm; a callback may add keys
-        (they are logged) or set ``ctx.skip_step = True`` to skip the update.
+        (they are logged) or set ``ctx.skip_step = True`` to skip the update. On a step
+        whose metrics are read later they are device tensors: a callback must not turn
+        them into numbers (that waits for the device) but may set ``ctx.skip_step`` to a
+        device bool tensor, and settle its bookkeeping in ``on_metrics_read``.
+        """
+
+    def on_metrics_read(self, ctx: "TrainContext", records: list[dict]) -> None:
+        """The step records kept on the device since the last read, now plain numbers (one host sync).
+
+        Called at the start of the next log, checkpoint or validation step (or before a stop), in step order;
+        ``records[i]["skipped"]`` says whether that step's update was skipped.
         """
 
     def on_step_end(self, ctx: "TrainContext", metrics: dict) -> None:
@@ -72,9 +86,19 @@ class CallbackList(Callback):
                 terms.update(fn(ctx, batch, logits))
         return terms
 
+    @property
+    def needs_host_metrics(self) -> bool:
+        return any(getattr(cb, "needs_host_metrics", False) for cb in self.callbacks)
+
     def on_after_backward(self, ctx, metrics):
         for cb in self.callbacks:
             cb.on_after_backward(ctx, metrics)
+
+    def on_metrics_read(self, ctx, records):
+        for cb in self.callbacks:
+            fn = getattr(cb, "on_metrics_read", None)  # duck-typed callbacks written before this hook
+            if fn is not None:
+                fn(ctx, records)
 
     def on_step_end(self, ctx, metrics):
         for cb in self.callbacks:

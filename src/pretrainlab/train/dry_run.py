@@ -16,6 +16,7 @@ from pretrainlab.config import ProjectConfig
 from pretrainlab.errors import UserError
 from pretrainlab.model.transformer import Transformer, count_params, flops_per_token
 from pretrainlab.progress import console
+from pretrainlab.train.mesh import ParallelDims, resolve_dims
 
 
 def _vocab_size(cfg: ProjectConfig) -> tuple[int, str]:
@@ -29,6 +30,27 @@ def _vocab_size(cfg: ProjectConfig) -> tuple[int, str]:
         return cfg.tokenizer.vocab_size, "tokenizer.vocab_size (no trained tokenizer yet)"
 
 
+def planned_memory(cfg: ProjectConfig, layout: ParallelDims) -> dict:
+    """The planner's per-device memory for ``cfg`` trained in ``layout`` (its ``memory`` section).
+
+    The planner sees the run as launched, unless the plan section says otherwise explicitly: this many
+    devices, tensor/pipeline/expert parallel degrees from the layout, FSDP2 sharding = ZeRO stage 3.
+    ``cfg.model.vocab_size`` must be set.
+    """
+    from pretrainlab.plan.planner import make_plan
+
+    given, update = cfg.plan.model_fields_set, {}
+    if cfg.plan.devices is None:
+        update["devices"] = layout.world
+    for name, value in (("tensor_parallel", layout.tp), ("pipeline_parallel", layout.pp),
+                        ("expert_parallel", layout.ep)):
+        if name not in given:
+            update[name] = value
+    if "zero_stage" not in given and layout.fsdp and layout.dp_shard > 1:
+        update["zero_stage"] = 3
+    return make_plan(cfg.model_copy(update={"plan": cfg.plan.model_copy(update=update)}))["memory"]
+
+
 def dry_run(cfg: ProjectConfig, world: int | None = None) -> dict:
     world = world or int(os.environ.get("WORLD_SIZE", "1"))
     vocab, vocab_source = _vocab_size(cfg)
@@ -39,7 +61,8 @@ def dry_run(cfg: ProjectConfig, world: int | None = None) -> dict:
     counts = count_params(model_cfg)
     tc = cfg.train
     rows = tc.global_batch_tokens // tc.seq_len
-    per_step = tc.micro_batch * world
+    layout = resolve_dims(cfg.model_copy(update={"model": model_cfg}), world, check_device=False)
+    per_step = tc.micro_batch * layout.dp  # data-parallel ranks read different rows
     accum = rows // per_step if rows % per_step == 0 else None
     result = {
         "vocab_size": vocab,
@@ -52,23 +75,13 @@ def dry_run(cfg: ProjectConfig, world: int | None = None) -> dict:
         "grad_accum": accum,
         "tokens_total": tc.steps * tc.global_batch_tokens,
     }
-    # The planner sees the run as launched: this many devices, FSDP2 = ZeRO stage 3 (unless the plan
-    # section says otherwise explicitly).
-    plan_update = {}
-    if cfg.plan.devices is None:
-        plan_update["devices"] = world
-    if "zero_stage" not in cfg.plan.model_fields_set and tc.parallel == "fsdp2" and world > 1:
-        plan_update["zero_stage"] = 3
-    if "expert_parallel" not in cfg.plan.model_fields_set and tc.expert_parallel > 1:
-        plan_update["expert_parallel"] = tc.expert_parallel
-    plan_cfg = cfg.model_copy(update={"model": model_cfg, "plan": cfg.plan.model_copy(update=plan_update)})
+    result["layout"] = layout.describe()
     try:
-        from pretrainlab.plan.planner import make_plan
-
-        mem = make_plan(plan_cfg)["memory"]
+        mem = planned_memory(cfg.model_copy(update={"model": model_cfg}), layout)
         result["memory_per_device_bytes"] = mem.get("total_bytes")
         result["memory_fits"] = mem.get("fits")
-        result["memory_detail"] = {k: mem.get(k) for k in ("model_states_bytes", "activations_bytes", "device_bytes")}
+        result["memory_detail"] = {k: mem.get(k) for k in ("model_states_bytes", "activations_bytes", "device_bytes",
+                                                           "params_per_device", "weights_bytes", "optimizer_bytes")}
     except UserError as err:
         result["memory_error"] = str(err)
 
@@ -85,13 +98,18 @@ def dry_run(cfg: ProjectConfig, world: int | None = None) -> dict:
     table.add_row("world size / grad accumulation", f"{world} / {accum if accum else 'does not divide'}")
     table.add_row("total tokens", f"{result['tokens_total'] / 1e9:.2f} B")
     table.add_row("training FLOPs", f"{result['flops_per_token'] * result['tokens_total']:.3e}")
+    table.add_row("layout", result["layout"])
+    if "memory_detail" in result:
+        d = result["memory_detail"]
+        table.add_row("per rank: parameters / weights / optimizer", f"{d['params_per_device']:,.0f} / "
+                      f"{d['weights_bytes'] / 2**20:.2f} MiB / {d['optimizer_bytes'] / 2**20:.2f} MiB")
     if "memory_per_device_bytes" in result:
         table.add_row("memory per device (planner)", f"{result['memory_per_device_bytes'] / 2**30:.1f} GiB "
                       f"({'fits' if result['memory_fits'] else 'does NOT fit'}; details: pretrainlab plan)")
     console.print(table)
     if accum is None:
         raise UserError(
-            f"train.global_batch_tokens={tc.global_batch_tokens} is not divisible by micro_batch*seq_len*world "
-            f"({tc.micro_batch}*{tc.seq_len}*{world}); adjust it or train.micro_batch"
+            f"train.global_batch_tokens={tc.global_batch_tokens} is not divisible by micro_batch*seq_len*data-parallel "
+            f"ranks ({tc.micro_batch}*{tc.seq_len}*{layout.dp}); adjust it or train.micro_batch"
         )
     return result

@@ -17,6 +17,13 @@
   pauses the run or alerts; tokens/s below ``throughput_fraction`` of the
   median over the window (or over the history there is, while it is shorter) alerts.
 
+On a step whose metrics are read later (not a log, checkpoint or validation step:
+train/trainer.py ``read_metrics``) the bad-step test runs on the device against the
+spike threshold of the losses read so far, and the update is skipped there (no
+host sync); the skip's events, alerts and any rollback follow when the records
+are read (``on_metrics_read``), at the next such step. With ``train.log_every=1``
+every step is read at once, as before.
+
 The guard decides; the trainer carries out rollbacks and pauses
 (``ctx.request_rollback`` / ``ctx.request_pause``). Every decision is an event in
 events.jsonl and, from warnings up, an alert (monitor/alerts.py).
@@ -31,6 +38,8 @@ import statistics
 import time
 from collections import deque
 from typing import TYPE_CHECKING
+
+import torch
 
 from pretrainlab.config import GuardConfig, parse_window
 from pretrainlab.errors import TrainingStopped
@@ -66,6 +75,7 @@ class Guard(Callback):
         self.tput_low = False
         self.last_alert_x: dict[str, float] = {}
         self.last_check_x: dict[str, float] = {}
+        self.on_device: dict[int, tuple[torch.Tensor, float | None]] = {}  # step -> (bad flag, threshold), unread
 
     # ----------------------------------------------------------------- bad steps
 
@@ -78,6 +88,11 @@ class Guard(Callback):
 
     def on_after_backward(self, ctx: "TrainContext", metrics: dict) -> None:
         step, loss, gnorm = metrics["step"], metrics["loss"], metrics["grad_norm"]
+        if isinstance(loss, torch.Tensor):  # read later: decide on the device, settle in on_metrics_read
+            self._decide_on_device(ctx, step, loss, gnorm)
+            return
+        if getattr(ctx, "rollback_request", None) is not None:  # asked for while reading earlier steps
+            return
         reason, threshold = None, self.spike_threshold(step)
         if self.cfg.skip_nonfinite and not (_finite(loss) and _finite(gnorm)):
             reason = "nonfinite"
@@ -89,6 +104,43 @@ class Guard(Callback):
                 self.losses.append(float(loss))
             return
         ctx.skip_step = True
+        self._bad_step(ctx, metrics, reason, threshold)
+
+    def _decide_on_device(self, ctx: "TrainContext", step: int, loss: torch.Tensor, gnorm: torch.Tensor) -> None:
+        """The same test as on the host, as a device bool: non-finite loss or grad norm, or a spike."""
+        threshold = self.spike_threshold(step)
+        finite_loss = torch.isfinite(loss)
+        bad = ~(finite_loss & torch.isfinite(gnorm)) if self.cfg.skip_nonfinite else torch.zeros_like(finite_loss)
+        if threshold is not None:
+            bad = bad | (finite_loss & (loss > threshold))
+        self.on_device[step] = (bad, threshold)
+        if ctx.skip_step is not True:  # another callback's host decision to skip stands
+            ctx.skip_step = bad if ctx.skip_step is False else ctx.skip_step | bad
+
+    def on_metrics_read(self, ctx: "TrainContext", records: list[dict]) -> None:
+        """Steps decided on the device, now read: what ``on_after_backward`` would have done for each, in order."""
+        pending = [(r, *self.on_device.pop(r["step"])) for r in records if r.get("step") in self.on_device]
+        self.on_device.clear()
+        if not pending:
+            return
+        flags = torch.stack([bad for _, bad, _ in pending]).tolist()
+        for (r, _, threshold), bad in zip(pending, flags):
+            if ctx.rollback_request is not None:  # a rollback discards the steps after it
+                break
+            loss, gnorm = r["loss"], r["grad_norm"]
+            if bad:
+                nonfinite = self.cfg.skip_nonfinite and not (_finite(loss) and _finite(gnorm))
+                self._bad_step(ctx, r, "nonfinite" if nonfinite else "spike", threshold)
+                continue
+            self.consecutive = 0
+            if _finite(loss):
+                self.losses.append(float(loss))
+                if not r.get("skipped"):  # the trend point on_step_end could not take from a device tensor
+                    self.points.append((r["step"], r.get("time", time.time()), float(loss)))
+
+    def _bad_step(self, ctx: "TrainContext", metrics: dict, reason: str, threshold: float | None) -> None:
+        """A skipped update: count it, record it, alert, and ask for a rollback when the rules say so."""
+        step, loss, gnorm = metrics["step"], metrics["loss"], metrics["grad_norm"]
         metrics["guard"] = reason
         self.skipped += 1
         self.consecutive += 1

@@ -72,6 +72,16 @@ class ParallelDims:
                  if getattr(self, n) > 1]
         return " x ".join(parts) or "one process"
 
+    def ep_mesh(self, device_type: str):
+        """The (replica, ep) mesh of expert parallelism: ``ep`` consecutive data-parallel ranks share one copy of
+        the experts; every other rank with the same position in its group holds the same slice (a replica)."""
+        import torch
+        from torch.distributed.device_mesh import DeviceMesh
+
+        ranks = torch.arange(self.world).view(self.pp, self.dp // self.ep, self.ep, self.cp, self.tp)
+        ranks = ranks.permute(0, 1, 3, 4, 2).reshape(-1, self.ep)
+        return DeviceMesh(device_type, ranks, mesh_dim_names=("replica", "ep"))
+
     def build_mesh(self, device_type: str):
         """The world's ``DeviceMesh`` over ``DIMS`` (size-1 dimensions included, so slices never fail); None alone."""
         if self.world <= 1:
@@ -81,8 +91,11 @@ class ParallelDims:
         return init_device_mesh(device_type, tuple(getattr(self, n) for n in DIMS), mesh_dim_names=DIMS)
 
 
-def resolve_dims(cfg: ProjectConfig, world: int) -> ParallelDims:
-    """The layout ``cfg`` asks for on ``world`` processes; refuses impossible ones in one line."""
+def resolve_dims(cfg: ProjectConfig, world: int, check_device: bool = True) -> ParallelDims:
+    """The layout ``cfg`` asks for on ``world`` processes; refuses impossible ones in one line.
+
+    ``check_device=False`` (dry runs, planning on a laptop) skips what depends on this machine (CUDA).
+    """
     from pretrainlab.train.parallel_ep import check_expert_parallel
 
     pc, tc = cfg.parallel, cfg.train
@@ -110,11 +123,11 @@ def resolve_dims(cfg: ProjectConfig, world: int) -> ParallelDims:
         raise UserError(f"parallel.ep={pc.ep} and train.expert_parallel={tc.expert_parallel} disagree; set only "
                         "parallel.ep")
     dims = ParallelDims(replicate, shard, pc.cp, pc.tp, pc.pp, max(pc.ep, tc.expert_parallel), world)
-    check_layout(cfg, dims)
+    check_layout(cfg, dims, check_device)
     return dims
 
 
-def check_layout(cfg: ProjectConfig, dims: ParallelDims) -> None:
+def check_layout(cfg: ProjectConfig, dims: ParallelDims, check_device: bool = True) -> None:
     """Refuse a layout the model, the device or the rest of the config cannot use (one line each)."""
     m, pc = cfg.model, cfg.parallel
     if dims.tp > 1:
@@ -125,12 +138,9 @@ def check_layout(cfg: ProjectConfig, dims: ParallelDims) -> None:
         if m.vocab_size is not None and m.vocab_size % dims.tp:
             raise UserError(f"parallel.tp={dims.tp} must divide model.vocab_size ({m.vocab_size}) for the "
                             "vocabulary-parallel embedding and loss; set model.vocab_size to a multiple of it")
-        if m.moe is not None:
-            raise UserError(f"parallel.tp={dims.tp} is not supported with a Mixture-of-Experts model yet; use "
-                            "data and expert parallelism (parallel.ep) for MoE models, or tp=1")
     _check_pipeline(cfg, dims)
     if dims.cp > 1:
-        if cfg.train.device == "cpu" or not _cuda():
+        if check_device and (cfg.train.device == "cpu" or not _cuda()):
             raise UserError(f"parallel.cp={dims.cp} needs CUDA (torch's context_parallel shards SDPA over GPUs); "
                             "on the CPU set parallel.cp=1")
         if cfg.train.seq_len % (2 * dims.cp):

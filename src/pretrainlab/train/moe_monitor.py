@@ -87,8 +87,8 @@ class MoEMonitor(Callback):
                     self.writer = SummaryWriter(log_dir=str(ctx.run_dir / "tb"), filename_suffix=".moe")
 
     def on_after_backward(self, ctx: "TrainContext", metrics: dict) -> None:
-        if not self.layers:
-            return
+        if not self.layers or not isinstance(metrics.get("loss"), float):
+            return  # a step read later (train/trainer.py read_metrics): the layers keep summing their statistics
         step = metrics["step"]
         moe_cfg = ctx.raw_model.cfg.moe
         per_layer = [self._layer_metrics(ctx, i, layer) for i, layer in self.layers]

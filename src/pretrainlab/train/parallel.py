@@ -94,6 +94,40 @@ def apply_data_parallel(model: nn.Module, tc, dims, mesh, device: torch.device, 
     return DDP(model, device_ids=[local_rank] if device.type == "cuda" else None)
 
 
+def grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of all ``grads`` as a plain tensor, whatever meshes their DTensor shards live on.
+
+    ``get_total_norm`` stacks per-tensor norms, which needs one mesh; a tensor-parallel model under FSDP2
+    mixes (dp, tp) DTensors with dp-only ones (parameters TP leaves whole), so each mesh is summed apart.
+    """
+    from torch.distributed.tensor import DTensor
+
+    if not grads:
+        return torch.zeros(())
+    groups: dict = {}
+    for g in grads:
+        groups.setdefault(g.device_mesh if isinstance(g, DTensor) else None, []).append(g)
+    squares = []
+    for part in groups.values():
+        norm = torch.nn.utils.get_total_norm(part)
+        squares.append((norm.full_tensor() if isinstance(norm, DTensor) else norm).float() ** 2)
+    return torch.stack([s.to(squares[0].device) for s in squares]).sum().sqrt()
+
+
+def clip_grads_(params: list[nn.Parameter], max_norm: float, total: torch.Tensor) -> None:
+    """Scale the gradients of ``params`` by ``max_norm / total`` (when below 1), one mesh at a time."""
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor.experimental import implicit_replication
+
+    groups: dict = {}
+    for p in params:
+        if p.grad is not None:
+            groups.setdefault(p.grad.device_mesh if isinstance(p.grad, DTensor) else None, []).append(p)
+    with implicit_replication():  # DTensor gradients times a plain coefficient
+        for part in groups.values():
+            torch.nn.utils.clip_grads_with_norm_(part, max_norm, total)
+
+
 def autocast_context(cfg: ProjectConfig, device: torch.device, world: int):
     """bf16/fp16 autocast, unless FSDP2's mixed-precision policy already casts parameters (bf16)."""
     if cfg.train.precision == "fp32" or (cfg.train.precision == "bf16" and cfg.train.parallel == "fsdp2" and world > 1):

@@ -22,8 +22,9 @@ parallelism (``sharded_expert_params`` lists them) and need their own scaling.
 In training (``train.expert_parallel`` = EP size > 1 under torchrun) the world is
 a (replicas x EP) device mesh: consecutive ranks form an EP group that shares one
 copy of the experts; ranks with the same position in different EP groups hold
-the same expert slice (expert replicas). ``setup_expert_parallel`` shards the
-model and returns an ``ExpertParallelRun`` that the loop uses to
+the same expert slice (expert replicas). ``ExpertParallelRun`` (built by
+``parallelize.parallelize`` from the layout's ``ParallelDims.ep_mesh``) shards the
+model, and the loop uses it to
 
 - finish the expert gradients after backward: sum over the expert replicas and
   divide by the world size, which equals data parallelism's mean over ranks of
@@ -89,7 +90,7 @@ def apply_expert_parallel(model: nn.Module, group: dist.ProcessGroup | None = No
 
     Each rank keeps experts [rank*n_local, (rank+1)*n_local) of every layer, so the
     full model's weights must be identical on all ranks when this is called (same
-    seed, or loaded from one checkpoint). Training uses ``setup_expert_parallel``,
+    seed, or loaded from one checkpoint). Training uses ``ExpertParallelRun``,
     which also handles the expert gradients.
     """
     layers = moe_layers(model)
@@ -135,11 +136,12 @@ def check_expert_parallel(cfg, world: int) -> None:
 class ExpertParallelRun:
     """A sharded model's expert parallelism as the training loop sees it (see the module docstring)."""
 
-    def __init__(self, model: nn.Module, size: int, world: int, device: torch.device):
+    def __init__(self, model: nn.Module, size: int, world: int, device: torch.device, mesh=None):
+        """``mesh``: the (replica, ep) ranks (``ParallelDims.ep_mesh``); default: EP groups of consecutive ranks."""
         from torch.distributed.device_mesh import init_device_mesh
 
         self.size, self.world = size, world
-        self.mesh = init_device_mesh(device.type, (world // size, size), mesh_dim_names=("replica", "ep"))
+        self.mesh = mesh or init_device_mesh(device.type, (world // size, size), mesh_dim_names=("replica", "ep"))
         self.group = self.mesh.get_group("ep")
         self.replica_group = self.mesh.get_group("replica") if world > size else None
         apply_expert_parallel(model, self.group)
@@ -158,31 +160,19 @@ class ExpertParallelRun:
 
     def clip_grad_norm_(self, params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
         """``clip_grad_norm_`` over all of ``params`` with the expert slices' norms summed over the EP group."""
-        from torch.distributed.tensor import DTensor
-        from torch.distributed.tensor.experimental import implicit_replication
+        from pretrainlab.train.parallel import clip_grads_, grad_norm
 
         expert_ids = {id(p) for p in self.params}
         dense = [p.grad for p in params if p.grad is not None and id(p) not in expert_ids]
         experts = [p.grad for p in params if p.grad is not None and id(p) in expert_ids]
-        dense_norm = torch.nn.utils.get_total_norm(dense) if dense else torch.zeros(())
-        if isinstance(dense_norm, DTensor):  # FSDP2: a replicated norm over all shards
-            dense_norm = dense_norm.full_tensor()
+        dense_norm = grad_norm(dense)  # over FSDP2 / tensor-parallel shards
         device = experts[0].device if experts else dense_norm.device
         expert_sq = (torch.nn.utils.get_total_norm(experts).float() ** 2 if experts
                      else torch.zeros((), device=device))
         dist.all_reduce(expert_sq, group=self.group)
         total = (dense_norm.float().to(device) ** 2 + expert_sq).sqrt()
-        with implicit_replication():  # multiply FSDP2's DTensor gradients by a plain scalar tensor
-            torch.nn.utils.clip_grads_with_norm_([p for p in params if p.grad is not None], max_norm, total)
+        clip_grads_(params, max_norm, total)
         return total
-
-
-def setup_expert_parallel(model: nn.Module, cfg, world: int, device: torch.device) -> ExpertParallelRun | None:
-    """Shard ``model``'s experts per ``train.expert_parallel`` (None when it is 1); call before data parallelism."""
-    check_expert_parallel(cfg, world)
-    if cfg.train.expert_parallel <= 1:
-        return None
-    return ExpertParallelRun(model, cfg.train.expert_parallel, world, device)
 
 
 def _expert_shards(model: nn.Module):
@@ -254,7 +244,7 @@ def expert_state_to_dtensors(model: nn.Module, state: dict, key) -> None:
     for name, m, handle in _expert_shards(model):
         if handle.mesh is None:
             raise UserError("sharded checkpoints of expert-parallel layers need the training mesh "
-                            "(setup_expert_parallel); use checkpoint.format=full")
+                            "(ExpertParallelRun); use checkpoint.format=full")
         placements = [Replicate(), Shard(0)]
         for w in EXPERT_WEIGHTS:
             p = getattr(m.experts, w)

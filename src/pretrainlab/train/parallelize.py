@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from pretrainlab.config import ProjectConfig
+from pretrainlab.model.moe import MoE
 from pretrainlab.train.mesh import ParallelDims
 
 
@@ -58,10 +59,11 @@ class Parallelism:
             return self.ep.clip_grad_norm_(params, max_norm)
         if self.pipeline is not None:
             return self.pipeline.clip_grad_norm_(params, max_norm)
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        from torch.distributed.tensor import DTensor
+        from pretrainlab.train.parallel import clip_grads_, grad_norm
 
-        return norm.full_tensor() if isinstance(norm, DTensor) else norm
+        norm = grad_norm([p.grad for p in params if p.grad is not None])
+        clip_grads_(params, max_norm, norm)
+        return norm
 
 
 def parallelize(model: nn.Module, cfg: ProjectConfig, dims: ParallelDims, device: torch.device,
@@ -76,8 +78,9 @@ def parallelize(model: nn.Module, cfg: ProjectConfig, dims: ParallelDims, device
     if dims.ep > 1:
         from pretrainlab.train.parallel_ep import ExpertParallelRun
 
-        ep = ExpertParallelRun(model, dims.ep, dims.world, device)
-    par = Parallelism(dims, mesh, ep, loss_parallel=dims.tp > 1 and cfg.parallel.loss_parallel)
+        ep = ExpertParallelRun(model, dims.ep, dims.world, device, mesh=dims.ep_mesh(device.type))
+    # A MoE model adds auxiliary losses of plain tensors to the cross-entropy: its logits are gathered instead.
+    par = Parallelism(dims, mesh, ep, loss_parallel=dims.tp > 1 and cfg.parallel.loss_parallel and cfg.model.moe is None)
     if dims.pp > 1:
         return _parallelize_pipeline(model, cfg, dims, mesh, device, par, accum), par
     return _parallelize_part(model, cfg, dims, mesh, device, local_rank, par.loss_parallel, whole=True), par
@@ -134,21 +137,38 @@ def apply_tp(model: nn.Module, tp_mesh, loss_parallel: bool, whole: bool = True)
     parallelize_module(model, tp_mesh, plan)
     layers = model.layers.values() if isinstance(model.layers, nn.ModuleDict) else model.layers
     for block in layers:
-        parallelize_module(block, tp_mesh, block_plan())
+        parallelize_module(block, tp_mesh, block_plan(moe=isinstance(block.mlp, MoE)))
     if tied:  # both are (vocab, d_model) split over the vocabulary: one parameter again
         model.lm_head.weight = model.embed.weight
     if whole:
         model.register_forward_hook(_plain_outputs)
 
 
-def block_plan() -> dict:
-    """The plan for one decoder block (module names of model/transformer.py's Block)."""
+def block_plan(moe: bool = False) -> dict:
+    """The plan for one decoder block (module names of model/transformer.py's Block).
+
+    A MoE MLP is not split: it gets the whole sequence and every tensor-parallel rank runs it
+    (its experts may be split by expert parallelism instead); its output goes back to sequence shards.
+    """
     from torch.distributed.tensor import Replicate, Shard
-    from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput, RowwiseParallel,
-                                                   SequenceParallel)
+    from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput, PrepareModuleInputOutput,
+                                                   RowwiseParallel, SequenceParallel)
 
     gather = PrepareModuleInput(input_layouts=(Shard(1), None, None, None, None),
                                 desired_input_layouts=(Replicate(), None, None, None, None), use_local_output=True)
+    attention = {
+        "attn_norm": SequenceParallel(),
+        "attn": gather,
+        "attn.wq": ColwiseParallel(),
+        "attn.wk": ColwiseParallel(),
+        "attn.wv": ColwiseParallel(),
+        "attn.wo": RowwiseParallel(output_layouts=Shard(1)),
+        "mlp_norm": SequenceParallel(),
+    }
+    if moe:
+        return {**attention, "mlp": PrepareModuleInputOutput(
+            input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),), use_local_input=True,
+            output_layouts=(Replicate(),), desired_output_layouts=(Shard(1),), use_local_output=True)}
     return {
         "attn_norm": SequenceParallel(),
         "attn": gather,

@@ -128,15 +128,12 @@ class Pipeline:
 
     def clip_grad_norm_(self, params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
         """The norm over every stage's gradients (each rank holds some stages), then one clip coefficient."""
-        grads = [p.grad for p in params if p.grad is not None]
-        local = _plain(torch.nn.utils.get_total_norm(grads)) if grads else torch.zeros(())
-        total_sq = local.float() ** 2
+        from pretrainlab.train.parallel import clip_grads_, grad_norm
+
+        total_sq = grad_norm([p.grad for p in params if p.grad is not None]) ** 2
         dist.all_reduce(total_sq, group=self.group)
         total = total_sq.sqrt()
-        from torch.distributed.tensor.experimental import implicit_replication
-
-        with implicit_replication():
-            torch.nn.utils.clip_grads_with_norm_([p for p in params if p.grad is not None], max_norm, total)
+        clip_grads_(params, max_norm, total)
         return total
 
     @torch.no_grad()

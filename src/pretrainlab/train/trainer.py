@@ -19,7 +19,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +67,7 @@ class StepRunner:
     final_val: float | None = None
     tokens_per_s: float = 0.0
     mfu: float = 0.0
+    unread: list = field(default_factory=list)  # step records still holding device tensors (read_metrics)
 
 
 # --------------------------------------------------------------------------- setup
@@ -341,19 +342,27 @@ def train_step(ctx: TrainContext, run: StepRunner) -> dict:
         "kind": "train",
         "step": ctx.step + 1,
         "tokens": ctx.tokens_seen + tc.global_batch_tokens,
-        "loss": float(loss_value),
+        "loss": loss_value.detach(),
         "lr": lr,
-        "grad_norm": float(grad_norm),
+        "grad_norm": grad_norm.detach(),
         "time": time.time(),
-        **{name: float(v) / ctx.accum for name, v in term_sums.items()},
+        **{name: (v.detach() if isinstance(v, torch.Tensor) else float(v)) / ctx.accum for name, v in term_sums.items()},
     }
+    host = host_step(ctx, run, ctx.step + 1)
+    if host:
+        read_metrics(ctx, run, metrics)  # the step's one wait for the device; other steps never wait
     if run.scaler.is_enabled():
         metrics["loss_scale"] = float(run.scaler.get_scale())
     if tc.precision == "fp16":
         metrics["overflow"] = not math.isfinite(metrics["grad_norm"])
     ctx.skip_step = False
     ctx.callbacks.on_after_backward(ctx, metrics)
-    if ctx.skip_step:
+    if isinstance(ctx.skip_step, torch.Tensor):  # decided on the device (a guard on a step read later)
+        metrics["skipped"] = ctx.skip_step
+        ctx.checkpointer.before_update()
+        _step_unless(ctx, run, ctx.skip_step)
+        run.step_start["updated"] = True
+    elif ctx.skip_step:
         metrics["skipped"] = True
     else:
         ctx.checkpointer.before_update()
@@ -365,7 +374,50 @@ def train_step(ctx: TrainContext, run: StepRunner) -> dict:
     ctx.tokens_seen += tc.global_batch_tokens
     run.step_start = None  # the live state now matches ctx.step again
     ctx.callbacks.on_step_end(ctx, metrics)
+    if not host:
+        run.unread.append(metrics)
     return metrics
+
+
+def host_step(ctx: TrainContext, run: StepRunner, step: int) -> bool:
+    """Whether ``step`` reads its metrics on the host: a log, checkpoint or validation step, the last one, fp16
+    loss scaling, or a callback that needs numbers every step. Other steps keep the loss, the grad norm and the
+    guard's decision on the device and never wait for it (as torchtitan reads its metrics once per log step)."""
+    tc = ctx.cfg.train
+    return (step % tc.log_every == 0 or step == tc.steps or step % tc.val_every == 0
+            or step % ctx.cfg.checkpoint.every == 0 or run.scaler.is_enabled() or ctx.callbacks.needs_host_metrics)
+
+
+def read_metrics(ctx: TrainContext, run: StepRunner, current: dict | None = None) -> None:
+    """Turn the device tensors of the unread step records (and ``current``) into numbers in one host sync,
+    then let the callbacks settle what they decided on the device for the earlier ones (``on_metrics_read``)."""
+    records = run.unread + ([current] if current is not None else [])
+    slots = [(r, k) for r in records for k, v in r.items() if isinstance(v, torch.Tensor)]
+    if slots:
+        values = torch.stack([r[k].detach().float().reshape(()) for r, k in slots]).tolist()
+        for (r, k), v in zip(slots, values):
+            r[k] = bool(v) if k == "skipped" else v
+        for r in records:
+            if r.get("skipped") is False:
+                del r["skipped"]
+    unread, run.unread = run.unread, []
+    if unread:
+        ctx.callbacks.on_metrics_read(ctx, unread)
+
+
+def _step_unless(ctx: TrainContext, run: StepRunner, skip: torch.Tensor) -> None:
+    """The optimizer update unless ``skip`` (a device bool). Fused Adam/AdamW skip it inside their kernel (the
+    ``found_inf`` flag loss scaling uses), so nothing waits; other optimizers read the flag (one host sync)."""
+    opt = ctx.optimizer
+    fused = isinstance(opt, torch.optim.Adam) and all(g.get("fused") for g in opt.param_groups)
+    if fused and not run.scaler.is_enabled():
+        opt.found_inf = skip.to(torch.float32)
+        try:
+            opt.step()
+        finally:
+            del opt.found_inf
+    elif not bool(skip):
+        run.scaler.step(opt)
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -468,6 +520,8 @@ def step_boundary(ctx: TrainContext, run: StepRunner, stop: StopSignals | None =
     tc = ctx.cfg.train
     roll_back, pause_now, stop_now = _any_rank(ctx, ctx.rollback_request is not None, ctx.pause_request is not None,
                                                stop is not None and stop.requested)
+    if (roll_back or stop_now) and run.unread:  # settle the callbacks' state before it is acted on or saved
+        read_metrics(ctx, run)
     if roll_back:
         request = ctx.rollback_request or {"reason": "requested on another rank",
                                            "skip_batches": ctx.cfg.guard.skip_batches}
