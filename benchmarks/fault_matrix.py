@@ -337,8 +337,12 @@ class Context:
         self.n = 0
 
     def fresh(self, name: str) -> Path:
+        """An empty run directory (a previous invocation's, and its side files, removed)."""
         self.n += 1
-        return self.workdir / "runs" / f"{self.n:02d}-{name}"
+        path = self.workdir / "runs" / f"{self.n:02d}-{name}"
+        for old in [path, *path.parent.glob(path.name + ".*")]:
+            shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
+        return path
 
     def reference(self, mode: str) -> list[float]:
         if mode not in self._refs:

@@ -1,7 +1,7 @@
 """Benchmark: the cost of per-rank hardware sampling and step timing (``hardware.enabled``) on training.
 
 Usage:
-  .venv/bin/python benchmarks/hardware_overhead.py [--rounds 4] [--steps 80] [--log-every 10]
+  .venv/bin/python benchmarks/hardware_overhead.py [--rounds 3] [--steps 40] [--log-every 10]
       [--interval 1.0] [--threads 2] [--d-model 128 --layers 4 --seq 128 --micro-batch 8]
 
 Trains the same small model on a synthetic corpus in pairs of runs, sampling
@@ -91,8 +91,8 @@ def step_seconds(run_dir: Path) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=80)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--interval", type=float, default=1.0)
     ap.add_argument("--threads", type=int, default=2)
@@ -115,7 +115,7 @@ def main() -> int:
             "log.peak_flops=1e11", "guard.enabled=true", f"hardware.interval_s={args.interval}"]
     make_data(work, base)
     timer = HookTimer()
-    ratios, offs, ons, overhead, sampler_share = [], [], [], [], []
+    ratios, offs, ons, overhead, sampler_share, hook_per_step, per_sample = [], [], [], [], [], [], []
     for i in range(args.rounds):
         pair = {}
         for enabled in (False, True):
@@ -128,6 +128,8 @@ def main() -> int:
                 sampler = timer.samplers[n0]
                 overhead.append((timer.seconds - hook0 + sampler.sample_seconds) / out["seconds"])
                 sampler_share.append(sampler.sample_seconds / out["seconds"])
+                hook_per_step.append((timer.seconds - hook0) / out["steps"])
+                per_sample.append(sampler.sample_seconds / max(1, sampler.samples))
         offs.append(pair[False])
         ons.append(pair[True])
         ratios.append(pair[True] / pair[False])
@@ -138,6 +140,9 @@ def main() -> int:
     print(f"direct overhead (hooks on the training thread + sampler thread CPU) / train wall time: median "
           f"{100 * statistics.median(overhead):.3f}% (max {100 * max(overhead):.3f}%); sampler thread alone "
           f"{100 * statistics.median(sampler_share):.4f}% of a core")
+    print(f"absolute: {statistics.median(hook_per_step) * 1e6:.0f} us per step in the hooks on the training thread "
+          f"(log steps gather and log every {args.log_every}); {statistics.median(per_sample) * 1e3:.2f} ms of CPU "
+          f"per sample on the sampler thread (one sample every {args.interval:g} s)")
     return 0
 
 

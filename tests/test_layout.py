@@ -91,3 +91,20 @@ def test_the_trainer_imports_no_eval_multimodal_or_monitor_module():
                 imported.update(a.name for a in node.names)
     bad = sorted(m for m in imported if m.startswith(("pretrainlab.eval", "pretrainlab.multimodal", "pretrainlab.monitor")))
     assert not bad, bad
+
+
+def test_each_config_section_is_defined_by_the_package_it_configures():
+    from pretrainlab.config import ProjectConfig, Section
+
+    owner = {"corpus": "corpus", "data": "data", "tokenizer": "tokenizer", "tokenize": "tokenizer", "model": "model",
+             "optim": "train", "train": "train", "parallel": "train", "mix": "train", "packing": "train",
+             "checkpoint": "train", "guard": "train", "moe_monitor": "train", "eval": "eval", "export": "export",
+             "log": "monitor", "alerts": "monitor", "hardware": "monitor", "prometheus": "monitor",
+             "plan": "plan", "experiments": "experiments", "multimodal": "multimodal"}
+    where = {name: f.annotation.__module__ for name, f in ProjectConfig.model_fields.items()
+             if isinstance(f.annotation, type) and issubclass(f.annotation, Section) or name in owner}
+    expected = {name: f"pretrainlab.{owner[name]}.config" if name in owner else "pretrainlab.config.project"
+                for name in where}  # `run` (the run's name and folder) belongs to the project itself
+    assert where == expected, "a new section belongs in <its package>/config.py and in the owner table here"
+    assert not (SRC / "config.py").exists()
+    assert sorted(p.name for p in (SRC / "config").glob("*.py")) == ["__init__.py", "loading.py", "project.py", "reference.py"]

@@ -146,6 +146,34 @@ def test_a_tp2_dp2_checkpoint_exports_to_hugging_face_unchanged(tp2_dp2, single,
     assert json.loads((tmp_path / "hf" / "verification.json").read_text())["max_abs_logit_diff"] < 1e-4
 
 
+# --------------------------------------------------------------------------- planner vs measured per-rank bytes
+
+
+def rank_memory(run) -> dict:
+    return [e for e in iter_jsonl(run / "events.jsonl") if e["event"] == "rank_memory"][-1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["tp2_dp2", "pp2_dp2"])
+def test_the_planner_predicts_each_rank_s_weight_and_optimizer_bytes_within_5_percent(layout, request):
+    event = rank_memory(request.getfixturevalue(layout))
+    assert len(event["measured"]) == 4
+    heaviest = max(event["measured"], key=lambda r: r["weights_bytes"])  # the planner sizes the heaviest rank
+    for key in ("weights_bytes", "optimizer_bytes"):
+        assert abs(event["planned"][key] - heaviest[key]) <= 0.05 * heaviest[key], (key, event)
+
+
+@pytest.mark.slow
+def test_the_dry_run_shows_the_planner_numbers_the_run_is_checked_against(tp2_dp2, tiny_data, tmp_path):
+    from pretrainlab.train.dry_run import dry_run
+
+    sets = tiny_overrides(tiny_data) + [f"run.dir={tmp_path / 'run'}", "parallel.tp=2"]
+    result = dry_run(load_config(None, sets), world=4)
+    assert result["layout"] == "dp_shard2 x tp2" and result["grad_accum"] == 1
+    planned = rank_memory(tp2_dp2)["planned"]
+    assert {k: result["memory_detail"][k] for k in planned} == planned
+
+
 # --------------------------------------------------------------------------- pipeline parallel (untied, 4 blocks)
 
 UNTIED = ("model.tie_embeddings=false", "model.n_layers=4", "train.micro_batch=2")  # 2-row micro-batches

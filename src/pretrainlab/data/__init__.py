@@ -3,8 +3,7 @@
 `pretrainlab data build` -> :func:`pretrainlab.data.pipeline.build_clean_corpus`.
 Stages (normalize, filters, dedup, ...) share the small interface in
 :mod:`pretrainlab.data.stages`; new ones register themselves by name.
+
+Import-free: ``pretrainlab.config`` imports this package's ``config`` module, and the
+stage modules import ``pretrainlab.config``; import them by their full name.
 """
-
-from pretrainlab.data.pipeline import build_clean_corpus
-
-__all__ = ["build_clean_corpus"]

@@ -79,7 +79,8 @@ def code_fingerprint() -> str:
     so a code change (even uncommitted) yields a new dataset."""
     h = hashlib.sha256(pretrainlab.__version__.encode())
     pkg = Path(__file__).resolve().parent
-    for path in sorted([*pkg.glob("*.py"), pkg.parent / "config.py"]):
+    shared = [p for p in (pkg.parent / "config.py", pkg.parent / "configsection.py") if p.is_file()]
+    for path in sorted([*pkg.glob("*.py"), *shared]):  # data/config.py holds the data options
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]

@@ -1,5 +1,5 @@
-"""Tokenizer training (byte-level BPE), loading, and corpus -> token shards."""
+"""Tokenizer training (byte-level BPE), loading, and corpus -> token shards.
 
-from pretrainlab.tokenizer.vocab import TextTokenizer, load_tokenizer
-
-__all__ = ["TextTokenizer", "load_tokenizer"]
+Import-free: ``pretrainlab.config`` imports this package's ``config`` module, and the
+stage modules import ``pretrainlab.config``; import them by their full name.
+"""

@@ -39,7 +39,8 @@ def planned_memory(cfg: ProjectConfig, layout: ParallelDims) -> dict:
     """
     from pretrainlab.plan.planner import make_plan
 
-    given, update = cfg.plan.model_fields_set, {}
+    fields = type(cfg.plan).model_fields  # "given" = differs from its default (a resolved config sets every field)
+    given, update = {n for n, f in fields.items() if getattr(cfg.plan, n) != f.default}, {}
     if cfg.plan.devices is None:
         update["devices"] = layout.world
     for name, value in (("tensor_parallel", layout.tp), ("pipeline_parallel", layout.pp),

@@ -185,7 +185,7 @@ class Guard(Callback):
         while self.tput and self.tput[-1][0] >= step:
             self.tput.pop()
         now = metrics.get("time", time.time())
-        if not metrics.get("skipped") and _finite(metrics["loss"]):
+        if _finite(metrics["loss"]) and not metrics.get("skipped"):  # a device tensor: added when read
             self.points.append((step, now, float(metrics["loss"])))
         prev = ctx.history[-1] if ctx.history else None  # the previous step, with its logged tokens/s
         if prev and _finite(prev.get("tokens_per_s")) and (not self.tput or self.tput[-1][0] < prev["step"]):
