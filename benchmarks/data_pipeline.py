@@ -346,7 +346,16 @@ def main() -> None:
     ap.add_argument("--dir", default="/tmp/pretrainlab_databench")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of the end-to-end modes")
     ap.add_argument("--large-mb", default="25,100", help="sizes (MB) of the generated large inputs; empty: skip")
+    ap.add_argument("--scale-mb", type=float, default=0,
+                    help="only the issue-17 scale run (benchmarks/data_scale.py) on a generated corpus of this many MB")
+    ap.add_argument("--scale-rounds", type=int, default=1, help="alternating 1/2-worker rounds of the scale run")
     args = ap.parse_args()
+    if args.scale_mb:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from data_scale import bench_scale
+
+        print(json.dumps(bench_scale(Path(args.dir), args.scale_mb, args.scale_rounds), indent=1))
+        return
     work = Path(args.dir)
     overrides = ["data.min_chars=200"]
     cfg = load_config(None, [f"workdir={work}", f"corpus.size={args.size}", *overrides])

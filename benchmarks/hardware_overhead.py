@@ -7,9 +7,10 @@ Usage:
 Trains the same small model on a synthetic corpus in pairs of runs, sampling
 off then on (same seed, same data), and reports:
 
-- the A/B ratio: median seconds per step with sampling on / off, per adjacent
-  pair (the machine is shared and noisy: the median over pairs is the headline,
-  the spread is printed);
+- the A/B ratios, per adjacent pair: median wall seconds per step with sampling
+  on / off, and the same for this process's CPU seconds per step (all threads,
+  the sampler's included; far less sensitive to other jobs on a shared machine);
+  the median over pairs is printed with the spread;
 - the direct accounting in the "on" runs: seconds spent inside the monitor's
   hooks on the training thread (timed by wrapping them) plus the CPU seconds of
   the sampler thread, as a share of the training wall time. This is the number
@@ -81,6 +82,25 @@ class HookTimer:
         return wrapper
 
 
+def cpu_clock():
+    """A callback noting this process's CPU seconds (all threads, the sampler's included) at every step end."""
+    from pretrainlab.train.callbacks import Callback
+
+    class CpuClock(Callback):
+        def __init__(self):
+            self.marks: list[float] = []
+
+        def on_step_end(self, ctx, metrics):
+            self.marks.append(time.process_time())
+
+        def per_step(self) -> float:
+            """Median CPU seconds per step over windows of 5 steps, the first window (warm-up) left out."""
+            w = [(b - a) / 5 for a, b in zip(self.marks[5::5], self.marks[10::5])]
+            return statistics.median(w)
+
+    return CpuClock()
+
+
 def step_seconds(run_dir: Path) -> float:
     """Median seconds per step between log records (the first interval, with warm-up, left out)."""
     recs = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
@@ -116,14 +136,17 @@ def main() -> int:
     make_data(work, base)
     timer = HookTimer()
     ratios, offs, ons, overhead, sampler_share, hook_per_step, per_sample = [], [], [], [], [], [], []
+    cpu_ratios = []
     for i in range(args.rounds):
-        pair = {}
+        pair, cpu = {}, {}
         for enabled in (False, True):
             run = work / "runs" / f"r{i}-{'on' if enabled else 'off'}"
             hook0, n0 = timer.seconds, len(timer.samplers)
+            clock = cpu_clock()
             out = train(load_config(None, base + [f"run.dir={run}", f"hardware.enabled={str(enabled).lower()}"]),
-                        resume="never")
+                        resume="never", callbacks=[clock])
             pair[enabled] = step_seconds(run)
+            cpu[enabled] = clock.per_step()
             if enabled:
                 sampler = timer.samplers[n0]
                 overhead.append((timer.seconds - hook0 + sampler.sample_seconds) / out["seconds"])
@@ -133,10 +156,15 @@ def main() -> int:
         offs.append(pair[False])
         ons.append(pair[True])
         ratios.append(pair[True] / pair[False])
+        cpu_ratios.append(cpu[True] / cpu[False])
         print(f"round {i}: off {pair[False] * 1e3:.1f} ms/step, on {pair[True] * 1e3:.1f} ms/step, "
-              f"ratio {ratios[-1]:.4f}, direct overhead {100 * overhead[-1]:.3f}%", flush=True)
+              f"wall ratio {ratios[-1]:.4f}, CPU-time ratio {cpu_ratios[-1]:.4f} "
+              f"({cpu[False] * 1e3:.1f} vs {cpu[True] * 1e3:.1f} CPU ms/step), "
+              f"direct overhead {100 * overhead[-1]:.3f}%", flush=True)
     print(f"\nstep time off {statistics.median(offs) * 1e3:.1f} ms, on {statistics.median(ons) * 1e3:.1f} ms (medians)")
-    print(f"A/B ratio on/off: median {statistics.median(ratios):.4f} (min {min(ratios):.4f}, max {max(ratios):.4f})")
+    print(f"A/B wall-time ratio on/off: median {statistics.median(ratios):.4f} (min {min(ratios):.4f}, max {max(ratios):.4f})")
+    print(f"A/B process CPU-time ratio on/off (all threads; less sensitive to other jobs): median "
+          f"{statistics.median(cpu_ratios):.4f} (min {min(cpu_ratios):.4f}, max {max(cpu_ratios):.4f})")
     print(f"direct overhead (hooks on the training thread + sampler thread CPU) / train wall time: median "
           f"{100 * statistics.median(overhead):.3f}% (max {100 * max(overhead):.3f}%); sampler thread alone "
           f"{100 * statistics.median(sampler_share):.4f}% of a core")

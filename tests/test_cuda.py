@@ -208,3 +208,26 @@ def test_fp8_training_runs_and_tracks_bf16(tiny_data, tmp_path):
     bf16 = train(cuda_cfg(tiny_data, tmp_path, "bf16", "train.precision=bf16"))["losses"]
     fp8 = train(cuda_cfg(tiny_data, tmp_path, "fp8", "train.precision=bf16", "train.fp8=true"))["losses"]
     assert abs(fp8[-1] - bf16[-1]) <= 0.05 * bf16[-1] and fp8[-1] < fp8[0]
+
+
+@pytest.mark.parametrize("model", [(), ("model.moe.num_experts=4", "model.moe.top_k=2", "model.moe.expert_hidden=48",
+                                          "model.moe.dropless=true")], ids=["dense", "moe-dropless"])
+def test_a_training_step_between_reads_never_waits_for_the_gpu(tiny_data, tmp_path, model):
+    """bf16 on CUDA with the guard on, log_every=4: CUDA's sync detector raises on any synchronizing call
+    during the steps whose metrics are not read (tests/test_host_syncs.py counts the same on the CPU)."""
+    from pretrainlab.recipes import train
+    from pretrainlab.train.callbacks import Callback
+
+    read = {4, 8, 12}  # log_every=4; checkpoint.every and val_every=12
+
+    class SyncDetector(Callback):  # from step 2: step 1 follows the step-0 validation, which reads
+        def on_step_boundary(self, ctx, val):  # the next step runs under the detector unless it is read
+            torch.cuda.set_sync_debug_mode(0 if ctx.step + 1 in read or ctx.step + 1 > 12 else "error")
+
+    try:
+        summary = train(cuda_cfg(tiny_data, tmp_path, "sync", "train.precision=bf16", "train.steps=12",
+                                 "train.log_every=4", "checkpoint.every=12", "train.val_every=12", *model),
+                        callbacks=[SyncDetector()])
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert len(summary["losses"]) == 12

@@ -79,6 +79,33 @@ def test_ctrl_c_right_after_the_optimizer_update_finishes_that_step_saves_it_and
     assert train_losses(cfg.run_dir) == full["losses"]
 
 
+class RaiseInUpdate(Callback):
+    """Raises KeyboardInterrupt from AdamW.step's post-hook at update ``n`` (the update is applied, the counter not)."""
+
+    def __init__(self, n: int):
+        self.n, self.updates = n, 0
+
+    def on_train_start(self, ctx):
+        def hook(optimizer, args, kwargs):
+            self.updates += 1
+            if self.updates == self.n:
+                raise KeyboardInterrupt
+
+        ctx.optimizer.register_step_post_hook(hook)
+
+
+def test_a_keyboard_interrupt_inside_the_update_never_saves_a_checkpoint_with_more_updates_than_its_step(tiny_cfg,
+                                                                                                         tmp_path):
+    from pretrainlab.recipes import train
+
+    full = train(tiny_cfg(f"run.dir={tmp_path / 'full'}", "guard.enabled=false"))
+    cfg = tiny_cfg(f"run.dir={tmp_path / 'split'}", "guard.enabled=false")  # checkpoint.every=4
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, callbacks=[RaiseInUpdate(7)])
+    assert ckpt.latest_checkpoint(cfg.run_dir).name == "step_00000004"  # not a "step 6" holding 7 updates
+    assert train(cfg)["losses"] == full["losses"][4:]
+
+
 @pytest.mark.slow
 def test_sigterm_to_the_cli_saves_the_step_exits_99_in_one_line_and_resume_is_exact(tiny_data, tiny_cfg, tmp_path):
     from conftest import tiny_overrides

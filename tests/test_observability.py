@@ -28,7 +28,7 @@ from pretrainlab.data.report import write_data_report
 from pretrainlab.errors import UserError
 from pretrainlab.fsio import append_jsonl, iter_jsonl
 from pretrainlab.monitor.dashboard import render_views
-from pretrainlab.monitor.hardware import FIELDS, HardwareSampler
+from pretrainlab.monitor.hardware import FIELDS, HardwareSampler, NvmlReader
 from pretrainlab.monitor.prometheus import EXPORTED_METRICS, PrometheusExporter
 from pretrainlab.monitor.report import build_report_html
 from pretrainlab.monitor.straggler import StragglerRule
@@ -62,6 +62,49 @@ def test_sampler_reads_host_metrics_and_returns_window_means():
     assert snap["disk_read_mb_s"] >= 0 and math.isfinite(snap["net_recv_mb_s"])
     assert math.isnan(snap["gpu_temp_c"])  # no CUDA device given: GPU fields are NaN, not made up
     assert sampler.samples == 2 and sampler.sample_seconds > 0
+
+
+class FakeNvml:
+    """nvidia-ml-py's functions as NVML answers them on a board without power readings."""
+
+    NVML_TEMPERATURE_GPU, NVML_CLOCK_SM, NVML_MEMORY_ERROR_TYPE_UNCORRECTED, NVML_VOLATILE_ECC = 0, 1, 1, 0
+
+    def __init__(self):
+        self.temp = 60
+
+    def nvmlDeviceGetUtilizationRates(self, h):
+        return type("U", (), {"gpu": 97, "memory": 40})()
+
+    def nvmlDeviceGetMemoryInfo(self, h):
+        return type("M", (), {"used": 40 * 1024**3, "total": 80 * 1024**3})()
+
+    def nvmlDeviceGetTemperature(self, h, sensor):
+        self.temp += 10
+        return self.temp
+
+    def nvmlDeviceGetPowerUsage(self, h):
+        raise RuntimeError("NVMLError_NotSupported")
+
+    def nvmlDeviceGetClockInfo(self, h, clock):
+        return 1980
+
+    def nvmlDeviceGetCurrentClocksThrottleReasons(self, h):
+        return 0x20 + self.temp  # changes with every read: the snapshot must keep the last, not a mean
+
+    def nvmlDeviceGetTotalEccErrors(self, h, kind, counter):
+        return 2
+
+
+def test_gpu_readings_are_averaged_except_bitmasks_and_counters_and_unsupported_ones_are_nan():
+    sampler = HardwareSampler(interval_s=60)
+    sampler.readers.append(NvmlReader(FakeNvml(), handle=object()))
+    sampler.sample()
+    sampler.sample()
+    snap = sampler.snapshot()
+    assert snap["gpu_util_pct"] == 97 and snap["gpu_mem_used_gb"] == 40 and snap["gpu_mem_total_gb"] == 80
+    assert snap["gpu_temp_c"] == 75  # mean of 70 and 80
+    assert snap["gpu_throttle_reasons"] == 0x20 + 80 and snap["gpu_ecc_errors"] == 2 and snap["gpu_sm_clock_mhz"] == 1980
+    assert math.isnan(snap["gpu_power_w"])
 
 
 def test_sampler_thread_samples_at_its_interval_and_stops():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import resource
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,6 +49,8 @@ class TaskStep(PipelineStep):
             counts = func(Path(self.work_dir), rank) or {}
         for key, value in counts.items():
             self.stat_update(key, value=value, unit="task")
+        # Peak RSS of the process so far (a pool worker runs several tasks: an upper bound per task).
+        self.stat_update("peak_rss_mb", value=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, unit="task")
         return None
 
 

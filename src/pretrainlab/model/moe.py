@@ -70,13 +70,19 @@ def expert_capacity(num_tokens: int, num_experts: int, top_k: int, factor: float
     return max(1, math.ceil(factor * num_tokens * top_k / num_experts))
 
 
+def expert_counts(expert_ids: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """Assignments per expert: ``bincount`` without its host sync on CUDA (it reads the max id to size the output)."""
+    counts = torch.zeros(num_experts, dtype=torch.long, device=expert_ids.device)
+    return counts.scatter_add_(0, expert_ids, torch.ones_like(expert_ids))
+
+
 def load_balance_loss(probs: torch.Tensor, expert_ids: torch.Tensor, num_experts: int) -> torch.Tensor:
     """Switch-style auxiliary loss E * sum_i f_i * P_i over (tokens, experts) probabilities.
 
     f_i (share of the top-k assignments routed to i, counted before dropping) is
     not differentiable; the gradient flows through P_i. Uniform routing gives 1.
     """
-    counts = torch.bincount(expert_ids.reshape(-1), minlength=num_experts).to(probs.dtype)
+    counts = expert_counts(expert_ids.reshape(-1), num_experts).to(probs.dtype)
     f = counts / expert_ids.numel()
     p = probs.mean(dim=0)
     return num_experts * torch.sum(f * p)
@@ -112,7 +118,7 @@ def plan_dispatch(
     flat_token = torch.arange(t, device=expert_ids.device).repeat(k)
     flat_weight = weights.t().reshape(-1)
     order = torch.argsort(flat_expert, stable=True)
-    demand = torch.bincount(flat_expert, minlength=num_experts)
+    demand = expert_counts(flat_expert, num_experts)
     if capacity is None:
         keep_flat = torch.ones_like(flat_expert, dtype=torch.bool)
         counts = demand
@@ -287,13 +293,13 @@ class MoE(nn.Module):
         new = {
             "demand": plan.demand.float(),
             "kept": plan.counts.sum().float(),
-            "assignments": torch.tensor(float(plan.keep.numel()), device=logits.device),
+            "assignments": torch.full((), float(plan.keep.numel()), device=logits.device),  # no host-to-device copy
             "logit_sum": logits.sum(),
             "logit_sq_sum": logits.pow(2).sum(),
-            "logit_count": torch.tensor(float(logits.numel()), device=logits.device),
+            "logit_count": torch.full((), float(logits.numel()), device=logits.device),
             "aux": self.aux_loss.detach(),
             "z": self.z_loss.detach(),
-            "calls": torch.tensor(1.0, device=logits.device),
+            "calls": torch.full((), 1.0, device=logits.device),
         }
         for key, value in new.items():
             self.stats[key] = self.stats[key] + value if key in self.stats else value.clone()

@@ -116,6 +116,18 @@ class PlanConfig(BaseModel):
     video_compression: float = Field(1.0, ge=1, description="Compression ratio of stored video (1: raw frames).")
     video_tokens_per_frame: int = Field(256, ge=1, description="Tokens one frame becomes after discretization.")
 
+    # ---- data preparation (`data build` on data.executor), extrapolated from measured per-core rates
+    data_prep_tb: float = Field(40.0, ge=0, description="Raw text to prepare with `data build`, TB (0: no data-prep row).")
+    data_mb_per_core_s: float = Field(
+        1.0, gt=0, description="`data build` throughput per core, MB/s of input (default measured with all dedup on the "
+        "2-core VM: benchmarks/data_pipeline.py --scale-mb, docs/BENCHMARKS.md; measure yours and set it)."
+    )
+    data_parallel_efficiency: float = Field(
+        0.85, gt=0, le=1, description="Throughput per core at scale / on one core (1 -> 2 workers measured ~0.85)."
+    )
+    data_nodes: list[int] = Field([1, 8, 64], min_length=1, description="Node counts of the data-prep table.")
+    data_cores_per_node: int = Field(64, ge=1, description="Cores per node that run data tasks.")
+
     # ---- energy
     pue: float = Field(1.2, ge=1, description="Data-centre power usage effectiveness.")
     grid_kg_co2_per_kwh: float = Field(0.4, ge=0, description="Grid carbon intensity, kg CO2e per kWh.")

@@ -465,7 +465,18 @@ def _io(spec: ModelSpec | None, pc, tokens_per_s: float) -> dict:
             "read_bytes_per_s": recorded_s_per_s * stored,
             "raw_decode_bytes_per_s": recorded_s_per_s * raw,
         }
+    if pc.data_prep_tb > 0:
+        out["data_prep"] = _data_prep(pc)
     return out
+
+
+def _data_prep(pc) -> dict:
+    """Hours of `data build` for ``data_prep_tb`` on N nodes x C cores at the measured per-core rate."""
+    rate = pc.data_mb_per_core_s * pc.data_parallel_efficiency  # MB/s per core at scale
+    rows = [{"nodes": n, "cores": n * pc.data_cores_per_node,
+             "hours": pc.data_prep_tb * 1e6 / (rate * n * pc.data_cores_per_node) / 3600} for n in pc.data_nodes]
+    return {"tb": pc.data_prep_tb, "mb_per_core_s": pc.data_mb_per_core_s,
+            "parallel_efficiency": pc.data_parallel_efficiency, "rows": rows}
 
 
 def _chinchilla(spec: ModelSpec, counts: dict, tokens: float) -> dict:

@@ -119,6 +119,10 @@ ROWS: list[tuple[str, str, Callable[[dict], str]]] = [
     ("io", "video: read bandwidth (compressed)",
      lambda p: f"{_si(p['io']['video']['read_bytes_per_s'], 'B/s')} (x{p['io']['video']['compression']:g})"
      if "video" in p["io"] else "-"),
+    ("io", "data build (N nodes x C cores)",
+     lambda p: f"{p['io']['data_prep']['tb']:g} TB at {p['io']['data_prep']['mb_per_core_s']:g} MB/s/core: " + "; ".join(
+         f"{r['nodes']}x{r['cores'] // r['nodes']}: {_dur(r['hours'] * 3600)}" for r in p["io"]["data_prep"]["rows"])
+     if "data_prep" in p["io"] else "-"),
     ("prior", "Chinchilla tokens 20N / fit",
      lambda p: f"{_si(p['chinchilla']['tokens_20_per_param'])} / {_si(p['chinchilla']['tokens_fit_optimal'])}"),
     ("prior", "Chinchilla predicted loss (prior)", lambda p: f"{p['chinchilla']['predicted_loss']:.3f}"),

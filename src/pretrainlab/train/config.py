@@ -261,8 +261,8 @@ class GuardConfig(Section):
     throughput_fraction: float = Field(0.5, gt=0, lt=1, description="tokens/s below this fraction of the window median is a drop.")
     throughput_action: GuardAction = Field("alert", description="What a throughput drop does: alert, pause, off.")
     straggler_factor: float = Field(
-        1.5, gt=1, description="Straggler: a rank whose step time before synchronising exceeds the median over ranks "
-        "by this factor (needs hardware.enabled; under torchrun)."
+        1.5, gt=1, description="Straggler: a rank whose step time before synchronising exceeds the median of the "
+        "other ranks by this factor (needs hardware.enabled; under torchrun)."
     )
     straggler_steps: int = Field(3, ge=1, description="Consecutive log steps a rank must be slow before the straggler alert.")
     straggler_action: Literal["alert", "off"] = Field("alert", description="What a straggler does: alert (naming rank and host), off.")

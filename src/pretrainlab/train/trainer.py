@@ -360,14 +360,14 @@ def train_step(ctx: TrainContext, run: StepRunner) -> dict:
     if isinstance(ctx.skip_step, torch.Tensor):  # decided on the device (a guard on a step read later)
         metrics["skipped"] = ctx.skip_step
         ctx.checkpointer.before_update()
+        run.step_start["updated"] = True  # from here the weights may be past step_start: never save it
         _step_unless(ctx, run, ctx.skip_step)
-        run.step_start["updated"] = True
     elif ctx.skip_step:
         metrics["skipped"] = True
     else:
         ctx.checkpointer.before_update()
+        run.step_start["updated"] = True  # from here the weights may be past step_start: never save it
         run.scaler.step(ctx.optimizer)  # a plain optimizer.step() unless loss scaling (then skipped on overflow)
-        run.step_start["updated"] = True  # the weights are past step_start: it can no longer be saved
     run.scaler.update()
     ctx.optimizer.zero_grad(set_to_none=True)
     ctx.step += 1
