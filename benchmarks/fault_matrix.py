@@ -316,7 +316,7 @@ def case_bad_batches(ctx) -> str:
         results.append((run, losses(run)))
     (run, got), (_, again) = results
     rollbacks = events(run, "rollback")
-    trained_on_poison = [e for e in events(run, "inject_nan")]
+    trained_on_poison = events(run, "inject_nan")
     if len(got) != STEPS or not all(math.isfinite(x) for x in got):
         return f"FAILED: {len(got)} steps, non-finite losses: {got}"
     if got != again:
@@ -341,7 +341,10 @@ class Context:
         self.n += 1
         path = self.workdir / "runs" / f"{self.n:02d}-{name}"
         for old in [path, *path.parent.glob(path.name + ".*")]:
-            shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
+            if old.is_dir():
+                shutil.rmtree(old)
+            else:
+                old.unlink(missing_ok=True)
         return path
 
     def reference(self, mode: str) -> list[float]:
@@ -393,7 +396,7 @@ def main() -> int:
             result = f"FAILED: {type(exc).__name__}: {exc}"
         failed += result.startswith("FAILED")
         rows.append((name, result, time.time() - started))
-        print(f"{name:<44} {result}  [{time.time() - started:.0f} s]", flush=True)
+        print(f"{name:<48} {result}  [{time.time() - started:.0f} s]", flush=True)
     print(f"{len(rows) - failed}/{len(rows)} cases recovered in {time.time() - t0:.0f} s; runs under {workdir}")
     if args.markdown:
         print("\n| case | result |\n|---|---|")

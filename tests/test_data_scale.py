@@ -214,3 +214,14 @@ def test_kill_9_during_tokenization_then_a_rerun_tokenizes_only_the_unfinished_p
     assert len(ran) == len(m["retokenized"]) == n_parts - 4  # the 4 parts done before the kill are not redone
     assert [k for k in a if k.endswith(".bin")] == [k for k in b if k.endswith(".bin")]
     assert all(a[k] == b[k] for k in a if k.endswith((".bin", ".idx.npy")))
+
+
+def test_the_planner_extrapolates_data_build_hours_from_the_per_core_rate():
+    from pretrainlab.plan.planner import make_plan
+
+    cfg = load_config(None, ["model.vocab_size=32000", "plan.data_prep_tb=40", "plan.data_mb_per_core_s=2",
+                             "plan.data_parallel_efficiency=0.5", "plan.data_nodes=[1, 10]", "plan.data_cores_per_node=50"])
+    prep = make_plan(cfg)["io"]["data_prep"]
+    # 40e6 MB / (2 MB/s * 0.5 efficiency * 50 cores) = 800,000 s on one node; 10 nodes: a tenth
+    assert [r["cores"] for r in prep["rows"]] == [50, 500]
+    assert [round(r["hours"], 3) for r in prep["rows"]] == [round(800_000 / 3600, 3), round(80_000 / 3600, 3)]

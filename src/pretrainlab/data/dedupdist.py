@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import struct
 from collections import Counter
 from pathlib import Path
 
@@ -77,8 +78,9 @@ class SigWriter:
     """Collects one prefix task's dedup signatures; ``close()`` writes them (before the task's
     completion marker, so a finished task always has them)."""
 
-    def __init__(self, work_dir: Path, rank: int, cfg: DataConfig, after: list[Stage]) -> None:
-        self.work_dir, self.rank, self.after = work_dir, rank, after
+    def __init__(self, work_dir: Path, rank: int, cfg: DataConfig, after: list[Stage], buckets: int) -> None:
+        self.work_dir, self.rank, self.after, self.buckets = work_dir, rank, after, buckets
+        self.bands, self.rows = cfg.near_dedup.bands, cfg.near_dedup.rows
         self.hasher = hasher_for(cfg) if any(s.name == "near_dedup" for s in after) else None
         self.n_docs = 0
         self.ids: dict[int, str] = {}
@@ -120,18 +122,68 @@ class SigWriter:
                 doc = result
 
     def close(self) -> None:
+        """Write the task's record and its slices per bucket (a round task reads only its own)."""
         self._cm.__exit__(None, None, None)
         P = self.hasher.num_perm if self.hasher else 0
         record = {
             "n_docs": self.n_docs,
             "ids": self.ids,
-            "exact_local": np.asarray(self.exact_local, dtype=np.int64),
-            "exact_digest": np.frombuffer(b"".join(self.exact_digest), dtype=np.uint64).reshape(-1, 2),
             "near_local": np.asarray(self.near_local, dtype=np.int64),
             "near_sig": np.stack(self.near_sig) if self.near_sig else np.zeros((0, P), dtype=np.uint32),
             "shingle_offsets": np.asarray(self.offsets, dtype=np.int64),
         }
+        local = np.asarray(self.exact_local, dtype=np.int64)
+        digest = np.frombuffer(b"".join(self.exact_digest), dtype=np.uint64).reshape(-1, 2)
+        owner = digest[:, 0] % np.uint64(self.buckets)
+        exact = []
+        for b in range(self.buckets):
+            mine = owner == b
+            exact.append({"local": local[mine], "digest": digest[mine], "ids": [self.ids[int(x)] for x in local[mine]]})
+        write_segments(_slice_path(self.work_dir, "exact", self.rank), exact)
+        h = _band_hashes(record["near_sig"], self.bands, self.rows)
+        owner = h % np.uint64(self.buckets)
+        near = []
+        for b in range(self.buckets):
+            r, c = np.nonzero(owner == b)
+            near.append({"local": record["near_local"][r], "key": h[r, c] ^ (c.astype(np.uint64) << np.uint64(58))})
+        write_segments(_slice_path(self.work_dir, "near", self.rank), near)
         atomic_write_bytes(sig_path(self.work_dir, self.rank), pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL))
+        count_path(self.work_dir, self.rank).write_text(str(self.n_docs))  # last: read by doc_offsets
+
+
+def count_path(work_dir: Path, rank: int) -> Path:
+    return work_dir / "sigs" / f"{rank:05d}.count"
+
+
+def write_segments(path: Path, segments: list) -> None:
+    """One file of pickled segments and, at its end, their offsets: a reader of segment ``i``
+    loads only that one (one file per writing task, not one per (task, bucket) pair)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path, "wb") as fh:
+        offsets = []
+        for seg in segments:
+            offsets.append(fh.tell())
+            pickle.dump(seg, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        where = fh.tell()
+        pickle.dump(offsets, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        fh.write(struct.pack("<q", where))
+
+
+def read_segment(path: Path, index: int):
+    with open(path, "rb") as fh:
+        fh.seek(-8, os.SEEK_END)
+        fh.seek(struct.unpack("<q", fh.read(8))[0])
+        offsets = pickle.load(fh)
+        fh.seek(offsets[index])
+        return pickle.load(fh)
+
+
+def _slice_path(work_dir: Path, kind: str, rank: int) -> Path:
+    return work_dir / "sigs" / f"{rank:05d}.{kind}.seg"
+
+
+def _load_slice(work_dir: Path, kind: str, bucket: int, rank: int) -> dict:
+    return read_segment(_slice_path(work_dir, kind, rank), bucket)
 
 
 def load_sigs(work_dir: Path, rank: int) -> dict:
@@ -141,44 +193,41 @@ def load_sigs(work_dir: Path, rank: int) -> dict:
 
 def doc_offsets(work_dir: Path, ranks: int) -> np.ndarray:
     """Global read position of each prefix task's first document (length ranks + 1)."""
-    counts = [load_sigs(work_dir, r)["n_docs"] for r in range(ranks)]
+    counts = [int(count_path(work_dir, r).read_text()) for r in range(ranks)]
     return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
 
 # --------------------------------------------------------------------------- removals, per (bucket, rank)
 
 
-def _drops_path(work_dir: Path, round_name: str, bucket: int, rank: int) -> Path:
-    return work_dir / "rounds" / round_name / f"{bucket:05d}" / f"{rank:05d}.pkl"
+def _drops_path(work_dir: Path, round_name: str, bucket: int) -> Path:
+    return work_dir / "rounds" / round_name / f"{bucket:05d}.seg"
 
 
 def write_drops(work_dir: Path, round_name: str, bucket: int, drops: dict[int, tuple[str, str]],
                 offsets: np.ndarray) -> None:
-    """Removals of one bucket task, split by the prefix task (rank) that holds each document."""
-    by_rank: dict[int, dict] = {}
+    """Removals of one bucket task, one segment per prefix task (rank) holding the documents."""
+    by_rank: list[dict] = [{} for _ in range(len(offsets) - 1)]
     for seq, why in drops.items():
-        by_rank.setdefault(int(np.searchsorted(offsets, seq, side="right")) - 1, {})[seq] = why
-    for rank, part in by_rank.items():
-        path = _drops_path(work_dir, round_name, bucket, rank)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL))
+        by_rank[int(np.searchsorted(offsets, seq, side="right")) - 1][seq] = why
+    write_segments(_drops_path(work_dir, round_name, bucket), by_rank)
 
 
 def load_drops(work_dir: Path, round_name: str, buckets: int, rank: int) -> dict[int, tuple[str, str]]:
     out: dict[int, tuple[str, str]] = {}
     for b in range(buckets):
-        path = _drops_path(work_dir, round_name, b, rank)
-        if path.is_file():
-            with open(path, "rb") as fh:
-                out.update(pickle.load(fh))
+        out.update(read_segment(_drops_path(work_dir, round_name, b), rank))
     return out
 
 
-def _removed_before(work_dir: Path, rounds: list[str], upto: str, buckets: int, rank: int) -> set[int]:
+def _alive(seq: np.ndarray, work_dir: Path, rounds: list[str], upto: str, buckets: int, rank: int) -> np.ndarray:
+    """Mask of ``seq`` (documents of prefix task ``rank``) not removed by a round before ``upto``."""
     gone: set[int] = set()
     for name in rounds[: rounds.index(upto)]:
         gone.update(load_drops(work_dir, name, buckets, rank))
-    return gone
+    if not gone:
+        return np.ones(len(seq), dtype=bool)
+    return ~np.isin(seq, np.fromiter(gone, dtype=np.int64, count=len(gone)))
 
 
 def _write_stats(work_dir: Path, phase: str, bucket: int, stats: dict) -> None:
@@ -205,16 +254,12 @@ def exact_task(work_dir: Path, bucket: int, ranks: int, buckets: int, rounds: li
     offsets = doc_offsets(work_dir, ranks)
     seqs, digests, ids = [], [], {}
     for r in range(ranks):
-        sig = load_sigs(work_dir, r)
-        d = sig["exact_digest"]
-        mine = (d[:, 0] % np.uint64(buckets)) == bucket
-        gone = _removed_before(work_dir, rounds, "exact_dedup", buckets, r)
-        local = sig["exact_local"][mine]
-        seq = local + offsets[r]
-        keep = np.array([int(s) not in gone for s in seq], dtype=bool) if gone else np.ones(len(seq), bool)
+        part = _load_slice(work_dir, "exact", bucket, r)
+        seq = part["local"] + offsets[r]
+        keep = _alive(seq, work_dir, rounds, "exact_dedup", buckets, r)
         seqs.append(seq[keep])
-        digests.append(d[mine][keep])
-        ids.update({int(offsets[r] + loc): sig["ids"][int(loc)] for loc in local[keep]})
+        digests.append(part["digest"][keep])
+        ids.update({int(q): i for q, i, k in zip(seq.tolist(), part["ids"], keep.tolist()) if k})
     seq = np.concatenate(seqs) if seqs else np.zeros(0, np.int64)
     dig = np.concatenate(digests) if digests else np.zeros((0, 2), np.uint64)
     order = np.lexsort((seq, dig[:, 1], dig[:, 0]))
@@ -245,20 +290,16 @@ def _band_hashes(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return h
 
 
-def near_bucket_task(work_dir: Path, bucket: int, ranks: int, buckets: int, rounds: list[str], cfg: DataConfig) -> dict:
+def near_bucket_task(work_dir: Path, bucket: int, ranks: int, buckets: int, rounds: list[str]) -> dict:
     """Every pair (earlier, later) of documents of this bucket that share a band value."""
     offsets = doc_offsets(work_dir, ranks)
-    nd = cfg.near_dedup
     keys, seqs = [], []
     for r in range(ranks):
-        sig = load_sigs(work_dir, r)
-        gone = _removed_before(work_dir, rounds, "near_dedup", buckets, r)
-        seq = sig["near_local"] + offsets[r]
-        alive = np.array([int(s) not in gone for s in seq], dtype=bool) if gone else np.ones(len(seq), bool)
-        h = _band_hashes(sig["near_sig"][alive], nd.bands, nd.rows)
-        rows, cols = np.nonzero((h % np.uint64(buckets)) == bucket)
-        keys.append(h[rows, cols] ^ (cols.astype(np.uint64) << np.uint64(58)))
-        seqs.append(seq[alive][rows])
+        part = _load_slice(work_dir, "near", bucket, r)
+        seq = part["local"] + offsets[r]
+        alive = _alive(seq, work_dir, rounds, "near_dedup", buckets, r)
+        keys.append(part["key"][alive])
+        seqs.append(seq[alive])
     key = np.concatenate(keys) if keys else np.zeros(0, np.uint64)
     seq = np.concatenate(seqs) if seqs else np.zeros(0, np.int64)
     order = np.lexsort((seq, key))

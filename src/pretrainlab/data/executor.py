@@ -1,28 +1,34 @@
-"""Run the per-document stages of `data build` as datatrove tasks, then hand the results back in read order.
+"""`data build` as phases of datatrove tasks; finished tasks are skipped on a re-run.
 
-Phase 1 (here): the approved sources are cut into *work units* -- a file, a run of
-small files of one source, or a byte range of a large plain JSONL file (cut at line
-starts found while the input is hashed, so one huge file spreads over many tasks) --
-and the units, in read order, are dealt out in contiguous runs to ``tasks`` datatrove
-tasks. A task reads its units, runs the stages before the first stateful one
-(:func:`.parallel.run_stages`) and writes one *part*: pickled batches of
-``(unit, document, trace)`` records in read order, then the stages' ``finish()``
-statistics, written atomically. datatrove writes the task's completion marker after
-the part, so a re-run with the same plan (inputs, config, code, unit layout: the same
-work folder) skips finished tasks.
+The approved sources are cut into *work units* -- a file, a run of small files of one
+source, or a byte range of a large plain JSONL file (cut at line starts found while the
+input is hashed, so one huge file spreads over many tasks). A unit is also one output part
+(``train-NNNNN.jsonl``), so its size (``data.executor.unit_mb``) is the only thing that
+shapes the parts: never the number of tasks or workers. Units, in read order, are dealt out
+in contiguous runs to ``tasks`` *prefix tasks*. The phases (:func:`phases`):
 
-Phase 2 (:mod:`.pipeline`): the main process reads the parts in task order -- which
-is the (source, file, offset) order of reading the sources directly -- and replays
-them into dedup, counting, quarantine and writing, so the corpus, quarantine and
-statistics equal an in-process build. Memory stays bounded: tasks and the merge
-stream, one part open at a time.
+1. ``prefix`` (one task per unit run, :func:`run_task`): read the units, run the stages
+   before the first stateful one, write a *part* (pickled ``(unit, document, trace)``
+   batches in read order, then the stages' ``finish()`` statistics) and the dedup
+   signatures, sliced per bucket (:class:`.dedupdist.SigWriter`);
+2. the dedup rounds of ``data.stages`` in order (:mod:`.dedupdist`): ``exact`` (one task
+   per digest bucket), ``near-buckets`` (one per band-hash bucket), ``near-cluster`` (one),
+   ``near-verify`` (one per component shard);
+3. ``filter`` (one task per prefix task, :func:`pretrainlab.data.pipeline.filter_task`):
+   replay the part through the remaining stages, the dedup stages as decided, and write the
+   units' parts, a piece of the quarantine and the counts.
+
+The main process then only concatenates the quarantine pieces in order, adds the counts
+and moves the parts into the corpus: the corpus, quarantine and statistics equal an
+in-process build's. Every task writes its outputs atomically before datatrove's completion
+marker, so after a kill -9 a re-run runs only the unfinished tasks of the unfinished phases.
 
 Executors (``data.executor.kind``): ``local`` (datatrove's LocalPipelineExecutor, a
-process pool on this machine), ``slurm`` (SlurmPipelineExecutor: an sbatch job array;
-the work folder must be on a filesystem the nodes share) and ``ray``
-(RayPipelineExecutor; needs ``pip install ray``). datatrove is imported only when an
-executor runs (its import costs ~0.4 s); the classes built on it live in
-:mod:`.dtsteps`.
+process pool on this machine), ``slurm`` (SlurmPipelineExecutor: one job array per
+phase, chained by ``afterok`` dependencies; the work folder must be on a filesystem the
+nodes share) and ``ray`` (RayPipelineExecutor; needs ``pip install ray``). datatrove is
+imported only when an executor runs (its import costs ~0.4 s); the classes built on it
+live in :mod:`.dtsteps`.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ from pretrainlab.progress import console, progress_bar
 
 BATCH_RECORDS = 256  # records per pickled batch in a part
 PLAN_FILE = "plan.pkl"
+BUCKET_BYTES = 1_000_000_000  # input bytes per dedup bucket (data.executor.dedup_buckets=0)
 MOVED_MARK = "out.moved"  # the filter tasks' parts were moved into a corpus: run them again if needed
 
 
@@ -81,6 +88,7 @@ class Plan:
     after: list[str] = dataclasses.field(default_factory=list)  # stages after the prefix, up to the last dedup round
     rounds: list[str] = dataclasses.field(default_factory=list)  # the dedup stages, in order (see .dedupdist)
     buckets: int = 1  # tasks per dedup round
+    part_numbers: list[int] = dataclasses.field(default_factory=list)  # unit -> its output part within its source
 
     def task_bytes(self, rank: int) -> int:
         lo, hi = self.ranges[rank]
@@ -88,7 +96,7 @@ class Plan:
 
     def part_index(self, ui: int) -> int:
         """Unit ``ui``'s output part number within its source."""
-        return sum(u.source == self.units[ui].source for u in self.units[:ui])
+        return self.part_numbers[ui]
 
 
 def check_executor(ex: DataExecutorConfig) -> None:
@@ -149,9 +157,16 @@ def make_plan(cfg: DataConfig, stage_names: list[str], prefix: int, rounds: list
     tasks = cfg.executor.tasks or len(units)
     sources = {s.name: dataclasses.replace(s, path=s.path.absolute(), files=[f.absolute() for f in s.files]) for s in specs}
     last = max((stage_names.index(r) for r in rounds), default=prefix - 1)
-    buckets = cfg.executor.dedup_buckets or min(tasks, len(units))
+    # One dedup bucket per GB of input: a bucket task's slice (~80 MB of signatures per GB) stays the same size
+    # however large the corpus grows.
+    buckets = cfg.executor.dedup_buckets or min(tasks, len(units), -(-sum(u.bytes for u in units) // BUCKET_BYTES))
+    seen: dict[str, int] = {}
+    numbers: list[int] = []
+    for u in units:
+        numbers.append(seen.get(u.source, 0))
+        seen[u.source] = numbers[-1] + 1
     return Plan(cfg, stage_names[:prefix], sources, units, assign_tasks(units, tasks),
-                stage_names[prefix:last + 1], rounds, max(1, buckets))
+                stage_names[prefix:last + 1], rounds, max(1, buckets), numbers)
 
 
 # --------------------------------------------------------------------------- the task (runs in workers)
@@ -182,7 +197,7 @@ def run_task(work_dir: Path, rank: int) -> dict:
         s.remote = True
     counts = {"documents": 0, "bad_records": 0, "removed": 0, "bytes": plan.task_bytes(rank)}
     lo, hi = plan.ranges[rank]
-    sigs = dedupdist.SigWriter(work_dir, rank, plan.cfg, after)
+    sigs = dedupdist.SigWriter(work_dir, rank, plan.cfg, after, plan.buckets)
     with atomic_open(part_path(work_dir, rank), "wb") as fh:
         batch: list = []
         for ui in range(lo, hi):
@@ -312,7 +327,7 @@ def exact_phase(phase: Path, rank: int) -> dict:
 
 def near_buckets_phase(phase: Path, rank: int) -> dict:
     work_dir, plan = _plan_of(phase)
-    return dedupdist.near_bucket_task(work_dir, rank, len(plan.ranges), plan.buckets, plan.rounds, plan.cfg)
+    return dedupdist.near_bucket_task(work_dir, rank, len(plan.ranges), plan.buckets, plan.rounds)
 
 
 def near_cluster_phase(phase: Path, rank: int) -> dict:

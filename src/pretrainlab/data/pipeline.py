@@ -6,9 +6,10 @@ stays constant apart from the state a stage keeps (exact dedup: one digest per
 unique document). Sources run in registry order, so "first occurrence wins" in
 dedup follows that order.
 
-With enough input (``data.executor``), the stages before the first stateful one run
-first as datatrove tasks (:mod:`.executor`); this module then replays their parts in
-read order instead of reading the sources, and the rest is the same.
+With enough input (``data.executor``), the whole build runs as phases of datatrove tasks
+(:mod:`.executor`): the stateless stages and dedup signatures per unit run, exact and near
+dedup over bucket shards (:mod:`.dedupdist`), then :func:`filter_task` per unit run writes
+the parts; this module gathers the pieces (:func:`_collect_filtered`). Same outputs.
 
 Outputs in ``cfg.clean_dir``:
 
