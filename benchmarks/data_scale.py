@@ -7,7 +7,8 @@
 copy with a planted share of replaced tokens, 2% an exact copy):
 
 - `data build` with normalize + length_filter + exact_dedup + near_dedup (exact verification)
-  on 1 and on 2 local workers, alternating; MB/s per core, speed-up 1 -> 2 workers, input MB and
+  on 1 and on 2 local workers, alternating, units of ``mb/32`` MB and one dedup bucket per
+  unit at both sizes (so a task's shard is the same size when the input grows 10x); MB/s per core, speed-up 1 -> 2 workers, input MB and
   estimated tokens per CPU-second (all processes' user+system time), peak RSS per task (max over
   the tasks of each phase, from the tasks' own ``peak_rss_mb``) at 1/10 and at the full size;
 - the peer, same input, same thresholds (MinHash 20 bands x 6 rows = 120 hashes, word 5-grams):
@@ -129,7 +130,7 @@ def _cpu() -> float:
     return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
 
 
-def run_ours(raw: Path, out: Path, workers: int, unit_mb: float) -> dict:
+def run_ours(raw: Path, out: Path, workers: int, unit_mb: float, buckets: int) -> dict:
     """One `data build` in a child process (its CPU time and peak RSS are its own)."""
     code = f"""
 import json, resource, sys, time
@@ -137,7 +138,7 @@ from pretrainlab.config import load_config
 from pretrainlab.data.pipeline import build_clean_corpus
 cfg = load_config(None, ["data.input={raw}", "data.out={out}", "data.stages=[normalize, length_filter, exact_dedup, near_dedup]",
     "data.min_chars=50", "data.executor.min_input_mb=0", "data.executor.unit_mb={unit_mb}",
-    "data.executor.workers={workers}", "data.executor.keep_work=true"])
+    "data.executor.workers={workers}", "data.executor.dedup_buckets={buckets}", "data.executor.keep_work=true"])
 t = time.perf_counter()
 s = build_clean_corpus(cfg)
 r, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -251,7 +252,7 @@ def bench_scale(root: Path, mb: float, rounds: int = 1, unit_mb: float = 0) -> d
         runs: dict = {}
         for r in range(rounds if label == "full" else 1):
             for workers in (1, 2):
-                res = run_ours(raw, root / f"clean-{label}", workers, unit_mb if label == "full" else unit_mb / 10)
+                res = run_ours(raw, root / f"clean-{label}", workers, unit_mb, max(1, round(in_mb / unit_mb)))
                 runs.setdefault(workers, []).append(res)
                 print(f"  {label} {in_mb:.0f} MB, {workers} worker(s): {res['seconds']:.1f} s, cpu {res['cpu']:.1f} s, "
                       f"peak RSS per task {res['peak_rss_mb']}", flush=True)

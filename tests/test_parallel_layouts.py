@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import tiny_overrides
 from pretrainlab.config import load_config
@@ -69,6 +70,7 @@ def test_ranks_are_laid_out_tp_innermost_and_data_parallel_rank_skips_tp_and_pp(
     (["parallel.pp=2", "parallel.pipeline_stages_per_rank=2", "model.tie_embeddings=false"], 2,
      "runs one stage per rank"),
     (["parallel.cp=2"], 2, "needs CUDA"),
+    (["parallel.cp=2", "train.device=cuda"], 2, "needs CUDA"),
     (["parallel.ep=2"], 2, "needs a Mixture-of-Experts model"),
     (["parallel.ep=3", "model.moe.num_experts=4"], 3, "num_experts=4 is not divisible by ep=3"),
     (["parallel.ep=4", "model.moe.num_experts=4", "parallel.tp=2"], 4, "ep=4 must divide the data-parallel ranks"),
@@ -265,3 +267,29 @@ def test_a_tp2_ep2_checkpoint_resumes_on_one_process_like_an_uninterrupted_run(m
     run = keep_up_to(moe_runs / "tp2ep2", tmp_path / "run", 4)
     run_one(tiny_data, run, *MOE)
     assert agree(metrics(run), metrics(moe_runs / "single"))
+
+
+# --------------------------------------------------------------------------- context parallel (CUDA, 2+ GPUs)
+
+
+def test_a_cuda_context_parallel_plan_that_cannot_work_is_refused_in_the_dry_run_too():
+    from pretrainlab.train.mesh import resolve_dims as resolve
+
+    with pytest.raises(UserError, match="packing.doc_mask=false"):
+        resolve(cfg_with("parallel.cp=2"), 2, check_device=False)
+    with pytest.raises(UserError, match="model.max_seq_len equal to train.seq_len"):
+        resolve(cfg_with("parallel.cp=2", "packing.doc_mask=false", "model.max_seq_len=64"), 2, check_device=False)
+    dims = resolve(cfg_with("parallel.cp=2", "packing.doc_mask=false", "model.max_seq_len=32"), 2, check_device=False)
+    assert (dims.cp, dims.dp, dims.fsdp) == (2, 1, True)
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2,
+                    reason="context parallel needs 2 CUDA GPUs (one NCCL rank per GPU)")
+def test_cp2_on_two_gpus_trains_like_one_gpu(tiny_data, tmp_path):
+    cp = ("train.device=cuda", "packing.doc_mask=false", "checkpoint.format=sharded")
+    run_one(tiny_data, tmp_path / "one", *cp)
+    run_two(tiny_data, tmp_path / "cp2", *cp, "parallel.cp=2")
+    a, b = metrics(tmp_path / "cp2"), metrics(tmp_path / "one")
+    assert len(a) == len(b) and all(abs(x - y) < 1e-3 for p, q in zip(a, b) for x, y in zip(p, q))

@@ -88,3 +88,41 @@ def test_slurm_train_script_runs_2_gloo_tasks_through_real_sbatch(slurm, tiny_da
     steps = [r["step"] for r in iter_jsonl(run / "metrics.jsonl") if "loss" in r]
     assert steps and max(steps) == 4, logs[-4000:]
     assert json.loads((run / "meta.json").read_text())["world_size"] == 2  # two srun tasks, one gloo group
+
+
+def test_slurm_train_script_checkpoints_on_the_batch_signal_and_requeues_itself(slurm, tiny_data, tmp_path):
+    """What `#SBATCH --signal=B:USR1@300` does near the time limit, sent now with `scancel --signal=USR1 --batch`."""
+    import time
+
+    from pretrainlab.train import checkpoint as ckpt
+
+    config = tmp_path / "train.yaml"
+    config.write_text("# every setting comes from --set\n")
+    run = tmp_path / "run"
+    sets = tiny_overrides(tiny_data) + [f"run.dir={run}", "train.threads=1", "train.steps=400", "train.val_every=1000",
+                                        "checkpoint.every=2", "train.parallel=ddp"]
+    (tmp_path / "logs").mkdir()
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(_free_port())}
+    job = subprocess.run(
+        ["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0",
+         "--time=00:10:00", str(ROOT / "scripts" / "slurm_train.sh"), str(config),
+         *[a for s in sets for a in ("--set", s)]],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60).stdout.strip()
+    try:
+        deadline = time.time() + 300
+        while not ((run / "metrics.jsonl").exists() and len(list(iter_jsonl(run / "metrics.jsonl"))) >= 4):
+            assert time.time() < deadline, "the job never trained"
+            time.sleep(0.2)
+        subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True, timeout=30)
+        state = ""
+        while "Restarts=1" not in state:  # the script requeued the job: it waits for its begin time again
+            assert time.time() < deadline, state
+            time.sleep(0.5)
+            state = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+        logs = "\n".join(p.read_text() for p in (tmp_path / "logs").glob("*.out"))
+        assert "checkpointed on a signal (exit 99): requeueing job" in logs, logs[-4000:]
+        (stop,) = [e for e in iter_jsonl(run / "events.jsonl") if e["event"] == "interrupted"]
+        assert stop["signal"] == "SIGUSR1" and ckpt.is_complete(ckpt.latest_checkpoint(run))
+        assert ckpt.latest_checkpoint(run).name == f"step_{stop['step']:08d}" and stop["step"] < 400
+    finally:
+        subprocess.run(["scancel", job], timeout=30)

@@ -131,7 +131,7 @@ class DataExecutorConfig(Section):
         "files are split at line boundaries. Also used by the in-process build, so parts never depend on the executor."
     )
     dedup_buckets: int = Field(
-        0, ge=0, description="Tasks per dedup round (digest / band-hash buckets); 0: one per GB of input, at most `tasks`."
+        0, ge=0, description="Tasks per dedup round (digest / band-hash buckets); 0: one per 256 MB of input, at most `tasks`."
     )
     min_input_mb: float = Field(
         16, ge=0, description="kind=local: inputs smaller than this run in the main process (process start-up would cost more than it saves)."

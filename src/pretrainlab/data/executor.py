@@ -61,7 +61,7 @@ from pretrainlab.progress import console, progress_bar
 
 BATCH_RECORDS = 256  # records per pickled batch in a part
 PLAN_FILE = "plan.pkl"
-BUCKET_BYTES = 1_000_000_000  # input bytes per dedup bucket (data.executor.dedup_buckets=0)
+BUCKET_BYTES = 256_000_000  # input bytes per dedup bucket (data.executor.dedup_buckets=0)
 MOVED_MARK = "out.moved"  # the filter tasks' parts were moved into a corpus: run them again if needed
 
 
@@ -157,7 +157,7 @@ def make_plan(cfg: DataConfig, stage_names: list[str], prefix: int, rounds: list
     tasks = cfg.executor.tasks or len(units)
     sources = {s.name: dataclasses.replace(s, path=s.path.absolute(), files=[f.absolute() for f in s.files]) for s in specs}
     last = max((stage_names.index(r) for r in rounds), default=prefix - 1)
-    # One dedup bucket per GB of input: a bucket task's slice (~80 MB of signatures per GB) stays the same size
+    # One dedup bucket per 256 MB of input: a bucket task's slice (~20 MB of band keys) stays the same size
     # however large the corpus grows.
     buckets = cfg.executor.dedup_buckets or min(tasks, len(units), -(-sum(u.bytes for u in units) // BUCKET_BYTES))
     seen: dict[str, int] = {}

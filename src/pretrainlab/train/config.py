@@ -117,11 +117,11 @@ class ParallelConfig(Section):
 
     dp_replicate: int = Field(1, ge=1, description="Data-parallel replicas (DDP, or HSDP's replicate dimension).")
     dp_shard: int = Field(-1, ge=-1, description="FSDP2 shards per replica; -1 = the processes left over by the "
-                          "other dimensions (all of them go to DDP replicas under train.parallel=ddp).")
+                          "other dimensions (with no other dimension and train.parallel=ddp, they are DDP replicas).")
     tp: int = Field(1, ge=1, description="Tensor parallel (torch.distributed.tensor.parallel): attention heads, the "
                     "MLP hidden and the vocabulary are split over this many consecutive ranks.")
-    pp: int = Field(1, ge=1, description="Pipeline stages (torch.distributed.pipelining); must divide model.n_layers "
-                    "x pipeline_stages_per_rank.")
+    pp: int = Field(1, ge=1, description="Pipeline ranks (torch.distributed.pipelining); pp x "
+                    "pipeline_stages_per_rank stages must divide model.n_layers.")
     cp: int = Field(1, ge=1, description="Context parallel (sequence split over ranks); CUDA only.")
     ep: int = Field(1, ge=1, description="Expert parallel: each MoE layer's experts split over this many "
                     "data-parallel ranks (tokens move by all-to-all); 1 = train.expert_parallel decides.")

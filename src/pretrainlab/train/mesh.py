@@ -143,6 +143,12 @@ def check_layout(cfg: ProjectConfig, dims: ParallelDims, check_device: bool = Tr
         if check_device and (cfg.train.device == "cpu" or not _cuda()):
             raise UserError(f"parallel.cp={dims.cp} needs CUDA (torch's context_parallel shards SDPA over GPUs); "
                             "on the CPU set parallel.cp=1")
+        if cfg.packing.doc_mask:
+            raise UserError(f"parallel.cp={dims.cp} runs causal ring attention without document masks; set "
+                            "packing.doc_mask=false")
+        if cfg.model.max_seq_len != cfg.train.seq_len:
+            raise UserError(f"parallel.cp={dims.cp} splits the rotary tables with the sequence; set "
+                            f"model.max_seq_len equal to train.seq_len ({cfg.train.seq_len})")
         if cfg.train.seq_len % (2 * dims.cp):
             raise UserError(f"parallel.cp={dims.cp} needs train.seq_len ({cfg.train.seq_len}) divisible by 2*cp "
                             "(load-balanced chunks); adjust train.seq_len")
@@ -180,6 +186,8 @@ def _check_pipeline(cfg: ProjectConfig, dims: ParallelDims) -> None:
     if cfg.model.tie_embeddings:
         raise UserError("pipeline parallelism puts the embedding and the output projection on different ranks; "
                         "set model.tie_embeddings=false (or parallel.pp=1)")
+    if dims.cp > 1:
+        raise UserError("pipeline parallelism with context parallelism is not supported; use parallel.pp=1 or cp=1")
     if cfg.checkpoint.format == "full":
         raise UserError("checkpoint.format=full gathers the model on rank 0, which holds only the first pipeline "
                         "stage; use checkpoint.format=sharded (or auto) with parallel.pp > 1")

@@ -69,6 +69,16 @@ def apply_block_wrappers(model: nn.Module, tc, device: torch.device) -> None:
             model.layers[i] = torch.compile(block)
 
 
+def data_parallel_mesh(dims, mesh):
+    """FSDP2's mesh: the shard dimension (with context-parallel ranks folded in, as torchtitan's dp_shard_cp:
+    they hold the same weights and average their gradients), plus the replicate dimension for HSDP."""
+    shard = "dp_shard"
+    if dims.cp > 1:
+        mesh["dp_shard", "cp"]._flatten("dp_shard_cp")  # registers the flattened dimension on the root mesh
+        shard = "dp_shard_cp"
+    return mesh[shard] if dims.dp_replicate == 1 else mesh["dp_replicate", shard]
+
+
 def apply_data_parallel(model: nn.Module, tc, dims, mesh, device: torch.device, local_rank: int) -> nn.Module:
     """DDP for plain replication, else FSDP2 on the mesh's data dimensions (HSDP when both are > 1)."""
     from pretrainlab.train.parallel_ep import sharded_expert_params
@@ -80,7 +90,7 @@ def apply_data_parallel(model: nn.Module, tc, dims, mesh, device: torch.device, 
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if tc.precision == "bf16" else MixedPrecisionPolicy()
-        dp_mesh = mesh["dp_shard"] if dims.dp_replicate == 1 else mesh["dp_replicate", "dp_shard"]
+        dp_mesh = data_parallel_mesh(dims, mesh)
         ids = {id(p) for _, p in experts}
         for _, block in blocks(model):
             fully_shard(block, mesh=dp_mesh, mp_policy=mp,

@@ -37,16 +37,35 @@ from pretrainlab.train.mesh import ParallelDims
 class Parallelism:
     """What the training loop asks of a layout: the loss context, gradient finishing, a global clip."""
 
-    def __init__(self, dims: ParallelDims, mesh, ep=None, loss_parallel: bool = False, pipeline=None):
+    def __init__(self, dims: ParallelDims, mesh, ep=None, loss_parallel: bool = False, pipeline=None,
+                 model: nn.Module | None = None):
         self.dims, self.mesh, self.ep, self.loss_parallel, self.pipeline = dims, mesh, ep, loss_parallel, pipeline
+        self.model = model  # the plain model (its rotary tables are split with the sequence under context parallel)
 
-    def loss_context(self):
-        """Around forward and backward: cross-entropy on vocabulary-split logits (tensor parallel)."""
-        if not self.loss_parallel:
+    def loss_context(self, batch=None):
+        """Around one micro-batch's forward and backward: loss parallel (TP) and context parallel (CP).
+
+        Context parallel (CUDA; torch's ``context_parallel``) splits the batch's tokens, targets
+        and the rotary tables along the sequence over the ``cp`` ranks (load-balanced chunks, in
+        place) and turns causal SDPA into ring attention for the duration of the block.
+        """
+        if not self.loss_parallel and (self.dims.cp <= 1 or batch is None):
             return nullcontext()
-        from torch.distributed.tensor.parallel import loss_parallel
+        from contextlib import ExitStack
 
-        return loss_parallel()
+        stack = ExitStack()
+        if self.loss_parallel:
+            from torch.distributed.tensor.parallel import loss_parallel
+
+            stack.enter_context(loss_parallel())
+        if self.dims.cp > 1 and batch is not None:
+            from torch.distributed.tensor.experimental import context_parallel
+
+            rope = [self.model.rope_cos, self.model.rope_sin]
+            stack.enter_context(context_parallel(self.mesh["cp"], buffers=[batch.inputs, batch.targets, *rope],
+                                                 buffer_seq_dims=[1, 1, 0, 0],
+                                                 no_restore_buffers={batch.inputs, batch.targets}))
+        return stack
 
     def finish_grads(self) -> None:
         """Gradients data parallelism does not reduce (expert slices)."""
@@ -80,7 +99,8 @@ def parallelize(model: nn.Module, cfg: ProjectConfig, dims: ParallelDims, device
 
         ep = ExpertParallelRun(model, dims.ep, dims.world, device, mesh=dims.ep_mesh(device.type))
     # A MoE model adds auxiliary losses of plain tensors to the cross-entropy: its logits are gathered instead.
-    par = Parallelism(dims, mesh, ep, loss_parallel=dims.tp > 1 and cfg.parallel.loss_parallel and cfg.model.moe is None)
+    par = Parallelism(dims, mesh, ep, loss_parallel=dims.tp > 1 and cfg.parallel.loss_parallel and cfg.model.moe is None,
+                      model=model)
     if dims.pp > 1:
         return _parallelize_pipeline(model, cfg, dims, mesh, device, par, accum), par
     return _parallelize_part(model, cfg, dims, mesh, device, local_rank, par.loss_parallel, whole=True), par

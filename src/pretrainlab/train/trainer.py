@@ -296,7 +296,7 @@ def forward_backward(ctx: TrainContext, run: StepRunner) -> tuple[torch.Tensor, 
     term_sums: dict[str, torch.Tensor] = {}  # extra loss terms (model heads, callbacks), each logged
     for micro in range(ctx.accum):
         batch = ctx.loader.next_batch().to(ctx.device)
-        with grad_sync_context(ctx.model, sync=micro == ctx.accum - 1), run.par.loss_context():
+        with grad_sync_context(ctx.model, sync=micro == ctx.accum - 1), run.par.loss_context(batch):
             with run.amp:
                 out = ctx.model(batch.inputs, batch.targets, doc_ids=batch.doc_ids)
                 logits, loss = out[0], out[1]
