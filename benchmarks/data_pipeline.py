@@ -349,12 +349,13 @@ def main() -> None:
     ap.add_argument("--scale-mb", type=float, default=0,
                     help="only the issue-17 scale run (benchmarks/data_scale.py) on a generated corpus of this many MB")
     ap.add_argument("--scale-rounds", type=int, default=1, help="alternating 1/2-worker rounds of the scale run")
+    ap.add_argument("--scale-no-peer", action="store_true", help="scale run without datatrove's MinHash peer")
     args = ap.parse_args()
     if args.scale_mb:
         sys.path.insert(0, str(Path(__file__).parent))
         from data_scale import bench_scale
 
-        print(json.dumps(bench_scale(Path(args.dir), args.scale_mb, args.scale_rounds), indent=1))
+        print(json.dumps(bench_scale(Path(args.dir), args.scale_mb, args.scale_rounds, peer=not args.scale_no_peer)))
         return
     work = Path(args.dir)
     overrides = ["data.min_chars=200"]

@@ -238,7 +238,7 @@ def _pr(found: set, want: set) -> tuple[float, float]:
     return round(tp / len(found), 4) if found else 1.0, round(tp / len(want), 4) if want else 1.0
 
 
-def bench_scale(root: Path, mb: float, rounds: int = 1, unit_mb: float = 0) -> dict:
+def bench_scale(root: Path, mb: float, rounds: int = 1, unit_mb: float = 0, peer: bool = True) -> dict:
     unit_mb = unit_mb or max(1.0, mb / 32)
     out: dict = {"mb": mb, "unit_mb": unit_mb}
     for label, size in (("small", mb / 10), ("full", mb)):
@@ -266,7 +266,7 @@ def bench_scale(root: Path, mb: float, rounds: int = 1, unit_mb: float = 0) -> d
                                     "tokens_per_cpu_s": round(in_mb * 1e6 / 4 / best["cpu"]),
                                     "peak_rss_mb": best["peak_rss_mb"]}
         entry["speedup_1_to_2"] = round(entry["w1"]["seconds"] / entry["w2"]["seconds"], 2)
-        if label == "full":
+        if label == "full" and peer:
             want = truth(raw, planted, 0.8)
             peer = run_datatrove(raw, root / "datatrove", 2)
             p_ours, r_ours = _pr(runs[2][0]["near_removed"], want)

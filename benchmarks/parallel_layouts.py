@@ -2,14 +2,15 @@
 and the pipeline bubble measured against the planner's (p-1)/m.
 
 Usage:
-  .venv/bin/python benchmarks/parallel_layouts.py [--steps 12] [--d-model 128] [--layers 4]
+  .venv/bin/python benchmarks/parallel_layouts.py [--steps 12] [--d-model 128] [--layers 4] [--procs 2] [--only pp2]
 
 Each layout is a real `pretrainlab train` run under torchrun (gloo) on a synthetic corpus;
 the worker wraps the run in ``torch.profiler`` (CPU activities) and sums, per rank, the
 time of the step loop spent inside communication: gloo collectives, point-to-point
 sends/receives and the waits on them (events named ``gloo:*``, ``c10d::*``,
-``_c10d_functional::*``, ``record_param_comms``, top-level only, so nested events are not
-counted twice). Compute = step time - communication time. For pipeline layouts the
+``_c10d_functional::*``, ``record_param_comms`` on the training loop's thread, top-level
+only, so nested events and gloo's own threads are not counted). The profiler slows every
+op down, so the step times here are not throughput numbers; the shares are the point. Compute = step time - communication time. For pipeline layouts the
 bubble is the idle share of a stage: (p x step time - sum of the stages' compute) over
 the sum of the stages' compute, next to the planner's formula (p-1)/m
 (``plan.formulas.pipeline_bubble``). Each process uses one thread; the machine has 2
@@ -58,12 +59,14 @@ def worker(out: Path, sets: list[str]) -> None:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         w0 = time.time()
         train(cfg, resume="never")
-    steps = [json.loads(line) for line in open(cfg.run_dir / "metrics.jsonl")]
+    loop_thread = max(Counter(e.thread for e in prof.events()).items(), key=lambda kv: kv[1])[0]
+    steps = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
     times = [r["time"] - w0 for r in steps if r.get("kind") == "train"]
     lo, hi = times[2], times[-1]  # steps 4..N: past warm-up, before the final validation and save
     comm, names = 0.0, Counter()
     for e in prof.events():
-        if e.cpu_parent is None and e.name.startswith(COMM):  # top level only: nested events are not counted twice
+        # the training loop's thread, top level only: gloo's worker threads and nested events are not counted
+        if e.thread == loop_thread and e.cpu_parent is None and e.name.startswith(COMM):
             start, end = e.time_range.start / 1e6, e.time_range.end / 1e6
             overlap = max(0.0, min(end, hi) - max(start, lo))
             comm += overlap
@@ -77,7 +80,7 @@ def run_layout(workdir: Path, name: str, nproc: int, extra: list[str], base: lis
     sets = [f"workdir={workdir}", *base, f"run.dir={out / 'run'}", *extra]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port),
            __file__, "--worker", str(out), *sets]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if proc.returncode:
         raise SystemExit(f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(nproc)]
@@ -99,6 +102,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--only", default=None, help="run only layouts whose name contains this")
+    ap.add_argument("--procs", type=int, default=None, help="run only layouts of this many processes")
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
@@ -120,7 +124,8 @@ def main() -> int:
         workdir = Path(tmp)
         build_data(workdir)
         rows = []
-        for name, nproc, extra in [x for x in LAYOUTS if args.only is None or args.only in x[0]]:
+        chosen = [x for x in LAYOUTS if (args.only is None or args.only in x[0]) and args.procs in (None, x[1])]
+        for name, nproc, extra in chosen:
             row = run_layout(workdir, name, nproc, extra, base, _free_port())
             if name.startswith("pp2"):
                 m = int(name.split("m=")[1])

@@ -41,8 +41,11 @@ export TORCH_NCCL_ASYNC_ERROR_HANDLING=1
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
 
 echo "job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST: $CONFIG $*"
+# Once one task ends, the others get 60 s (--wait) and are then killed: a crashed rank does not leave the rest
+# hanging in a collective, and after a signal every rank still finishes its exit (--kill-on-bad-exit=1 would kill
+# ranks still leaving after the others exited 99, and the job would not be requeued).
 # shellcheck disable=SC2016  # the task's variables expand on each task, not here
-srun --kill-on-bad-exit=1 bash -c '
+srun --kill-on-bad-exit=0 --wait=60 bash -c '
   export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS
   exec "$0" -m pretrainlab.cli train -c "$@" --resume auto' "$PYTHON" "$CONFIG" "$@" &
 SRUN=$!

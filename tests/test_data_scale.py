@@ -225,3 +225,20 @@ def test_the_planner_extrapolates_data_build_hours_from_the_per_core_rate():
     # 40e6 MB / (2 MB/s * 0.5 efficiency * 50 cores) = 800,000 s on one node; 10 nodes: a tenth
     assert [r["cores"] for r in prep["rows"]] == [50, 500]
     assert [round(r["hours"], 3) for r in prep["rows"]] == [round(800_000 / 3600, 3), round(80_000 / 3600, 3)]
+
+
+def test_the_training_loader_draws_the_same_batches_from_many_parts_as_from_one(tokenized):
+    import torch
+
+    from pretrainlab.train.loader import MixtureLoader
+
+    tmp, tasks, _ = tokenized
+    if not (tmp / "whole" / "manifest.json").is_file():
+        build_clean_corpus(_cfg(tmp, "whole"))
+    one = tokenize_corpus(_tok_cfg(tmp, "whole", "tok_whole", "tokenize.tasks=never"))
+    assert one["sources"]["big"]["train"]["parts"] == ["train-00000"] and len(tasks["sources"]["big"]["train"]["parts"]) > 1
+    loaders = [MixtureLoader(tmp / d, seq_len=32, micro_batch=4, seed=3, eos_id=one["eos_id"], pad_id=one["pad_id"])
+               for d in ("tok_tasks", "tok_whole")]
+    for _ in range(20):
+        a, b = (ld.next_batch() for ld in loaders)
+        assert torch.equal(a.inputs, b.inputs) and torch.equal(a.targets, b.targets)

@@ -16,11 +16,11 @@ import sys
 import time
 
 import pytest
+from test_distributed import _free_port, _process_tree, _sets, losses, run_one
+from test_parallel_layouts import agree, metrics
 
 from pretrainlab.fsio import iter_jsonl
 from pretrainlab.train import checkpoint as ckpt
-from test_distributed import _free_port, _process_tree, _sets, losses, run_one
-from test_parallel_layouts import agree, metrics
 
 
 def node(tiny_data, run, port: int, host: bool) -> subprocess.Popen:

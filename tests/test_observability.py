@@ -194,14 +194,16 @@ def test_dashboard_names_a_straggler_from_the_events(hw_run, tmp_path):
 LONG = "This sentence is long enough to pass the length filter of this test, and it is plain English text. "
 
 
-def _governance_run(tmp_path: Path, report: bool = True) -> Path:
-    """A real clean corpus (`data build`: langid, PII redaction, dedup; one doc too short, one duplicate), its
-    token-shard manifest naming it, and a run whose config trains on those shards."""
-    raw, tokens, run = tmp_path / "raw", tmp_path / "tokens", tmp_path / "runs" / "gov"
-    for d in (raw, tokens, run):
-        d.mkdir(parents=True)
+@pytest.fixture(scope="module")
+def built_corpus(tmp_path_factory) -> Path:
+    """A real clean corpus (`data build`: langid, PII redaction, dedup; one doc too short, one duplicate)
+    with its `data report` (governance.json)."""
+    root = tmp_path_factory.mktemp("gov")
+    raw = root / "raw"
+    raw.mkdir()
     docs = {"prose": [f"Story {i}. {LONG * 3}" for i in range(8)] + ["short"],
-            "mail": [f"Letter {i}: write to person{i}@example.com. {LONG * 2}" for i in range(4)] + [f"Letter 0: write to person0@example.com. {LONG * 2}"]}
+            "mail": [f"Letter {i}: write to person{i}@example.com. {LONG * 2}" for i in range(4)]
+            + [f"Letter 0: write to person0@example.com. {LONG * 2}"]}
     registry = {}
     for name, texts in docs.items():
         (raw / f"{name}.jsonl").write_text("".join(json.dumps({"id": f"{name}:{i}", "text": t}) + "\n"
@@ -210,32 +212,42 @@ def _governance_run(tmp_path: Path, report: bool = True) -> Path:
                           "license": "CC0-1.0" if name == "prose" else "CC-BY-4.0", "modality": "text",
                           "approval": {"status": "approved", "by": "tests", "date": "2026-01-01"}, "pii_policy": "redact"}
     (raw / "sources.yaml").write_text(yaml.safe_dump({"sources": registry}))
-    cfg = load_config(None, [f"workdir={tmp_path}", "data.min_chars=50", "data.heldout_fraction=0",
-                             "data.stages=[normalize, length_filter, langid, pii, exact_dedup]"])
-    build_clean_corpus(cfg)
-    if report:
-        write_data_report(tmp_path / "clean")
-    (tokens / "manifest.json").write_text(json.dumps({"corpus_dir": str(tmp_path / "clean")}))
+    build_clean_corpus(load_config(None, [f"workdir={root}", "data.min_chars=50", "data.heldout_fraction=0",
+                                          "data.stages=[normalize, length_filter, langid, pii, exact_dedup]"]))
+    write_data_report(root / "clean")
+    return root / "clean"
+
+
+def _governance_run(tmp_path: Path, corpus: Path, report: bool = True) -> Path:
+    """A copy of the corpus, a token-shard manifest naming it, and a run whose config trains on those shards."""
+    clean, tokens, run = tmp_path / "clean", tmp_path / "tokens", tmp_path / "runs" / "gov"
+    shutil.copytree(corpus, clean)
+    if not report:
+        (clean / "governance.json").unlink()
+    for d in (tokens, run):
+        d.mkdir(parents=True)
+    (tokens / "manifest.json").write_text(json.dumps({"corpus_dir": str(clean)}))
     (run / "config.yaml").write_text(yaml.safe_dump({"train": {"tokens": str(tokens), "steps": 10}}))
     return run
 
 
 @pytest.mark.parametrize("report", [True, False], ids=["governance.json", "computed"])
-def test_governance_view_shows_the_runs_dataset_shares_languages_pii_and_quarantine(tmp_path, report):
-    run = _governance_run(tmp_path, report)
+def test_governance_view_shows_the_runs_dataset_shares_languages_pii_and_quarantine(tmp_path, built_corpus, report):
+    run = _governance_run(tmp_path, built_corpus, report)
     view = render_views(run.parent)
     gov = view["governance"]
     assert 'id="gov-gov"' in gov and "dataset version <b>dataset-v" in gov
+    # five letters carry an address (the duplicate is redacted before dedup drops it)
     for text in ("<td>prose</td><td>CC0-1.0</td><td>8</td>", "<td>mail</td><td>CC-BY-4.0</td><td>4</td>",
-                 "<td>en</td><td>12</td><td>100.0%</td>", "<td>email</td><td>5</td>", "5 document(s) with PII",  # the duplicate is redacted before dedup drops it
+                 "<td>en</td><td>12</td><td>100.0%</td>", "<td>email</td><td>5</td>", "5 document(s) with PII",
                  "<td>length_filter</td><td>too_short</td><td>1</td>", "<td>exact_dedup</td><td>duplicate</td><td>1</td>"):
         assert text in gov, text
     assert '<a href="#gov-gov">governance</a>' in view["status"]
     assert "<h2>Data governance</h2>" in build_report_html(run)
 
 
-def test_governance_view_says_why_when_the_corpus_is_gone(tmp_path):
-    run = _governance_run(tmp_path)
+def test_governance_view_says_why_when_the_corpus_is_gone(tmp_path, built_corpus):
+    run = _governance_run(tmp_path, built_corpus)
     shutil.rmtree(tmp_path / "clean")
     assert "No data-governance facts for gov" in render_views(run.parent)["governance"]
 

@@ -129,10 +129,11 @@ def resolve_dims(cfg: ProjectConfig, world: int, check_device: bool = True) -> P
 
 def check_layout(cfg: ProjectConfig, dims: ParallelDims, check_device: bool = True) -> None:
     """Refuse a layout the model, the device or the rest of the config cannot use (one line each)."""
-    m, pc = cfg.model, cfg.parallel
+    m = cfg.model
     if dims.tp > 1:
-        for what, n in (("model.n_heads", m.n_heads), ("model.n_kv_heads", m.kv_heads), ("the MLP hidden size "
-                        "(model.ffn_hidden)", m.ffn_dim)):
+        widths = (("model.n_heads", m.n_heads), ("model.n_kv_heads", m.kv_heads),
+                  ("the MLP hidden size (model.ffn_hidden)", m.ffn_dim))
+        for what, n in widths:
             if n % dims.tp:
                 raise UserError(f"parallel.tp={dims.tp} must divide {what} ({n}); pick a tp that divides it")
         if m.vocab_size is not None and m.vocab_size % dims.tp:

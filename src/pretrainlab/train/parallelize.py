@@ -31,6 +31,7 @@ from torch import nn
 
 from pretrainlab.config import ProjectConfig
 from pretrainlab.model.moe import MoE
+from pretrainlab.model.transformer import Transformer
 from pretrainlab.train.mesh import ParallelDims
 
 
@@ -92,6 +93,11 @@ def parallelize(model: nn.Module, cfg: ProjectConfig, dims: ParallelDims, device
     The returned module is ``model`` itself (FSDP2 and TP work in place), DDP around it, or, under
     pipeline parallelism, a ``pipeline.PipelinedModel`` holding only this rank's stages.
     """
+    if (dims.tp > 1 or dims.pp > 1 or dims.cp > 1) and type(model) is not Transformer:
+        from pretrainlab.errors import UserError
+
+        raise UserError(f"the tensor/pipeline/context-parallel plans cover the plain decoder, not "
+                        f"{type(model).__name__} (e.g. multimodal loss heads); use data and expert parallelism for it")
     mesh = dims.build_mesh(device.type)
     ep = None
     if dims.ep > 1:

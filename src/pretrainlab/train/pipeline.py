@@ -82,7 +82,7 @@ class Pipeline:
 
         self.group = mesh["pp"].get_group()
         self.hidden = (mesh["tp"].size(), cfg.model.d_model)  # activations between stages: sequence split over tp
-        self.pp, self.pp_rank = mesh["pp"].size(), mesh["pp"].get_local_rank()
+        self.pp = mesh["pp"].size()
         self.peers = dist.get_process_group_ranks(self.group)  # global rank of each pipeline rank
         self.modules, self.stage_ids, self.num_stages = stages, stage_ids, num_stages
         self.microbatches, self.loss_context = microbatches, loss_context

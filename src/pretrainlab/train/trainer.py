@@ -38,8 +38,8 @@ from pretrainlab.train.checkpointer import Checkpointer, quarantine_future_metri
 from pretrainlab.train.context import Recipe, TrainContext
 from pretrainlab.train.interrupts import EXIT_PREEMPTED, StopSignals
 from pretrainlab.train.loader import MixtureLoader
-from pretrainlab.train.optim import build_optimizer, lr_at, set_lr
 from pretrainlab.train.mesh import ParallelDims, resolve_dims
+from pretrainlab.train.optim import build_optimizer, lr_at, set_lr
 from pretrainlab.train.parallel import autocast_context, grad_sync_context, init_distributed
 from pretrainlab.train.parallelize import Parallelism, parallelize
 
