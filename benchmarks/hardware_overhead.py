@@ -1,7 +1,7 @@
 """Benchmark: the cost of per-rank hardware sampling and step timing (``hardware.enabled``) on training.
 
 Usage:
-  .venv/bin/python benchmarks/hardware_overhead.py [--rounds 3] [--steps 40] [--log-every 10]
+  .venv/bin/python benchmarks/hardware_overhead.py [--rounds 3] [--steps 40] [--log-every 10] [--interleave K]
       [--interval 1.0] [--threads 2] [--d-model 128 --layers 4 --seq 128 --micro-batch 8]
 
 Trains the same small model on a synthetic corpus in pairs of runs, sampling
@@ -18,6 +18,10 @@ off then on (same seed, same data), and reports:
   sampling off), which other jobs preempting us do not inflate. The < 0.5% target
   is checked against the direct accounting; the A/B ratios bound it from outside
   when the machine is quiet enough for them to resolve 0.5%.
+
+With ``--interleave K`` it makes one run instead and switches the whole monitor
+(its hooks and the sampler thread) off and on every K steps, comparing the step
+times of the two kinds of blocks: slow drifts in machine load then hit both alike.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ class HookTimer:
         from pretrainlab.monitor import cluster
 
         self.cls, self.seconds, self.cpu_seconds, self.samplers = cluster.ClusterMonitor, 0.0, 0.0, []
+        self.active = True
         self.orig = {h: getattr(self.cls, h) for h in self.HOOKS}
         for name, fn in self.orig.items():
             setattr(self.cls, name, self._timed(fn))
@@ -77,6 +82,8 @@ class HookTimer:
 
     def _timed(self, fn):
         def wrapper(monitor, *args):
+            if not self.active:  # --interleave: the monitor is switched off for this block of steps
+                return {} if fn.__name__ == "extra_losses" else None
             t, c = time.perf_counter(), time.thread_time()
             try:
                 return fn(monitor, *args)
@@ -105,6 +112,29 @@ def cpu_clock():
     return CpuClock()
 
 
+def interleaved(timer: HookTimer, block: int):
+    """A callback that switches the whole monitor (hooks and sampler thread) off and on every ``block`` steps of one
+    run and records each step's wall time with the state it ran in: an A/B that slow drifts of machine load cancel."""
+    from pretrainlab.train.callbacks import Callback
+
+    class Interleave(Callback):
+        def __init__(self):
+            self.t = None
+            self.times: dict[bool, list[float]] = {True: [], False: []}
+
+        def on_step_end(self, ctx, metrics):
+            now = time.perf_counter()
+            if self.t is not None and ctx.step > block:  # the first block warms up
+                self.times[timer.active].append(now - self.t)
+            if ctx.step % block == 0:
+                timer.active = not timer.active
+                sampler = timer.samplers[-1]
+                sampler.start() if timer.active else sampler.stop()
+            self.t = time.perf_counter()
+
+    return Interleave()
+
+
 def step_seconds(run_dir: Path) -> float:
     """Median seconds per step between log records (the first interval, with warm-up, left out)."""
     recs = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
@@ -124,6 +154,8 @@ def main() -> int:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--micro-batch", type=int, default=8)
+    ap.add_argument("--interleave", type=int, default=0, metavar="K",
+                    help="one run instead of pairs: switch the monitor off/on every K steps and compare the blocks")
     args = ap.parse_args()
 
     from pretrainlab.config import load_config
@@ -139,6 +171,16 @@ def main() -> int:
             "log.peak_flops=1e11", "guard.enabled=true", f"hardware.interval_s={args.interval}"]
     make_data(work, base)
     timer = HookTimer()
+    if args.interleave:
+        probe = interleaved(timer, args.interleave)
+        train(load_config(None, base + [f"run.dir={work / 'runs' / 'interleaved'}", "hardware.enabled=true"]),
+              resume="never", callbacks=[probe])
+        on, off = probe.times[True], probe.times[False]
+        print(f"interleaved blocks of {args.interleave} steps, one run: {len(on)} steps on, {len(off)} off; "
+              f"median {statistics.median(on) * 1e3:.1f} vs {statistics.median(off) * 1e3:.1f} ms/step, ratio on/off "
+              f"{statistics.median(on) / statistics.median(off):.4f}; means {statistics.fmean(on) * 1e3:.1f} vs "
+              f"{statistics.fmean(off) * 1e3:.1f} ms, ratio {statistics.fmean(on) / statistics.fmean(off):.4f}")
+        return 0
     ratios, offs, ons, overhead, sampler_share, hook_per_step, per_sample = [], [], [], [], [], [], []
     cpu_ratios, hook_cpu_per_step, sampler_cpu_per_step, cpu_share = [], [], [], []
     for i in range(args.rounds):

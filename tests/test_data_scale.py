@@ -242,3 +242,48 @@ def test_the_training_loader_draws_the_same_batches_from_many_parts_as_from_one(
     for _ in range(20):
         a, b = (ld.next_batch() for ld in loaders)
         assert torch.equal(a.inputs, b.inputs) and torch.equal(a.targets, b.targets)
+
+
+def test_a_chain_of_near_duplicates_keeps_its_far_end_in_process_and_on_tasks_alike(tmp_path):
+    """A ~ B and B ~ C but A !~ C: the one-stream rule drops B (matches kept A) and keeps C (its only
+    match, B, was dropped); a union of candidate pairs would drop C too."""
+    import random
+
+    import yaml
+
+    from pretrainlab.data.dedupdist import hasher_for
+    from pretrainlab.data.minhash import exact_jaccard
+
+    rng = random.Random(7)
+    a = ["".join(rng.choice("abcdefghijklmnop") for _ in range(6)) for _ in range(200)]
+    b = list(a)
+    for i in (30, 90, 150):
+        b[i] = "zzzz"
+    c = list(b)
+    for i in (60, 120, 180):
+        c[i] = "yyyy"
+    texts = {"A": " ".join(a), "B": " ".join(b), "C": " ".join(c)}
+    h = hasher_for(load_config(None, []).data)
+    sh = {k: np.unique(h.shingles(t)).astype(np.uint32) for k, t in texts.items()}
+    assert exact_jaccard(sh["A"], sh["B"]) >= 0.8 and exact_jaccard(sh["B"], sh["C"]) >= 0.8
+    assert exact_jaccard(sh["A"], sh["C"]) < 0.8
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    filler = [{"id": f"f{i}", "text": " ".join(rng.choice(a) + str(i) for _ in range(200))} for i in range(30)]
+    recs = [{"id": "A", "text": texts["A"]}, *filler[:10], {"id": "B", "text": texts["B"]}, *filler[10:20],
+            {"id": "C", "text": texts["C"]}, *filler[20:]]
+    (raw / "s.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    approval = {"status": "approved", "by": "legal", "date": "2026-11-01"}
+    (raw / "sources.yaml").write_text(yaml.safe_dump({"sources": {"s": {"path": "s.jsonl", "license": "CC0-1.0",
+                                                                        "approval": approval}}}))
+    base = [f"workdir={tmp_path}", "data.stages=[normalize, exact_dedup, near_dedup]", "data.min_chars=10",
+            "data.heldout_fraction=0"]
+    build_clean_corpus(load_config(None, [*base, f"data.out={tmp_path / 'one'}"]))
+    build_clean_corpus(load_config(None, [*base, f"data.out={tmp_path / 'tasks'}", "data.executor.min_input_mb=0",
+                                          "data.executor.unit_mb=0.01", "data.executor.workers=2"]))
+    for out in ("one", "tasks"):
+        q = [json.loads(x) for x in (tmp_path / out / "quarantine.jsonl").read_text().splitlines()]
+        assert [(r["id"], r["code"]) for r in q] == [("B", "near_duplicate")] and "of A " in q[0]["reason"]
+        kept = {json.loads(x)["id"] for x in read_split_bytes(tmp_path / out, "s", "train").splitlines()}
+        assert {"A", "C"} <= kept
+    assert read_split_bytes(tmp_path / "one", "s", "train") == read_split_bytes(tmp_path / "tasks", "s", "train")

@@ -165,6 +165,8 @@ class HardwareSampler:
                 pass
 
     def start(self) -> "HardwareSampler":
+        """Start (or, after ``stop``, restart) the sampling thread."""
+        self._stop.clear()
         self.sample()  # a first value for every field, so even the first log step has one
         self._thread = threading.Thread(target=self._loop, name="pretrainlab-hw-sampler", daemon=True)
         self._thread.start()

@@ -140,7 +140,10 @@ def clip_grads_(params: list[nn.Parameter], max_norm: float, total: torch.Tensor
 
 def autocast_context(cfg: ProjectConfig, device: torch.device, world: int):
     """bf16/fp16 autocast, unless FSDP2's mixed-precision policy already casts parameters (bf16)."""
-    if cfg.train.precision == "fp32" or (cfg.train.precision == "bf16" and cfg.train.parallel == "fsdp2" and world > 1):
+    from pretrainlab.train.mesh import resolve_dims
+
+    fsdp = world > 1 and resolve_dims(cfg, world, check_device=False).fsdp  # FSDP2 wraps every layout but plain DDP
+    if cfg.train.precision == "fp32" or (cfg.train.precision == "bf16" and fsdp):
         return nullcontext()
     dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
