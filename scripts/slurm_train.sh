@@ -23,7 +23,7 @@
 #SBATCH --requeue
 #SBATCH --signal=B:USR1@300
 #SBATCH --open-mode=append
-#SBATCH --output=logs/%x-%j.out
+#SBATCH --output=%x-%j.out  # in the submit directory: Slurm opens it before this script runs, so no subfolder
 set -uo pipefail
 
 CONFIG=${1:?usage: sbatch scripts/slurm_train.sh CONFIG [--set KEY=VALUE ...]}
@@ -33,7 +33,7 @@ EXIT_PREEMPTED=99  # pretrainlab.train.interrupts.EXIT_PREEMPTED
 MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 export MASTER_ADDR
 export MASTER_PORT=${MASTER_PORT:-29500}
-mkdir -p logs
+
 
 # NCCL settings that usually matter on InfiniBand clusters; adjust to your fabric.
 export NCCL_ASYNC_ERROR_HANDLING=1

@@ -76,14 +76,13 @@ def test_slurm_train_script_runs_2_gloo_tasks_through_real_sbatch(slurm, tiny_da
     run = tmp_path / "run"
     sets = tiny_overrides(tiny_data) + [f"run.dir={run}", "train.threads=1", "train.steps=4", "train.val_every=100",
                                         "train.parallel=ddp"]
-    (tmp_path / "logs").mkdir()  # Slurm opens --output=logs/%x-%j.out before the script runs
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(_free_port())}
     out = subprocess.run(
         ["sbatch", "--parsable", "--wait", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0",
          "--time=00:10:00", str(ROOT / "scripts" / "slurm_train.sh"), str(config),
          *[a for s in sets for a in ("--set", s)]],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    logs = "\n".join(p.read_text() for p in (tmp_path / "logs").glob("*.out"))
+    logs = "\n".join(p.read_text() for p in tmp_path.glob("*.out"))
     assert out.returncode == 0, (out.stderr + logs)[-4000:]
     steps = [r["step"] for r in iter_jsonl(run / "metrics.jsonl") if "loss" in r]
     assert steps and max(steps) == 4, logs[-4000:]
@@ -101,7 +100,6 @@ def test_slurm_train_script_checkpoints_on_the_batch_signal_and_requeues_itself(
     run = tmp_path / "run"
     sets = tiny_overrides(tiny_data) + [f"run.dir={run}", "train.threads=1", "train.steps=400", "train.val_every=1000",
                                         "checkpoint.every=2", "train.parallel=ddp"]
-    (tmp_path / "logs").mkdir()
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(_free_port())}
     job = subprocess.run(
         ["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0",
@@ -119,7 +117,7 @@ def test_slurm_train_script_checkpoints_on_the_batch_signal_and_requeues_itself(
             assert time.time() < deadline, state
             time.sleep(0.5)
             state = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
-        logs = "\n".join(p.read_text() for p in (tmp_path / "logs").glob("*.out"))
+        logs = "\n".join(p.read_text() for p in tmp_path.glob("*.out"))
         assert "checkpointed on a signal (exit 99): requeueing job" in logs, logs[-4000:]
         (stop,) = [e for e in iter_jsonl(run / "events.jsonl") if e["event"] == "interrupted"]
         assert stop["signal"] == "SIGUSR1" and ckpt.is_complete(ckpt.latest_checkpoint(run))

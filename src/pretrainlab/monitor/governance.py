@@ -27,8 +27,8 @@ def corpus_of_tokens(tokens_dir: str | Path) -> Path | None:
         return None
 
 
-def corpus_of_run(run_dir: str | Path, config: dict | None = None) -> Path | None:
-    """The clean corpus of a run directory (via the token shards its config.yaml names)."""
+def corpus_of_run(config: dict) -> Path | None:
+    """The clean corpus of a run, from its resolved config.yaml (via the token shards it names)."""
     tokens = ((config or {}).get("train") or {}).get("tokens")
     return corpus_of_tokens(tokens) if tokens else None
 

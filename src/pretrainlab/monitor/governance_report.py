@@ -26,7 +26,7 @@ def _mtime(path: Path) -> float:
 
 def run_governance(run: RunData) -> tuple[Path | None, dict | None]:
     """(clean corpus, governance summary) of a run; (None, None) when its corpus cannot be found."""
-    clean = governance.corpus_of_run(run.path, run.config)
+    clean = governance.corpus_of_run(run.config)
     if clean is None:
         return None, None
     key = (str(clean), _mtime(clean / "manifest.json"), _mtime(clean / "governance.json"))
