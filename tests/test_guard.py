@@ -71,7 +71,8 @@ def test_one_nan_step_is_skipped_and_training_goes_on(tiny_cfg):
 def test_repeated_nan_rolls_back_to_the_last_checkpoint_skips_the_bad_data_and_finishes(tiny_cfg):
     # Batches 5, 6, 7 are poisoned; the checkpoint before them is step 4.
     cfg = tiny_cfg("train.steps=12", "checkpoint.every=4", "guard.inject_nan_at_steps=[5,6,7]",
-                   "guard.rollback_after=3", "guard.skip_batches=3")
+                   "guard.rollback_after=3", "guard.skip_batches=3",
+                   "guard.throughput_action=off")  # a shared CI machine's speed swings are not this test's subject
     summary = train(cfg)
     run = cfg.run_dir
     assert [e["step"] for e in events(run, "skip_step")] == [5, 6, 7]
