@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import random
 from pathlib import Path
 
@@ -83,3 +85,17 @@ def tiny_cfg(tiny_data, tmp_path):
         return load_config(None, tiny_overrides(tiny_data) + [f"run.dir={tmp_path / 'run'}", *extra])
 
     return make
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1.5 MB filesystem (tmpfs, needs root); skipped where it cannot be mounted."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root; the fault-injection (patched ENOSPC) tests cover the same paths")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1500k", "tmpfs", str(mnt)], capture_output=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)

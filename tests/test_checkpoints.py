@@ -5,7 +5,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 
 import pytest
 import torch
@@ -248,20 +247,6 @@ def test_leftovers_of_a_killed_save_are_removed_by_the_next_one(tmp_path):
     (root / ".corrupt-step_00000003").mkdir()
     _save(tmp_path, 2)
     assert sorted(p.name for p in root.iterdir()) == [".corrupt-step_00000003", "step_00000001", "step_00000002"]
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real 1.5 MB filesystem (tmpfs, needs root); skipped where it cannot be mounted."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root; the fault-injection tests above cover the same paths")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1500k", "tmpfs", str(mnt)], capture_output=True)
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 @pytest.mark.parametrize("left_kb", [500, 200, 8])  # room left for the second save: it fails at a different point

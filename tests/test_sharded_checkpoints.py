@@ -2,10 +2,8 @@
 
 import errno
 import json
-import os
 import re
 import shutil
-import subprocess
 from concurrent.futures import Future
 
 import pytest
@@ -159,20 +157,6 @@ def test_a_failed_staging_copy_is_raised_not_swallowed():
         saver.close()
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real 1.5 MB filesystem (tmpfs, needs root); skipped where it cannot be mounted."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root; test_a_failed_sharded_save_... covers the same path patched")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1500k", "tmpfs", str(mnt)], capture_output=True)
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
 @pytest.mark.parametrize("left_kb", [500, 200, 8])  # room left for the second save: it fails at a different point
 def test_a_real_full_disk_fails_a_sharded_save_in_one_line(small_disk, left_kb):
     run = small_disk / "run"
@@ -186,7 +170,7 @@ def test_a_real_full_disk_fails_a_sharded_save_in_one_line(small_disk, left_kb):
 
 @pytest.mark.slow
 def test_under_torchrun_the_ranks_agree_to_skip_a_shard_only_one_of_them_checked(tiny_data, tmp_path):
-    from test_distributed import keep_up_to, losses, run_two
+    from test_distributed import keep_up_to, run_two
 
     whole = run_two(tiny_data, tmp_path / "whole", "train.parallel=fsdp2")  # 10 steps, a checkpoint every 2
     run = keep_up_to(tmp_path / "whole", tmp_path / "run", 6)
