@@ -90,6 +90,32 @@ def test_repeated_nan_rolls_back_to_the_last_checkpoint_skips_the_bad_data_and_f
     assert [a["rule"] for a in alerts] == ["rollback"]
 
 
+class CorruptCheckpointAt(Callback):
+    """Damages the newest checkpoint at the end of ``step`` (bit rot noticed only when it is needed)."""
+
+    def __init__(self, step, checkpoint_step):
+        self.step, self.checkpoint_step = step, checkpoint_step
+
+    def on_step_end(self, ctx, metrics):
+        if ctx.step == self.step and ctx.is_main:
+            from pretrainlab.train.integrity import corrupt
+
+            corrupt(ctx.run_dir / "checkpoints" / ckpt.step_dir_name(self.checkpoint_step), "truncate-model")
+
+
+def test_a_rollback_skips_a_damaged_newest_checkpoint_and_goes_back_to_the_one_before(tiny_cfg):
+    cfg = tiny_cfg("train.steps=14", "checkpoint.every=4", "checkpoint.keep_last=5", "guard.inject_nan_at_steps=[9,10,11]",
+                   "guard.rollback_after=3", "guard.skip_batches=1", "guard.throughput_action=off")
+    summary = train(cfg, callbacks=[CorruptCheckpointAt(11, 8)])
+    run = cfg.run_dir
+    (rb,) = events(run, "rollback")
+    assert rb["checkpoint"].endswith("step_00000004") and rb["to_step"] == 4
+    (skipped,) = events(run, "checkpoint_skipped")
+    assert skipped["skipped_step"] == 8 and "model.pt" in skipped["reason"]
+    assert (run / "checkpoints" / ".corrupt-step_00000008").is_dir()  # set aside, never deleted
+    assert summary["steps"] == 14 and all(math.isfinite(x) for x in summary["losses"])
+
+
 def test_repeated_rollbacks_skip_past_the_bad_region_and_the_skip_grows_each_time(tiny_cfg):
     # Poisoned data 5-10 is wider than skip_batches=1: skipping from the checkpoint would land in it again and again.
     cfg = tiny_cfg("train.steps=12", "checkpoint.every=4", "guard.inject_nan_at_steps=[5,6,7,8,9,10]",

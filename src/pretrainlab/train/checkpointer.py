@@ -24,7 +24,13 @@ from pretrainlab.progress import console
 from pretrainlab.train import checkpoint as ckpt
 from pretrainlab.train.callbacks import Callback
 from pretrainlab.train.context import TrainContext
-from pretrainlab.train.parallel import full_state, load_full_state, load_sharded_state, sharded_state
+from pretrainlab.train.parallel import (
+    full_state,
+    load_full_state,
+    load_sharded_state,
+    sharded_state,
+)
+from pretrainlab.train.recovery import find_resumable
 
 
 def rng_state(device: torch.device) -> dict:
@@ -207,7 +213,11 @@ class Checkpointer(Callback):
         state is not reloaded (the guard counts rollbacks).
         """
         self.wait()
-        path = ckpt.latest_checkpoint(ctx.run_dir)
+        found = find_resumable(ctx.run_dir, ctx.rank, ctx.world, self.group)  # a damaged newest one is set aside
+        for skipped in found.skipped:
+            ctx.event("checkpoint_skipped", **skipped.event())
+            console.print(f"[yellow]rollback[/]: {skipped.line()}")
+        path = found.path
         if path is None:
             raise TrainingStopped(f"{ctx.run_dir}: a rollback was needed ({reason}) but no complete checkpoint exists; "
                                   "lower optim.lr or checkpoint.every and start again")
