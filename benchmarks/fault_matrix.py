@@ -40,6 +40,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from test_distributed import process_tree  # noqa: E402  (the torchrun tests kill the same way)
+
 STEPS = 12
 PY = sys.executable
 TINY = [
@@ -129,21 +132,6 @@ def events(run: Path, name: str) -> list[dict]:
 def checkpoints(run: Path) -> list[str]:
     d = run / "checkpoints"
     return sorted(p.name for p in d.iterdir() if p.name.startswith("step_")) if d.is_dir() else []
-
-
-def process_tree(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(stat.parent.name))
-    tree, todo = [], [pid]
-    while todo:
-        tree.append(todo.pop())
-        todo += children.get(tree[-1], [])
-    return tree
 
 
 def wait_for_steps(proc: subprocess.Popen, run: Path, n: int, deadline_s: float = 240) -> bool:

@@ -124,7 +124,7 @@ def test_a_one_process_sharded_checkpoint_resumes_on_two_and_full_state_back_on_
     assert close(run_one(tiny_data, run, "train.parallel=fsdp2"), one)
 
 
-def _process_tree(pid: int) -> list[int]:
+def process_tree(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -155,7 +155,7 @@ def kill_at_random_moment(proc: subprocess.Popen, run: Path, seed: str, steps: i
         assert time.time() < deadline, "the run made no progress"
         time.sleep(0.005)
     time.sleep(extra_s)
-    for pid in reversed(_process_tree(proc.pid)):  # workers first, then torchrun: nobody gets to react
+    for pid in reversed(process_tree(proc.pid)):  # workers first, then torchrun: nobody gets to react
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:

@@ -16,7 +16,7 @@ import sys
 import time
 
 import pytest
-from test_distributed import _free_port, _process_tree, _sets, losses, run_one
+from test_distributed import _free_port, process_tree, _sets, losses, run_one
 from test_parallel_layouts import agree, metrics
 
 from pretrainlab.fsio import iter_jsonl
@@ -35,7 +35,7 @@ def node(tiny_data, run, port: int, host: bool) -> subprocess.Popen:
 
 
 def kill_node(proc: subprocess.Popen) -> None:
-    for pid in reversed(_process_tree(proc.pid)):  # the worker, then its launcher
+    for pid in reversed(process_tree(proc.pid)):  # the worker, then its launcher
         try:
             os.kill(pid, 9)
         except ProcessLookupError:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import warnings
 
 import psutil
 
@@ -126,6 +127,7 @@ class HardwareSampler:
         self._last: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.sample_error: str | None = None  # the first reading that failed in the background, if any
         self.sample_seconds = 0.0  # sampler thread CPU time (the overhead it adds), see benchmarks/hardware_overhead.py
         self.samples = 0
 
@@ -161,8 +163,10 @@ class HardwareSampler:
         while not self._stop.wait(self.interval_s):
             try:
                 self.sample()
-            except Exception:  # a failing reading must never take the run down; the field stays NaN
-                pass
+            except Exception as err:  # a failing reading must never take the run down; the field stays NaN
+                if self.sample_error is None:  # said once, not every interval
+                    self.sample_error = f"{type(err).__name__}: {err}"
+                    warnings.warn(f"hardware sampling failed, its readings stay empty: {self.sample_error}", stacklevel=1)
 
     def start(self) -> "HardwareSampler":
         """Start (or, after ``stop``, restart) the sampling thread."""
