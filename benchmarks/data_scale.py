@@ -125,9 +125,18 @@ def truth(raw: Path, planted: dict[str, str], threshold: float) -> set[str]:
     return out
 
 
-def _cpu() -> float:
-    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+def _children_cpu() -> float:
+    c = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return c.ru_utime + c.ru_stime
+
+
+def _run_child(args: list[str]) -> tuple[subprocess.CompletedProcess, float]:
+    """Run a child process; its CPU seconds are measured here, after it exited, so every process
+    of its tree that was waited for (pool workers included) is counted -- not only the ones the
+    child itself had reaped when it measured."""
+    before = _children_cpu()
+    p = subprocess.run(args, capture_output=True, text=True)
+    return p, _children_cpu() - before
 
 
 def run_ours(raw: Path, out: Path, workers: int, unit_mb: float, buckets: int) -> dict:
@@ -147,10 +156,11 @@ print("RESULT", json.dumps({{"seconds": time.perf_counter() - t, "cpu": r.ru_uti
 """
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(out.with_name(out.name + ".work"), ignore_errors=True)
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    p, cpu = _run_child([sys.executable, "-c", code])
     if p.returncode != 0:
         raise SystemExit(p.stderr[-3000:])
     res = json.loads(p.stdout.split("RESULT", 1)[1])
+    res["cpu"] = cpu
     (work,) = out.with_name(out.name + ".work").iterdir()
     rss = {}
     for phase in sorted((work / "phases").iterdir()) + [work]:
@@ -223,10 +233,11 @@ if __name__ == "__main__":
     work.mkdir(parents=True)
     script = work / "peer.py"
     script.write_text(code)
-    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    p, cpu = _run_child([sys.executable, str(script)])
     if p.returncode != 0:
         raise SystemExit(p.stderr[-3000:])
     res = json.loads(p.stdout.split("RESULT", 1)[1])
+    res["cpu"] = cpu
     kept = {x.strip() for f in work.glob("kept-*.txt") for x in open(f)}
     all_ids = {json.loads(x)["id"] for f in raw.glob("*.jsonl") for x in open(f, encoding="utf-8")}
     res["removed"] = all_ids - kept

@@ -19,7 +19,8 @@ replicated over tensor-parallel ranks). For pipeline layouts (p stages, m micro-
 the measured bubble is n x T / T1 - 1, next to ``plan.formulas.pipeline_bubble`` (p-1)/m
 (which counts idle time only, not transfers). The machine has 2 cores shared with other
 work: layouts of 4 processes are oversubscribed, so only 2-process layouts are compared
-with the reference by default.
+with the reference by default (``--procs 4`` times the others; their "per core" share,
+T1 / (min(n, cores) x T), is the one that can reach 100% there).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ LAYOUTS = [  # (name, processes, --set overrides)
                                 "parallel.pipeline_schedule=Interleaved1F1B", "parallel.pipeline_stages_per_rank=2"]),
     ("tp2 x dp2", 4, ["parallel.tp=2"]),
     ("pp2 x dp2 m=4", 4, ["parallel.pp=2", "parallel.pipeline_microbatches=4"]),
+    ("HSDP 2x2", 4, ["parallel.dp_replicate=2", "parallel.dp_shard=2"]),
 ]
 
 
@@ -97,18 +99,21 @@ def main() -> int:
             t = step_seconds(run, tokens)
             ref = t1
             if name.startswith("pp2"):  # the reference runs the pipeline's micro-batch size (CPU matmuls scale with it)
-                m = int(name.split("m=")[1])
-                rows_per_micro = tokens // 64 // m
+                m, dp = int(name.split("m=")[1]), nproc // 2
+                rows_per_micro = tokens // 64 // (m * dp)
                 launch(workdir, 1, [f"workdir={workdir}", *base, f"run.dir={run}_ref",
                                     f"train.micro_batch={rows_per_micro}"], 0)
                 ref = step_seconds(workdir / f"{run.name}_ref", tokens)
+            cores = min(nproc, os.cpu_count() or 1)
             row = {"layout": name, "processes": nproc, "step_s": t, "reference_step_s": ref,
-                   "compute_share": ref / (nproc * t)}
+                   "compute_share": ref / (nproc * t), "compute_share_per_core": ref / (cores * t)}
             text = ""
             if name.startswith("pp2"):
                 row["bubble_measured"], row["bubble_planner"] = nproc * t / ref - 1, pipeline_bubble(2, m)
                 text = f" | bubble {row['bubble_measured']:.2f} (planner (p-1)/m {row['bubble_planner']:.2f})"
             rows.append(row)
+            if cores < nproc:
+                text += f" | per core ({cores} cores) {100 * row['compute_share_per_core']:5.1f}%"
             print(f"{name:<22} {nproc} procs | step {1000 * t:7.1f} ms | compute {100 * row['compute_share']:5.1f}% "
                   f"/ waiting {100 * (1 - row['compute_share']):5.1f}% of rank time{text}", flush=True)
     print(json.dumps(rows))

@@ -346,14 +346,7 @@ def test_slurm_without_waiting_submits_and_a_rerun_merges(tmp_path, monkeypatch)
     assert log.count("launch_pickled_pipeline") == 6 and log.count("RUN_OFFSET=0 --dependency=afterok:4242") == 5
 
 
-@pytest.mark.slow
-def test_ray_executor_on_a_local_ray_gives_the_same_corpus(tmp_path):
-    pytest.importorskip("ray", reason="ray is an optional extra: pip install 'pretrainlab[ray]'")
-    _raw(tmp_path)
-    build_clean_corpus(_cfg(tmp_path, "inproc"))
-    build_clean_corpus(_cfg(tmp_path, "ray", *EXEC, "data.executor.kind=ray", "data.executor.tasks=2",
-                            "data.executor.workers=2"))
-    _same_corpus(tmp_path / "inproc", tmp_path / "ray")
+# Ray: tests/test_data_ray.py (one local Ray for its module).
 
 
 def test_bad_executor_settings_are_one_line_errors(tmp_path, monkeypatch):

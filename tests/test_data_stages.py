@@ -277,3 +277,22 @@ def test_normalize_repairs_mojibake_only_when_asked():
     assert _run(_stage("normalize"), text).text == text.replace("\x9d", "")  # control char stripped, rest untouched
     fixed = _run(_stage("normalize", "data.fix_mojibake=true"), text).text
     assert fixed == "The café served naïve “coffee” to everyone who came in."
+
+
+@pytest.mark.parametrize("cjk_ngram", [5, 3])
+def test_batched_minhash_gives_each_document_exactly_its_own_shingles_signature_and_unique_set(cjk_ngram):
+    from pretrainlab.data.minhash import BatchMinHasher, unique_batch
+
+    rng = random.Random(2)
+    texts = [_near_pair(rng, rng.randint(1, 400), 3)[0] for _ in range(60)] + [ZH * rng.randint(1, 4) for _ in range(10)]
+    texts += ["", "   ", "a b", "中文", "ΣΑΣ σ Σ İstanbul", "a\u3000b c d e f g", "短", " ".join(["w"] * 6000)]
+    rng.shuffle(texts)
+    one, many = MinHasher(120, 1, 5, cjk_ngram), BatchMinHasher(120, 1, 5, cjk_ngram)
+    sh, off = many.shingles_batch(texts)
+    sig = many.signatures_batch(sh, off)
+    uniq, uoff = unique_batch(sh, off)
+    for i, text in enumerate(texts):
+        own = one.shingles(text)
+        assert np.array_equal(sh[off[i]:off[i + 1]], own)
+        assert np.array_equal(sig[i], one.signature_of(own))
+        assert np.array_equal(uniq[uoff[i]:uoff[i + 1]], np.unique(own).astype(np.uint32))

@@ -7,6 +7,7 @@ norms must agree within 1e-5 over 10 steps.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -155,8 +156,42 @@ def rank_memory(run) -> dict:
     return [e for e in iter_jsonl(run / "events.jsonl") if e["event"] == "rank_memory"][-1]
 
 
+def planned(world: int, *sets: str) -> dict:
+    from pretrainlab.train.dry_run import planned_memory
+
+    cfg = cfg_with("train.micro_batch=1", "train.global_batch_tokens=256", *sets)
+    return planned_memory(cfg, resolve_dims(cfg, world, check_device=False))
+
+
+def test_the_planner_shards_hsdp_model_states_over_dp_shard_only():
+    hsdp = planned(4, "parallel.dp_replicate=2", "parallel.dp_shard=2")
+    assert {k: hsdp[k] for k in ("weights_bytes", "optimizer_bytes")} == \
+        {k: planned(2, "train.parallel=fsdp2")[k] for k in ("weights_bytes", "optimizer_bytes")}
+    ddp = planned(4)  # replicas: nothing sharded
+    assert ddp["optimizer_bytes"] == 2 * ddp["weights_bytes"] == 2 * 4 * planned(1)["params_per_device"]
+
+
+def test_the_planner_keeps_moe_experts_whole_across_tensor_parallel_ranks_and_splits_them_by_ep_only():
+    moe = ("model.moe.num_experts=4", "model.moe.expert_hidden=48")
+    experts = 2 * 4 * 3 * 32 * 48  # layers x experts x SwiGLU matrices x d_model x hidden
+    tp2, tp2_ep2 = planned(4, *moe, "parallel.tp=2"), planned(4, *moe, "parallel.tp=2", "parallel.ep=2")
+    assert tp2["params_per_device"] - tp2_ep2["params_per_device"] == experts / 2
+    rest = tp2_ep2["params_per_device"] - experts / 2  # FSDP2-sharded over dp_shard=2; the expert slices are not
+    assert tp2_ep2["weights_bytes"] == 4 * (rest / 2 + experts / 2)
+
+
+def test_a_shard_group_that_does_not_divide_the_data_parallel_ranks_is_refused_by_the_planner():
+    with pytest.raises(UserError, match="data_parallel_shard=3 must divide the data-parallel degree 4"):
+        planned(4, "plan.data_parallel_shard=3")
+
+
+@pytest.fixture(scope="module")
+def tp2_ep2(moe_runs):
+    return moe_runs / "tp2ep2"
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", ["tp2_dp2", "pp2_dp2"])
+@pytest.mark.parametrize("layout", ["tp2_dp2", "pp2_dp2", "hsdp", "tp2_ep2"])
 def test_the_planner_predicts_each_rank_s_weight_and_optimizer_bytes_within_5_percent(layout, request):
     event = rank_memory(request.getfixturevalue(layout))
     assert len(event["measured"]) == 4
@@ -226,6 +261,30 @@ def test_zero_bubble_schedule_on_two_pipeline_ranks_equals_one_process(single_un
     assert agree(metrics(run), metrics(single_untied))
 
 
+@pytest.fixture(scope="module")
+def hsdp(tiny_data, tmp_path_factory):
+    """HSDP: FSDP2 on the 2-D (dp_replicate, dp_shard) mesh, shards of 2 ranks, 2 replicas; 1 row per rank."""
+    run = tmp_path_factory.mktemp("hsdp") / "run"
+    run_two(tiny_data, run, *UNTIED, "parallel.dp_replicate=2", "parallel.dp_shard=2", nproc=4)
+    return run
+
+
+@pytest.mark.slow
+def test_hsdp_2x2_losses_and_grad_norms_equal_one_process(hsdp, single_untied):
+    assert agree(metrics(hsdp), metrics(single_untied))
+    meta = json.loads((hsdp / "meta.json").read_text())
+    assert meta["world_size"] == 4 and (meta["layout"]["dp_replicate"], meta["layout"]["dp_shard"]) == (2, 2)
+
+
+@pytest.mark.slow
+def test_an_hsdp_checkpoint_resumes_on_one_process_like_an_uninterrupted_run(hsdp, single_untied, tiny_data, tmp_path):
+    run = keep_up_to(hsdp, tmp_path / "run", 4)
+    run_one(tiny_data, run, *UNTIED)
+    assert agree(metrics(run), metrics(single_untied))
+    resume = [r for r in iter_jsonl(run / "events.jsonl") if r["event"] == "resume"][-1]
+    assert (resume["saved_world_size"], resume["world_size"]) == (4, 1)
+
+
 @pytest.mark.slow
 def test_a_pp2_dp2_checkpoint_resumes_on_one_process_like_an_uninterrupted_run(pp2_dp2, single_untied, tiny_data,
                                                                                 tmp_path):
@@ -235,10 +294,17 @@ def test_a_pp2_dp2_checkpoint_resumes_on_one_process_like_an_uninterrupted_run(p
 
 
 @pytest.mark.slow
-def test_a_tp2_pp2_checkpoint_resumes_under_fsdp2_on_two_processes(tp2_pp2, single_untied, tiny_data, tmp_path):
-    run = keep_up_to(tp2_pp2, tmp_path / "run", 6)
-    run_two(tiny_data, run, *UNTIED, "train.parallel=fsdp2")
-    assert agree(metrics(run), metrics(single_untied))
+def test_one_run_moves_from_tp2_pp2_to_pp2_dp2_to_one_process_like_an_uninterrupted_run(tp2_pp2, single_untied,
+                                                                                          tiny_data, tmp_path):
+    """The issue's chain: each leg resumes the previous leg's DCP checkpoint in another layout."""
+    first = keep_up_to(tp2_pp2, tmp_path / "first", 4)  # interleaved 1F1B stages, tensor parallel inside
+    run_two(tiny_data, first, *UNTIED, "parallel.pp=2", nproc=4)  # 1F1B over 2 stages, FSDP2 inside each
+    last = keep_up_to(first, tmp_path / "last", 8)
+    run_one(tiny_data, last, *UNTIED)
+    assert agree(metrics(last), metrics(single_untied))
+    resumes = [(r["saved_world_size"], r["world_size"], r["step"]) for r in iter_jsonl(last / "events.jsonl")
+               if r["event"] == "resume"]
+    assert resumes == [(4, 4, 4), (4, 1, 8)]
 
 
 # --------------------------------------------------------------------------- tensor x expert parallel (MoE)

@@ -39,12 +39,13 @@ from pathlib import Path
 import numpy as np
 
 from pretrainlab.config import DataConfig
-from pretrainlab.data.minhash import MinHasher, exact_jaccard
+from pretrainlab.data.minhash import BatchMinHasher, exact_jaccard, unique_batch
 from pretrainlab.data.stages import Document, Reject, Stage
 from pretrainlab.errors import ConfigError
 from pretrainlab.fsio import atomic_open, atomic_write_bytes
 
 ROUNDS = ("exact_dedup", "near_dedup")
+SIG_BATCH = 256  # documents hashed per numpy pass in a prefix task
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -58,9 +59,9 @@ def dedup_rounds(stage_names: list[str], stateful: set[str]) -> list[str]:
     return rounds
 
 
-def hasher_for(cfg: DataConfig) -> MinHasher:
+def hasher_for(cfg: DataConfig) -> BatchMinHasher:
     nd = cfg.near_dedup
-    return MinHasher(nd.bands * nd.rows, nd.seed, nd.ngram, nd.cjk_ngram, cfg.quality.cjk_ratio)
+    return BatchMinHasher(nd.bands * nd.rows, nd.seed, nd.ngram, nd.cjk_ngram, cfg.quality.cjk_ratio)
 
 
 # --------------------------------------------------------------------------- 1. signatures (prefix tasks)
@@ -88,6 +89,7 @@ class SigWriter:
         self.exact_digest: list[bytes] = []
         self.near_local: list[int] = []
         self.near_sig: list[np.ndarray] = []
+        self.pending: list[str] = []  # texts of near_local's newest entries, hashed a batch at a time
         self.offsets = [0]
         shingle_path(work_dir, rank).parent.mkdir(parents=True, exist_ok=True)
         self._cm = atomic_open(shingle_path(work_dir, rank), "wb")
@@ -108,21 +110,30 @@ class SigWriter:
                 self.exact_digest.append(hashlib.blake2b(doc.text.encode("utf-8"), digest_size=16).digest())
                 self.ids[local] = doc.id
             elif stage.name == "near_dedup":
-                sh = self.hasher.shingles(doc.text)
                 self.near_local.append(local)
-                self.near_sig.append(self.hasher.signature_of(sh))
-                data = np.unique(sh).astype(np.uint32).tobytes()
-                self.shingles.write(data)
-                self.offsets.append(self.offsets[-1] + len(data))
+                self.pending.append(doc.text)
                 self.ids[local] = doc.id
+                if len(self.pending) >= SIG_BATCH:
+                    self._hash_pending()
             else:  # a stateless stage between: what it does to the text decides what the next round sees
                 result = stage.process(doc)
                 if isinstance(result, Reject):
                     return
                 doc = result
 
+    def _hash_pending(self) -> None:
+        """Signatures of the pending texts; their sorted unique shingles go to the side file."""
+        sh, off = self.hasher.shingles_batch(self.pending)
+        self.near_sig.extend(self.hasher.signatures_batch(sh, off))
+        uniq, uoff = unique_batch(sh, off)
+        self.shingles.write(uniq.tobytes())
+        self.offsets.extend((self.offsets[-1] + 4 * uoff[1:]).tolist())
+        self.pending = []
+
     def close(self) -> None:
         """Write the task's record and its slices per bucket (a round task reads only its own)."""
+        if self.pending:
+            self._hash_pending()
         self._cm.__exit__(None, None, None)
         P = self.hasher.num_perm if self.hasher else 0
         record = {

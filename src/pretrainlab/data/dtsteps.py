@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import resource
+import socket
 import sys
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,6 +29,12 @@ from loguru import logger
 
 from pretrainlab.config import DataExecutorConfig
 from pretrainlab.data.executor import local_workers, python_env_command
+from pretrainlab.errors import ConfigError
+
+# A local Ray of ours: no usage report; RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (read at `import ray`) makes the
+# node take 127.0.0.1 as its address, so its servers listen on the loopback interface only.
+LOCAL_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+RAY_OBJECT_STORE_MB = 80  # only the pickled executor goes through it (Ray's minimum is ~75 MB)
 
 
 class TaskStep(PipelineStep):
@@ -54,26 +63,52 @@ class TaskStep(PipelineStep):
         return None
 
 
+class _TaskSink:
+    """The one loguru sink of a process: the running task's log file (every level) or, between
+    tasks, the console (warnings and errors). Switching its file costs nothing, whereas a
+    ``logger.add`` per task builds loguru's exception formatter each time (~10 ms: it scans the
+    interpreter's install paths), which was 17% of a build of 1 MB tasks."""
+
+    def __init__(self) -> None:
+        self.file = None
+        self.handler: int | None = None
+
+    def write(self, message) -> None:
+        if self.file is not None:
+            self.file.write(message)
+        elif message.record["level"].no >= logging.WARNING:
+            sys.stderr.write(f"datatrove {message.record['level'].name}: {message.record['message']}\n")
+
+    def install(self) -> None:
+        if self.handler is None:
+            logger.remove()
+            self.handler = logger.add(self.write, level="DEBUG", colorize=False, format=_FORMAT)
+
+
+_FORMAT = "{extra[node]}{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <8} | {name}:{function}:{line} - {message}"
+_SINK = _TaskSink()
+
+
 def _task_log(logging_dir, rank: int, local_rank: int = 0, node_rank: int = -1):
-    logger.remove()
     logfile = logging_dir.open(f"logs/task_{rank:05d}.log", "w")
-    prefix = f"[NODE {node_rank}] " if node_rank != -1 else ""
-    logger.add(logfile, level="DEBUG", colorize=False,
-               format=prefix + "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <8} | {name}:{function}:{line} - {message}")
+    _SINK.install()
+    _SINK.file = logfile
+    logger.configure(extra={"node": f"[NODE {node_rank}] " if node_rank != -1 else ""})
     logger.info(f"Launching pipeline for {rank=}")
     return logfile
 
 
 def _close_task_log(logfile) -> None:
     logger.complete()
-    quiet_console()
+    _SINK.file = None
     logfile.close()
 
 
 def quiet_console() -> None:
     """datatrove's messages on the console: warnings and errors only."""
-    logger.remove()
-    logger.add(sys.stderr, level="WARNING", format="datatrove {level}: {message}")
+    _SINK.install()
+    _SINK.file = None
+    logger.configure(extra={"node": ""})
 
 
 @contextmanager
@@ -106,8 +141,14 @@ def _ray_executor_class():
 
     class RayExecutor(_dt_ray.RayPipelineExecutor):
         def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
-            with _file_only_task_logs(_dt_ray):
-                return super()._run_for_rank(rank, local_rank, node_rank)
+            # datatrove writes a Ray task's log to <tmp>/ray_logs/logs/task_<rank>.log, then copies it into the
+            # work folder: a private tmp keeps two builds (or users) on one node off each other's file.
+            with tempfile.TemporaryDirectory(prefix="pretrainlab-ray-") as tmp, _file_only_task_logs(_dt_ray):
+                tempfile.tempdir = tmp  # this process runs this one task (a pool process of the task's actor)
+                try:
+                    return super()._run_for_rank(rank, local_rank, node_rank)
+                finally:
+                    tempfile.tempdir = None
 
     return RayExecutor
 
@@ -115,7 +156,7 @@ def _ray_executor_class():
 def make_executor(ex: DataExecutorConfig, work_dir: str, tasks: int, step: TaskStep, depends=None, job_suffix: str = ""):
     """datatrove's executor for ``tasks`` runs of ``step``; Slurm only: ``depends`` (the executor
     of the previous phase: this array starts after it succeeded) and a job-name suffix."""
-    quiet_console()  # (the Ray executor warns that a local work folder must be shared: docs/CONFIG.md says so)
+    quiet_console()
     pipeline = [step]
     if ex.kind == "local":
         return LocalExecutor(pipeline, tasks=tasks, workers=min(tasks, local_workers(ex)), logging_dir=work_dir,
@@ -133,20 +174,75 @@ def make_executor(ex: DataExecutorConfig, work_dir: str, tasks: int, step: TaskS
             max_array_size=s.max_array_size, logging_dir=work_dir, depends=depends,
         )
     r = ex.ray
-    return _ray_executor_class()(pipeline, tasks=tasks, workers=ex.workers or -1, logging_dir=work_dir,
-                                 cpus_per_task=r.cpus_per_task, mem_per_cpu_gb=r.mem_per_cpu_gb)
+    logger.disable("datatrove.executor.ray")  # it warns that a local work folder must be shared: docs/CONFIG.md says so
+    try:
+        return _ray_executor_class()(pipeline, tasks=tasks, workers=ex.workers or -1, logging_dir=work_dir,
+                                     cpus_per_task=r.cpus_per_task, mem_per_cpu_gb=r.mem_per_cpu_gb)
+    finally:
+        logger.enable("datatrove.executor.ray")
 
 
 def run_quietly(executor, ex: DataExecutorConfig) -> None:
     quiet_console()
     if ex.kind == "ray":
-        import ray
-
-        if not ray.is_initialized():
-            ray.init(address=ex.ray.address, log_to_driver=False, include_dashboard=False, logging_level=logging.WARNING)
-            try:
-                executor.run()
-            finally:
-                ray.shutdown()  # we started it: stop the local Ray processes / disconnect
-            return
+        with ray_cluster(ex):
+            executor.run()
+        return
     executor.run()
+
+
+@contextmanager
+def ray_cluster(ex: DataExecutorConfig):
+    """Ray for a whole command (every phase of a build on one cluster): ``data.executor.ray.address``
+    or RAY_ADDRESS, else a new local Ray on 127.0.0.1 (no dashboard, no usage statistics, a small object
+    store, ``workers x cpus_per_task`` CPUs), disconnected or stopped at the end. A Ray that is already
+    initialized (the caller's) is used as it is. Failing to start or connect is one ConfigError."""
+    address = ex.ray.address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        for key, value in LOCAL_RAY_ENV.items():
+            os.environ.setdefault(key, value)
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    if address:
+        _check_reachable(address)
+    local = {"num_cpus": local_workers(ex) * ex.ray.cpus_per_task, "include_dashboard": False,
+             "object_store_memory": RAY_OBJECT_STORE_MB << 20}
+    try:
+        ray.init(address=address or "local", log_to_driver=False, logging_level=logging.ERROR,
+                 **({} if address else local))
+    except Exception as exc:
+        ray.shutdown()  # whatever it had started
+        where = f"connect to the Ray cluster at {address}" if address else "start a local Ray"
+        raise ConfigError(f"data.executor.kind=ray: could not {where} ({type(exc).__name__}: "
+                          f"{(str(exc).strip().splitlines() or [''])[0]}); check data.executor.ray.address / RAY_ADDRESS "
+                          "or use data.executor.kind=local") from None
+    try:
+        if not address:
+            _check_task_fits(ray, ex)
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _check_reachable(address: str) -> None:
+    """ray.init retries an address where nothing listens for minutes: test ``host:port`` first."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto" and the like: Ray itself looks for a running cluster and fails at once
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as exc:
+        raise ConfigError(f"data.executor.kind=ray: nothing answers at the Ray address {address} ({exc.strerror or exc}); "
+                          "start the cluster (`ray start --head`) or fix data.executor.ray.address / RAY_ADDRESS") from None
+
+
+def _check_task_fits(ray, ex: DataExecutorConfig) -> None:
+    """A task that asks for more than the local Ray has would wait for ever: say so instead."""
+    gb = ex.ray.mem_per_cpu_gb * ex.ray.cpus_per_task
+    have = ray.cluster_resources().get("memory", 0) / 2**30
+    if gb > have:
+        raise ConfigError(f"data.executor.ray: a task asks for {gb:g} GB of memory (cpus_per_task x mem_per_cpu_gb) but "
+                          f"the local Ray has {have:.1f} GB; lower data.executor.ray.mem_per_cpu_gb")

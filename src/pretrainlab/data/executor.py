@@ -26,7 +26,9 @@ marker, so after a kill -9 a re-run runs only the unfinished tasks of the unfini
 Executors (``data.executor.kind``): ``local`` (datatrove's LocalPipelineExecutor, a
 process pool on this machine), ``slurm`` (SlurmPipelineExecutor: one job array per
 phase, chained by ``afterok`` dependencies; the work folder must be on a filesystem the
-nodes share) and ``ray`` (RayPipelineExecutor; needs ``pip install ray``). datatrove is
+nodes share) and ``ray`` (RayPipelineExecutor, one actor per task, every phase on one
+cluster: ``data.executor.ray.address``/RAY_ADDRESS or a local Ray on 127.0.0.1, see
+:func:`.dtsteps.ray_cluster`; needs ``pip install 'pretrainlab[ray]'``). datatrove is
 imported only when an executor runs (its import costs ~0.4 s); the classes built on it
 live in :mod:`.dtsteps`.
 """
@@ -34,6 +36,7 @@ live in :mod:`.dtsteps`.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 import hashlib
 import importlib.util
@@ -364,11 +367,21 @@ def run_tasks(plan: Plan, ex: DataExecutorConfig, root: Path, manifest_id: str) 
         (work_dir / MOVED_MARK).unlink()
     if ex.kind == "slurm":
         return work_dir if _run_slurm_chain(plan, ex, work_dir) else None
-    for name, func, task_mb in phases(plan):
-        label = "data tasks" if name == "prefix" else f"data {name} tasks"
-        if not execute(func, ex, phase_dir(work_dir, name), task_mb, label):
-            return None
+    with _cluster(ex):  # Ray: one cluster for all phases (a start costs seconds)
+        for name, func, task_mb in phases(plan):
+            label = "data tasks" if name == "prefix" else f"data {name} tasks"
+            if not execute(func, ex, phase_dir(work_dir, name), task_mb, label):
+                return None
     return work_dir
+
+
+def _cluster(ex: DataExecutorConfig):
+    """The Ray cluster the phases share (see :func:`.dtsteps.ray_cluster`); nothing for the other kinds."""
+    if ex.kind != "ray":
+        return contextlib.nullcontext()
+    from pretrainlab.data import dtsteps  # imports this module (a circle)
+
+    return dtsteps.ray_cluster(ex)
 
 
 def _run_slurm_chain(plan: Plan, ex: DataExecutorConfig, work_dir: Path) -> bool:

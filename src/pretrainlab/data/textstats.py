@@ -112,6 +112,44 @@ def token_arrays(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     return hashes, starts, ends, ratio
 
 
+def token_hashes_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`token_arrays` of many documents in one pass: (token hashes of all documents in
+    order, each document's first-token offset into them (length n + 1), each document's CJK
+    share). The texts are joined with a space, which ends every token, and the hashes do not
+    depend on position, so every value equals the per-document one; the numpy calls are made
+    once per batch instead of once per document (the cost for short documents)."""
+    n = len(texts)
+    if n == 0:
+        return _EMPTY_U64, np.zeros(1, dtype=np.int64), np.zeros(0)
+    cp = np.frombuffer(" ".join(texts).encode("utf-32-le"), dtype=np.uint32)
+    lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=n)
+    doc_start = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]])
+    space = _space_mask(cp)
+    cjk = np.zeros(len(cp), dtype=bool)
+    for lo, hi in _CJK_BOUNDS:
+        cjk |= (cp >= lo) & (cp <= hi)
+    word = ~space
+    seg = np.minimum(doc_start, max(len(cp) - 1, 0))  # reduceat needs in-range starts; empty docs fixed below
+    nonspace = np.add.reduceat(word.astype(np.int64), seg) if len(cp) else np.zeros(n, np.int64)
+    cjk_count = np.add.reduceat(cjk.astype(np.int64), seg) if len(cp) else np.zeros(n, np.int64)
+    empty = lengths == 0
+    nonspace[empty], cjk_count[empty] = 0, 0
+    ratios = np.where(nonspace > 0, cjk_count / np.maximum(nonspace, 1), 0.0)
+    prev_word = np.concatenate([[False], word[:-1]])
+    prev_cjk = np.concatenate([[False], cjk[:-1]])
+    starts = np.nonzero(word & (~prev_word | cjk | prev_cjk))[0]
+    next_word = np.concatenate([word[1:], [False]])
+    next_cjk = np.concatenate([cjk[1:], [False]])
+    ends = np.nonzero(word & (~next_word | cjk | next_cjk))[0] + 1
+    pw, pinv = _powers(len(cp) + 1)
+    with np.errstate(over="ignore"):
+        prefix = np.zeros(len(cp) + 1, dtype=np.uint64)
+        np.cumsum(cp.astype(np.uint64) * pinv[: len(cp)], dtype=np.uint64, out=prefix[1:])
+        hashes = (prefix[ends] - prefix[starts]) * pw[ends - 1]
+    offsets = np.searchsorted(starts, np.append(doc_start, len(cp) + 1))
+    return hashes, offsets.astype(np.int64), ratios
+
+
 def alpha_token_count(text: str, starts: np.ndarray, ends: np.ndarray) -> int:
     """How many tokens contain a letter: ASCII letters, or any character from U+00C0 up that is
     not in the general/CJK punctuation, symbol or full-width-form blocks (a close, fast stand-in

@@ -78,6 +78,19 @@ class PlanConfig(BaseModel):
     tensor_parallel: int = Field(1, ge=1, description="Tensor-parallel degree t.")
     pipeline_parallel: int = Field(1, ge=1, description="Pipeline-parallel degree p (1F1B schedule).")
     expert_parallel: int = Field(1, ge=1, description="Expert-parallel degree e (within the data-parallel group).")
+    moe_tensor_parallel: bool = Field(
+        True, description="Tensor parallelism also splits the MoE MLPs (router, shared and routed experts), as "
+        "Megatron does; false: every tensor-parallel rank holds them whole, routed experts split by expert_parallel "
+        "only (what `pretrainlab train` does).",
+    )
+    data_parallel_shard: int | None = Field(
+        None, ge=1, description="ZeRO/FSDP shard group: model states are sharded over this many data-parallel ranks "
+        "and replicated over the rest (HSDP's dp_shard; must divide the data-parallel degree). Default: all of them.",
+    )
+    expert_zero_stage: Literal[0, 1, 2, 3] | None = Field(
+        None, description="ZeRO stage of the routed experts over their expert-data-parallel ranks (default "
+        "zero_stage); `pretrainlab train` keeps expert-parallel slices out of FSDP2/DDP, i.e. 0.",
+    )
     zero_stage: Literal[0, 1, 2, 3] = Field(
         1, description="ZeRO stage over data parallelism: 0 DDP, 1 optimizer states (Megatron distributed optimizer), "
         "2 +gradients (FSDP SHARD_GRAD_OP), 3 +parameters (FSDP FULL_SHARD / FSDP2 fully_shard).",

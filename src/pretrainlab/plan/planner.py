@@ -72,7 +72,8 @@ def make_plan(cfg: ProjectConfig) -> dict:
     hw = _hardware(pc, measured)
 
     # ---- parallelism
-    par = _parallelism(spec, devices, pc.tensor_parallel, pc.pipeline_parallel, pc.expert_parallel)
+    par = _parallelism(spec, devices, pc.tensor_parallel, pc.pipeline_parallel, pc.expert_parallel,
+                       pc.data_parallel_shard)
     dp = par["data_parallel"]
     rows_per_step = gbt / seq
     if rows_per_step != int(rows_per_step) or int(rows_per_step) % (micro * dp):
@@ -251,19 +252,23 @@ def _host_memory_bytes() -> float:
         return 16e9
 
 
-def _parallelism(spec: ModelSpec | None, devices: int, t: int, p: int, e: int) -> dict:
+def _parallelism(spec: ModelSpec | None, devices: int, t: int, p: int, e: int, shard: int | None = None) -> dict:
     if devices % (t * p):
         raise ConfigError(
             f"{devices} devices are not divisible by tensor x pipeline parallel ({t} x {p}); "
             "choose a device count that is a multiple of their product"
         )
     dp = devices // (t * p)
+    shard = dp if shard is None else shard
+    if dp % shard:
+        raise ConfigError(f"data_parallel_shard={shard} must divide the data-parallel degree {dp} (= devices / "
+                          "(tensor x pipeline)); pick a divisor of it")
     if spec is None:  # by parameter count: no heads, layers or experts to check against
         if e > 1:
             raise ConfigError(f"expert_parallel={e} needs the experts of an architecture: give -c CONFIG with "
                               "model.vocab_size or --model-preset, or set expert_parallel=1")
         return {"devices": devices, "tensor_parallel": t, "pipeline_parallel": p, "data_parallel": dp,
-                "expert_parallel": 1, "expert_data_parallel": dp}
+                "data_parallel_shard": shard, "expert_parallel": 1, "expert_data_parallel": dp}
     if spec.n_heads % t:
         raise ConfigError(f"tensor_parallel={t} must divide the {spec.n_heads} attention heads; pick a divisor")
     if p > spec.n_layers:
@@ -282,7 +287,7 @@ def _parallelism(spec: ModelSpec | None, devices: int, t: int, p: int, e: int) -
                 "change expert_parallel or the device count"
             )
     return {"devices": devices, "tensor_parallel": t, "pipeline_parallel": p, "data_parallel": dp,
-            "expert_parallel": e, "expert_data_parallel": dp // e}
+            "data_parallel_shard": shard, "expert_parallel": e, "expert_data_parallel": dp // e}
 
 
 def _stage_params(spec: ModelSpec, counts: dict, p: int) -> dict[str, float]:
@@ -299,8 +304,24 @@ def _stage_params(spec: ModelSpec, counts: dict, p: int) -> dict[str, float]:
     moe_layers = math.ceil(spec.moe_layers / p) if spec.is_moe else 0
     ends = v * d * (1 if spec.tie_embeddings else 2) + d if p == 1 else v * d + d  # first/last stage: embed or head
     experts = moe_layers * spec.n_experts * spec.expert_params()
+    moe_fixed = moe_layers * (3 * d * spec.shared_ffn + d * spec.n_experts)  # router and shared experts
     return {"non_expert": (layers * per_layer + ends) * scale, "experts": experts * scale,
-            "layer_non_expert": per_layer * scale}
+            "moe_fixed": moe_fixed * scale, "layer_non_expert": per_layer * scale}
+
+
+def _model_states(stage: dict, pc, par: dict, zero: int, expert_zero: int) -> tuple[dict, float]:
+    """(weights/gradients/optimizer bytes, parameters) per device of the heaviest stage under TP, EP and ZeRO.
+
+    ZeRO shards over the shard group (all data-parallel ranks, or HSDP's dp_shard), the routed experts over
+    that group's ranks per expert slice; ``pc.moe_tensor_parallel`` says whether TP splits the MoE MLPs.
+    """
+    t, e, shard = par["tensor_parallel"], par["expert_parallel"], par["data_parallel_shard"]
+    mt = t if pc.moe_tensor_parallel else 1
+    dense = (stage["non_expert"] - stage["moe_fixed"]) / t + stage["moe_fixed"] / mt
+    experts = stage["experts"] / (mt * e)
+    a = F.model_state_bytes(dense, pc.optimizer_scheme, zero, shard)
+    b = F.model_state_bytes(experts, pc.optimizer_scheme, expert_zero, max(1, shard // e))
+    return {k: a[k] + b[k] for k in a}, dense + experts
 
 
 def _memory(spec: ModelSpec, counts: dict, hw: Hardware, pc, par: dict, seq: int, micro: int, m: int,
@@ -308,13 +329,13 @@ def _memory(spec: ModelSpec, counts: dict, hw: Hardware, pc, par: dict, seq: int
     t, p, e, dp = par["tensor_parallel"], par["pipeline_parallel"], par["expert_parallel"], par["data_parallel"]
     sp = pc.sequence_parallel and t > 1
     stage = _stage_params(spec, counts, p)
-    ne = F.model_state_bytes(stage["non_expert"] / t, pc.optimizer_scheme, pc.zero_stage, dp)
-    ex = F.model_state_bytes(stage["experts"] / (t * e), pc.optimizer_scheme, pc.zero_stage, dp // e)
-    states = {k: ne[k] + ex[k] for k in ne}
-    params_per_device = stage["non_expert"] / t + stage["experts"] / (t * e)
+    ez = pc.zero_stage if pc.expert_zero_stage is None else pc.expert_zero_stage
+    states, params_per_device = _model_states(stage, pc, par, pc.zero_stage, ez)
     # ZeRO-3/FSDP gathers each layer's weights (2-byte compute copy) for compute, one layer ahead (prefetch).
-    transient = 2 * 2.0 * (stage["layer_non_expert"] + (spec.n_experts * spec.expert_params() / e if spec.is_moe else 0)) / t \
-        if pc.zero_stage >= 3 else 0.0
+    layer_experts = spec.n_experts * spec.expert_params() / ((t if pc.moe_tensor_parallel else 1) * e) \
+        if spec.is_moe else 0.0
+    transient = 2 * 2.0 * ((stage["layer_non_expert"] / t if pc.zero_stage >= 3 else 0.0)
+                           + (layer_experts if ez >= 3 else 0.0))
     layers_per_stage = math.ceil(spec.n_layers / p)
 
     def activations(b: int) -> tuple[float, dict]:
@@ -363,8 +384,7 @@ def _memory(spec: ModelSpec, counts: dict, hw: Hardware, pc, par: dict, seq: int
         "fits": total <= usable,
         "max_micro_batch": lo,
         "by_zero_stage": {
-            str(z): sum(F.model_state_bytes(stage["non_expert"] / t, pc.optimizer_scheme, z, dp).values())
-            + sum(F.model_state_bytes(stage["experts"] / (t * e), pc.optimizer_scheme, z, dp // e).values())
+            str(z): sum(_model_states(stage, pc, par, z, z if pc.expert_zero_stage is None else ez)[0].values())
             for z in range(4)
         },
         "optimizer_scheme": pc.optimizer_scheme,
@@ -374,7 +394,7 @@ def _memory(spec: ModelSpec, counts: dict, hw: Hardware, pc, par: dict, seq: int
 
 def _memory_by_count(counts: dict, hw: Hardware, pc, par: dict) -> dict:
     """Model states of N parameters split evenly over tensor x pipeline ranks; activations need an architecture."""
-    t, p, dp = par["tensor_parallel"], par["pipeline_parallel"], par["data_parallel"]
+    t, p, dp = par["tensor_parallel"], par["pipeline_parallel"], par["data_parallel_shard"]
     per_device = counts["total"] / (t * p)
     states = F.model_state_bytes(per_device, pc.optimizer_scheme, pc.zero_stage, dp)
     autocast_copies = 2.0 * per_device if pc.optimizer_scheme == "fp32-master" and pc.zero_stage < 3 else 0.0

@@ -34,21 +34,21 @@ def planned_memory(cfg: ProjectConfig, layout: ParallelDims) -> dict:
     """The planner's per-device memory for ``cfg`` trained in ``layout`` (its ``memory`` section).
 
     The planner sees the run as launched, unless the plan section says otherwise explicitly: this many
-    devices, tensor/pipeline/expert parallel degrees from the layout, FSDP2 sharding = ZeRO stage 3.
-    ``cfg.model.vocab_size`` must be set.
+    devices, tensor/pipeline/expert parallel degrees from the layout, and what this trainer does with them:
+    FSDP2 sharding = ZeRO stage 3 over the shard dimension (``dp_shard`` x ``cp``; HSDP replicates over
+    ``dp_replicate``), DDP = stage 0, MoE MLPs whole on every tensor-parallel rank, expert-parallel slices
+    outside FSDP2/DDP (expert stage 0). ``cfg.model.vocab_size`` must be set.
     """
     from pretrainlab.plan.planner import make_plan
 
     fields = type(cfg.plan).model_fields  # "given" = differs from its default (a resolved config sets every field)
-    given, update = {n for n, f in fields.items() if getattr(cfg.plan, n) != f.default}, {}
-    if cfg.plan.devices is None:
-        update["devices"] = layout.world
-    for name, value in (("tensor_parallel", layout.tp), ("pipeline_parallel", layout.pp),
-                        ("expert_parallel", layout.ep)):
-        if name not in given:
-            update[name] = value
-    if "zero_stage" not in given and layout.fsdp and layout.dp_shard > 1:
-        update["zero_stage"] = 3
+    given = {n for n, f in fields.items() if getattr(cfg.plan, n) != f.default}
+    shard = layout.dp_shard * layout.cp
+    trainer = {"devices": layout.world, "tensor_parallel": layout.tp, "pipeline_parallel": layout.pp,
+               "expert_parallel": layout.ep, "zero_stage": 3 if layout.fsdp and shard > 1 else 0,
+               "data_parallel_shard": shard if layout.fsdp else None,
+               "moe_tensor_parallel": cfg.model.moe is None, "expert_zero_stage": 0 if layout.ep > 1 else None}
+    update = {name: value for name, value in trainer.items() if name not in given}
     return make_plan(cfg.model_copy(update={"plan": cfg.plan.model_copy(update=update)}))["memory"]
 
 
