@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from test_data_executor import EXEC, _cfg, _raw
+from test_data_executor import _cfg, _raw
 from test_data_scale import _files, _tok_cfg, _without_times
 
 from pretrainlab.config import load_config
@@ -29,8 +29,10 @@ pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                        reason="ray is an optional extra (pip install 'pretrainlab[ray]'); the Ray tests need it"),
 ]
+# ~30 KB units: 7 parts; each Ray task is an actor, a new process (~1 s of CPU to start)
+UNITS = ("data.executor.min_input_mb=0", "data.executor.unit_mb=0.03")
 RAY = ("data.executor.kind=ray", "data.executor.workers=2", "data.executor.dedup_buckets=1")
-CLI = [sys.executable, "-c", "import sys; from pretrainlab.cli import main; main(sys.argv[1:])"]
+CLI = [sys.executable, "-c", "import sys; from pretrainlab.cli import main; sys.exit(main(sys.argv[1:]))"]
 
 
 def _sets(*overrides: str) -> list[str]:
@@ -51,11 +53,11 @@ def ray_local():
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, ray_local):
-    """The same input built on the local executor and on Ray (2 workers, ~4 KB units)."""
+    """The same input built on the local executor and on Ray (2 workers)."""
     tmp = tmp_path_factory.mktemp("ray")
     _raw(tmp)
-    build_clean_corpus(_cfg(tmp, "local", *EXEC, "data.executor.workers=2", "data.executor.dedup_buckets=1"))
-    build_clean_corpus(_cfg(tmp, "ray", *EXEC, *RAY))
+    build_clean_corpus(_cfg(tmp, "local", *UNITS, "data.executor.workers=2", "data.executor.dedup_buckets=1"))
+    build_clean_corpus(_cfg(tmp, "ray", *UNITS, *RAY))
     return tmp
 
 
@@ -79,7 +81,7 @@ def _connections(proc: psutil.Process) -> list:
 def test_a_ray_build_is_byte_for_byte_the_local_executor_s_parts_manifest_and_quarantine(built):
     local, ray = _without_times(built / "local"), _without_times(built / "ray")
     assert local == ray
-    assert "quarantine.jsonl" in ray and sum(k.startswith("big/train-") for k in ray) >= 10
+    assert "quarantine.jsonl" in ray and sum(k.startswith("big/train-") for k in ray) >= 4
     assert not (built / "ray.work").exists()  # the work folder goes once the corpus is in place
 
 
@@ -90,15 +92,16 @@ def test_tokenize_tasks_on_ray_write_the_token_shards_of_the_in_process_tokenize
     assert on_ray["backend"] == "ray tasks" and on_ray["sources"] == here["sources"]
     a, b = _files(built / "tok_ray"), _files(built / "tok_here")
     bins = [k for k in a if k.endswith((".bin", ".idx.npy"))]
-    assert len(bins) >= 20 and all(a[k] == b[k] for k in bins)
+    assert len(bins) >= 2 * 8 and all(a[k] == b[k] for k in bins)
     assert not (built / "tok_ray.work").exists()
 
 
 def test_a_ray_build_killed_with_9_runs_only_its_unfinished_tasks_again(built, ray_local):
-    """The CLI connects to the module's Ray (RAY_ADDRESS) and is killed once a prefix task is done."""
+    """The CLI connects to the module's Ray (RAY_ADDRESS) and is killed once a prefix task is done; the
+    re-run leaves the finished tasks' completion markers untouched."""
     out = built / "killed"
     sets = [f"workdir={built}", f"data.out={out}", "data.min_chars=50", "data.quality.min_words=20",
-            "data.max_doc_bytes=10000", "data.heldout_fraction=0.1", "data.pii.trend_batch_docs=40", *EXEC, *RAY,
+            "data.max_doc_bytes=10000", "data.heldout_fraction=0.1", "data.pii.trend_batch_docs=40", *UNITS, *RAY,
             "data.executor.keep_work=true"]
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
     proc = subprocess.Popen([*CLI, "data", "build", *_sets(*sets)], env=env, stdout=subprocess.DEVNULL,
@@ -122,6 +125,8 @@ def test_a_ray_build_killed_with_9_runs_only_its_unfinished_tasks_again(built, r
     assert _without_times(out) == _without_times(built / "local")
     after = list(work.glob("plan-*/**/completions/*"))
     assert len(after) > len(done) and all(p.stat().st_mtime_ns == t for p, t in done.items())  # not run again
+    (plan,) = work.glob("plan-*")  # each task's log is copied into the work folder
+    assert "Processing done for rank=0" in (plan / "phases" / "filter" / "logs" / "task_00000.log").read_text()
 
 
 def test_a_ray_that_cannot_start_or_be_reached_is_one_line_and_no_hang(tmp_path):
@@ -129,7 +134,8 @@ def test_a_ray_that_cannot_start_or_be_reached_is_one_line_and_no_hang(tmp_path)
     base = [f"workdir={tmp_path}", f"data.out={tmp_path / 'c'}", "data.executor.kind=ray"]
     (tmp_path / "afile").write_text("")
     cases = [({"RAY_TMPDIR": str(tmp_path / "afile" / "ray")}, [], "could not start a local Ray (NotADirectoryError"),
-             ({}, ["data.executor.ray.address=127.0.0.1:9"], "nothing answers at the Ray address 127.0.0.1:9")]
+             ({}, ["data.executor.ray.address=127.0.0.1:9"], "nothing answers at the Ray address 127.0.0.1:9"),
+             ({}, ["data.executor.ray.mem_per_cpu_gb=100000"], "a task asks for 100000 GB of memory")]  # would wait for ever
     for env, extra, message in cases:
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | env
         t0 = time.time()

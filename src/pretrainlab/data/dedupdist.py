@@ -67,10 +67,6 @@ def hasher_for(cfg: DataConfig) -> BatchMinHasher:
 # --------------------------------------------------------------------------- 1. signatures (prefix tasks)
 
 
-def sig_path(work_dir: Path, rank: int) -> Path:
-    return work_dir / "sigs" / f"{rank:05d}.pkl"
-
-
 def shingle_path(work_dir: Path, rank: int) -> Path:
     return work_dir / "sigs" / f"{rank:05d}.shingles"
 
@@ -136,13 +132,8 @@ class SigWriter:
             self._hash_pending()
         self._cm.__exit__(None, None, None)
         P = self.hasher.num_perm if self.hasher else 0
-        record = {
-            "n_docs": self.n_docs,
-            "ids": self.ids,
-            "near_local": np.asarray(self.near_local, dtype=np.int64),
-            "near_sig": np.stack(self.near_sig) if self.near_sig else np.zeros((0, P), dtype=np.uint32),
-            "shingle_offsets": np.asarray(self.offsets, dtype=np.int64),
-        }
+        near_local = np.asarray(self.near_local, dtype=np.int64)
+        near_sig = np.stack(self.near_sig) if self.near_sig else np.zeros((0, P), dtype=np.uint32)
         local = np.asarray(self.exact_local, dtype=np.int64)
         digest = np.frombuffer(b"".join(self.exact_digest), dtype=np.uint64).reshape(-1, 2)
         owner = digest[:, 0] % np.uint64(self.buckets)
@@ -151,15 +142,41 @@ class SigWriter:
             mine = owner == b
             exact.append({"local": local[mine], "digest": digest[mine], "ids": [self.ids[int(x)] for x in local[mine]]})
         write_segments(_slice_path(self.work_dir, "exact", self.rank), exact)
-        h = _band_hashes(record["near_sig"], self.bands, self.rows)
+        h = _band_hashes(near_sig, self.bands, self.rows)
         owner = h % np.uint64(self.buckets)
         near = []
         for b in range(self.buckets):
             r, c = np.nonzero(owner == b)
-            near.append({"local": record["near_local"][r], "key": h[r, c] ^ (c.astype(np.uint64) << np.uint64(58))})
+            near.append({"local": near_local[r], "key": h[r, c] ^ (c.astype(np.uint64) << np.uint64(58))})
         write_segments(_slice_path(self.work_dir, "near", self.rank), near)
-        atomic_write_bytes(sig_path(self.work_dir, self.rank), pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL))
+        ids = [self.ids[x].encode("utf-8") for x in self.near_local]
+        arrays = {"local": near_local, "sig": near_sig, "shingle_offsets": np.asarray(self.offsets, dtype=np.int64),
+                  "ids": np.frombuffer(b"".join(ids), dtype=np.uint8),
+                  "id_offsets": np.concatenate([[0], np.cumsum([len(i) for i in ids], dtype=np.int64)])}
+        for name, arr in arrays.items():
+            with atomic_open(near_array_path(self.work_dir, self.rank, name), "wb") as fh:
+                np.save(fh, arr)
         count_path(self.work_dir, self.rank).write_text(str(self.n_docs))  # last: read by doc_offsets
+
+
+def near_array_path(work_dir: Path, rank: int, name: str) -> Path:
+    return work_dir / "sigs" / f"{rank:05d}.near-{name}.npy"
+
+
+class NearRecord:
+    """One prefix task's near-dedup record, memory-mapped: a verify task reads only the rows of
+    its own candidates, so its memory does not grow with the size of the prefix tasks."""
+
+    def __init__(self, work_dir: Path, rank: int) -> None:
+        self.arr = {n: np.load(near_array_path(work_dir, rank, n), mmap_mode="r")
+                    for n in ("local", "sig", "shingle_offsets", "ids", "id_offsets")}
+
+    def position(self, local: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.arr["local"], local)
+
+    def doc_id(self, p: int) -> str:
+        a, b = int(self.arr["id_offsets"][p]), int(self.arr["id_offsets"][p + 1])
+        return bytes(self.arr["ids"][a:b]).decode("utf-8")
 
 
 def count_path(work_dir: Path, rank: int) -> Path:
@@ -195,11 +212,6 @@ def _slice_path(work_dir: Path, kind: str, rank: int) -> Path:
 
 def _load_slice(work_dir: Path, kind: str, bucket: int, rank: int) -> dict:
     return read_segment(_slice_path(work_dir, kind, rank), bucket)
-
-
-def load_sigs(work_dir: Path, rank: int) -> dict:
-    with open(sig_path(work_dir, rank), "rb") as fh:
-        return pickle.load(fh)
 
 
 def doc_offsets(work_dir: Path, ranks: int) -> np.ndarray:
@@ -372,21 +384,23 @@ def near_cluster_task(work_dir: Path, rank: int, buckets: int, shards: int) -> d
 
 
 def _member_data(work_dir: Path, seqs: np.ndarray, offsets: np.ndarray, exact: bool) -> dict[int, tuple]:
-    """seq -> (id, signature, sorted unique shingles or None) of the given documents."""
+    """seq -> (id, signature, sorted unique shingles or None) of the given documents, each prefix
+    task's record opened once."""
     out: dict[int, tuple] = {}
     rank_of = np.searchsorted(offsets, seqs, side="right") - 1
-    for r in np.unique(rank_of):
-        sig = load_sigs(work_dir, int(r))
-        want = seqs[rank_of == r] - offsets[r]
-        pos = np.searchsorted(sig["near_local"], want)
-        fd = os.open(shingle_path(work_dir, int(r)), os.O_RDONLY) if exact else None
+    for r in np.unique(rank_of).tolist():
+        rec = NearRecord(work_dir, r)
+        want = np.sort(seqs[rank_of == r] - offsets[r])
+        pos = rec.position(want)
+        sigs = np.asarray(rec.arr["sig"][pos])
+        fd = os.open(shingle_path(work_dir, r), os.O_RDONLY) if exact else None
         try:
-            for loc, p in zip(want.tolist(), pos.tolist()):
+            for i, (loc, p) in enumerate(zip(want.tolist(), pos.tolist())):
                 sh = None
                 if exact:
-                    a, b = int(sig["shingle_offsets"][p]), int(sig["shingle_offsets"][p + 1])
+                    a, b = int(rec.arr["shingle_offsets"][p]), int(rec.arr["shingle_offsets"][p + 1])
                     sh = np.frombuffer(os.pread(fd, b - a, a), dtype=np.uint32)
-                out[int(offsets[r] + loc)] = (sig["ids"][loc], sig["near_sig"][p], sh)
+                out[int(offsets[r] + loc)] = (rec.doc_id(p), sigs[i], sh)
         finally:
             if fd is not None:
                 os.close(fd)
@@ -402,8 +416,9 @@ def near_verify_task(work_dir: Path, shard: int, ranks: int, cfg: DataConfig) ->
     how = "Jaccard" if exact else "estimated Jaccard"
     drops: dict[int, tuple[str, str]] = {}
     dups: Counter = Counter()
+    every = np.concatenate([m for m, _ in comps]) if comps else np.zeros(0, np.int64)
+    data = _member_data(work_dir, every, offsets, exact)  # this shard's members only, each task's record read once
     for members, edges in comps:
-        data = _member_data(work_dir, members, offsets, exact)
         earlier: dict[int, list[int]] = {}
         for a, b in edges.tolist():
             earlier.setdefault(b, []).append(a)

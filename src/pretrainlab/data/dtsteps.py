@@ -18,6 +18,7 @@ import resource
 import socket
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -37,6 +38,26 @@ LOCAL_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUS
 RAY_OBJECT_STORE_MB = 80  # only the pickled executor goes through it (Ray's minimum is ~75 MB)
 
 
+def reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (``VmHWM``) so the next reading is one task's own; False where
+    the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb(since_reset: bool) -> float:
+    if since_reset:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 class TaskStep(PipelineStep):
     """Runs ``func(work_dir, rank)`` for the task's rank: one task of a data build phase or of
     ``data tokenize`` (see :func:`.executor.execute`). The function is named ``"module:attribute"``
@@ -54,12 +75,16 @@ class TaskStep(PipelineStep):
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         module, name = self.func.split(":")
         func = getattr(importlib.import_module(module), name)
+        exact_peak = reset_peak_rss()
+        cpu = time.process_time()
         with self.track_time("task"):
             counts = func(Path(self.work_dir), rank) or {}
         for key, value in counts.items():
             self.stat_update(key, value=value, unit="task")
-        # Peak RSS of the process so far (a pool worker runs several tasks: an upper bound per task).
-        self.stat_update("peak_rss_mb", value=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, unit="task")
+        self.stat_update("cpu_s", value=time.process_time() - cpu, unit="task")
+        # Peak RSS during this task (Linux resets the high-water mark per task; elsewhere it is the
+        # process's so far, an upper bound when a pool worker runs several tasks).
+        self.stat_update("peak_rss_mb", value=peak_rss_mb(exact_peak), unit="task")
         return None
 
 
