@@ -132,11 +132,13 @@ class PlanConfig(BaseModel):
     # ---- data preparation (`data build` on data.executor), extrapolated from measured per-core rates
     data_prep_tb: float = Field(40.0, ge=0, description="Raw text to prepare with `data build`, TB (0: no data-prep row).")
     data_mb_per_core_s: float = Field(
-        1.0, gt=0, description="`data build` throughput per core, MB/s of input (default measured with all dedup on the "
-        "2-core VM: benchmarks/data_pipeline.py --scale-mb, docs/BENCHMARKS.md; measure yours and set it)."
+        4.0, gt=0, description="`data build` throughput per core, MB/s of input. Default: every default stage "
+        "(quality, PII, langid, exact + near dedup) on real text, ~4 MB per CPU-second on the 2-core VM (the dedup "
+        "stages alone: 8.9 MB/CPU-s at 1 GB; docs/BENCHMARKS.md issue 17); measure your own and set it."
     )
     data_parallel_efficiency: float = Field(
-        0.85, gt=0, le=1, description="Throughput per core at scale / on one core (1 -> 2 workers measured ~0.85)."
+        0.94, gt=0, le=1, description="Throughput per core at scale / on one core (1 -> 2 workers measured 1.88x "
+        "on 1 GB, an idle 2-core VM)."
     )
     data_nodes: list[int] = Field([1, 8, 64], min_length=1, description="Node counts of the data-prep table.")
     data_cores_per_node: int = Field(64, ge=1, description="Cores per node that run data tasks.")
