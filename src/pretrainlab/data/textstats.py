@@ -95,12 +95,17 @@ def token_arrays(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         cjk |= (cp >= lo) & (cp <= hi)
     nonspace = int((~space).sum())
     ratio = float(cjk.sum()) / nonspace if nonspace else 0.0
-    word = ~space
+    hashes, starts, ends = _tokens(cp, ~space, cjk)
+    if len(starts) == 0:
+        return _EMPTY_U64, _EMPTY_I64, _EMPTY_I64, ratio
+    return hashes, starts, ends, ratio
+
+
+def _tokens(cp: np.ndarray, word: np.ndarray, cjk: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(hash, start, end) of every token of the code points ``cp`` (masks: non-space, CJK)."""
     prev_word = np.concatenate([[False], word[:-1]])
     prev_cjk = np.concatenate([[False], cjk[:-1]])
     starts = np.nonzero(word & (~prev_word | cjk | prev_cjk))[0]
-    if len(starts) == 0:
-        return _EMPTY_U64, _EMPTY_I64, _EMPTY_I64, ratio
     next_word = np.concatenate([word[1:], [False]])
     next_cjk = np.concatenate([cjk[1:], [False]])
     ends = np.nonzero(word & (~next_word | cjk | next_cjk))[0] + 1
@@ -109,7 +114,7 @@ def token_arrays(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         prefix = np.zeros(len(cp) + 1, dtype=np.uint64)
         np.cumsum(cp.astype(np.uint64) * pinv[: len(cp)], dtype=np.uint64, out=prefix[1:])
         hashes = (prefix[ends] - prefix[starts]) * pw[ends - 1]
-    return hashes, starts, ends, ratio
+    return hashes, starts, ends
 
 
 def token_hashes_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -135,17 +140,7 @@ def token_hashes_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.nda
     empty = lengths == 0
     nonspace[empty], cjk_count[empty] = 0, 0
     ratios = np.where(nonspace > 0, cjk_count / np.maximum(nonspace, 1), 0.0)
-    prev_word = np.concatenate([[False], word[:-1]])
-    prev_cjk = np.concatenate([[False], cjk[:-1]])
-    starts = np.nonzero(word & (~prev_word | cjk | prev_cjk))[0]
-    next_word = np.concatenate([word[1:], [False]])
-    next_cjk = np.concatenate([cjk[1:], [False]])
-    ends = np.nonzero(word & (~next_word | cjk | next_cjk))[0] + 1
-    pw, pinv = _powers(len(cp) + 1)
-    with np.errstate(over="ignore"):
-        prefix = np.zeros(len(cp) + 1, dtype=np.uint64)
-        np.cumsum(cp.astype(np.uint64) * pinv[: len(cp)], dtype=np.uint64, out=prefix[1:])
-        hashes = (prefix[ends] - prefix[starts]) * pw[ends - 1]
+    hashes, starts, _ = _tokens(cp, word, cjk)
     offsets = np.searchsorted(starts, np.append(doc_start, len(cp) + 1))
     return hashes, offsets.astype(np.int64), ratios
 
