@@ -142,3 +142,21 @@ def test_a_ray_that_cannot_start_or_be_reached_is_one_line_and_no_hang(tmp_path)
                            timeout=120)
         assert r.returncode == 2 and message in r.stderr + r.stdout and "Traceback" not in r.stderr, r.stderr
         assert time.time() - t0 < 60 and not (tmp_path / "c").exists()
+
+
+@pytest.mark.slow
+def test_a_build_s_own_ray_gives_the_caller_its_signal_handlers_back():
+    """ray.init installs a SIGTERM handler in the driver and leaves it after shutdown; a training job or a
+    test runner that builds data in process must keep its own."""
+    code = f"""
+import signal
+from pretrainlab.config import load_config
+from pretrainlab.data import dtsteps
+mine = lambda *a: None
+signal.signal(signal.SIGTERM, mine)
+with dtsteps.ray_cluster(load_config(None, {list(RAY)!r}).data.executor):
+    inside = signal.getsignal(signal.SIGTERM)
+print("RAY_HANDLER", inside is not mine, "RESTORED", signal.getsignal(signal.SIGTERM) is mine)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert "RAY_HANDLER True RESTORED True" in out.stdout, (out.stdout + out.stderr)[-2000:]

@@ -15,9 +15,11 @@ import importlib
 import logging
 import os
 import resource
+import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -235,6 +237,26 @@ def ray_cluster(ex: DataExecutorConfig):
         _check_reachable(address)
     local = {"num_cpus": local_workers(ex) * ex.ray.cpus_per_task, "include_dashboard": False,
              "object_store_memory": RAY_OBJECT_STORE_MB << 20}
+    with _caller_signal_handlers(), _ray_session(ray, ex, address, local):
+        yield
+
+
+@contextmanager
+def _caller_signal_handlers():
+    """ray.init installs its own SIGTERM handler in the driver and leaves it after shutdown: give the
+    caller (a training job's process, a test runner) its handlers back."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in saved.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
+
+
+@contextmanager
+def _ray_session(ray, ex: DataExecutorConfig, address: str | None, local: dict):
     try:
         ray.init(address=address or "local", log_to_driver=False, logging_level=logging.ERROR,
                  **({} if address else local))
