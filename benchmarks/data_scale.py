@@ -20,6 +20,7 @@ copy with a planted share of replaced tokens, 2% an exact copy):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import shutil
@@ -142,11 +143,9 @@ def _run_child(args: list[str], poll_s: float = 0.1) -> tuple[subprocess.Complet
         except psutil.Error:
             return
         for p in tree:
-            try:
+            with contextlib.suppress(psutil.Error):  # it ended between the listing and its sample
                 t = p.cpu_times()
                 seen[(p.pid, p.create_time())] = t.user + t.system
-            except psutil.Error:
-                pass
 
     out: list[str] = []
     reader = threading.Thread(target=lambda: out.extend(proc.communicate()), daemon=True)

@@ -5,6 +5,7 @@ is one line. One local Ray serves the whole module (a start costs 5-15 s)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import ipaddress
 import os
@@ -113,10 +114,8 @@ def test_a_ray_build_killed_with_9_runs_only_its_unfinished_tasks_again(built, r
         os.killpg(proc.pid, 9)
         assert proc.wait(timeout=30) == -9, proc.stderr.read().decode()
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):  # already gone
             os.killpg(proc.pid, 9)
-        except ProcessLookupError:
-            pass
     done = {p: p.stat().st_mtime_ns for p in work.glob("plan-*/**/completions/*")}
     assert done and not out.exists()
 

@@ -11,6 +11,7 @@ skipping finished tasks, sbatch scripts, Ray placement -- is datatrove's.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -211,11 +212,8 @@ def make_executor(ex: DataExecutorConfig, work_dir: str, tasks: int, step: TaskS
 
 def run_quietly(executor, ex: DataExecutorConfig) -> None:
     quiet_console()
-    if ex.kind == "ray":
-        with ray_cluster(ex):
-            executor.run()
-        return
-    executor.run()
+    with ray_cluster(ex) if ex.kind == "ray" else contextlib.nullcontext():  # (a build's phases share one)
+        executor.run()
 
 
 @contextmanager

@@ -106,9 +106,8 @@ class BatchMinHasher(MinHasher):
         a, b = self.a[:, None], self.b[:, None]
         i = 0
         while i < n:
-            j = i + 1  # documents i..j-1 share one block of at most _CHUNK shingles
-            while j < n and offsets[j + 1] - offsets[i] <= _CHUNK:
-                j += 1
+            # documents i..j-1 share one block of at most _CHUNK shingles (a longer document is alone)
+            j = max(i + 1, int(np.searchsorted(offsets, offsets[i] + _CHUNK, side="right")) - 1)
             if j == i + 1 and offsets[j] - offsets[i] > _CHUNK:
                 sig[i] = self.signature_of(shingles[offsets[i]:offsets[j]])
             else:

@@ -26,10 +26,7 @@ def cjk_ratio(text: str) -> float:
     nonspace = len(cp) - int(np.count_nonzero(_space_mask(cp)))
     if nonspace <= 0:
         return 0.0
-    cjk = 0
-    for lo, hi in _CJK_BOUNDS:
-        cjk += int(np.count_nonzero((cp >= lo) & (cp <= hi)))
-    return cjk / nonspace
+    return int(np.count_nonzero(_cjk_mask(cp))) / nonspace
 
 
 def is_cjk(text: str, threshold: float) -> bool:
@@ -58,6 +55,13 @@ _SPACE_CODES = np.array([9, 10, 11, 12, 13, 28, 29, 30, 31, 32, 0x85, 0xA0, 0x16
                          0x2028, 0x2029, 0x202F, 0x205F, 0x3000], dtype=np.uint32)
 _SPACE_LUT = np.zeros(0x3001, dtype=bool)
 _SPACE_LUT[_SPACE_CODES] = True
+
+
+def _cjk_mask(cp: np.ndarray) -> np.ndarray:
+    cjk = np.zeros(len(cp), dtype=bool)
+    for lo, hi in _CJK_BOUNDS:
+        cjk |= (cp >= lo) & (cp <= hi)
+    return cjk
 
 
 def _space_mask(cp: np.ndarray) -> np.ndarray:
@@ -90,9 +94,7 @@ def token_arrays(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     if len(cp) == 0:
         return _EMPTY_U64, _EMPTY_I64, _EMPTY_I64, 0.0
     space = _space_mask(cp)
-    cjk = np.zeros(len(cp), dtype=bool)
-    for lo, hi in _CJK_BOUNDS:
-        cjk |= (cp >= lo) & (cp <= hi)
+    cjk = _cjk_mask(cp)
     nonspace = int((~space).sum())
     ratio = float(cjk.sum()) / nonspace if nonspace else 0.0
     hashes, starts, ends = _tokens(cp, ~space, cjk)
@@ -130,9 +132,7 @@ def token_hashes_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.nda
     lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=n)
     doc_start = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]])
     space = _space_mask(cp)
-    cjk = np.zeros(len(cp), dtype=bool)
-    for lo, hi in _CJK_BOUNDS:
-        cjk |= (cp >= lo) & (cp <= hi)
+    cjk = _cjk_mask(cp)
     word = ~space
     seg = np.minimum(doc_start, max(len(cp) - 1, 0))  # reduceat needs in-range starts; empty docs fixed below
     nonspace = np.add.reduceat(word.astype(np.int64), seg) if len(cp) else np.zeros(n, np.int64)
